@@ -1,0 +1,5 @@
+import sys
+
+from dermt2im_hub.cli import main
+
+sys.exit(main())

@@ -1,0 +1,54 @@
+"""Foundation commands: `make-tiny-base` and `make-phantoms` (the offline test/demo inputs)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+ORDER = 90
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "make-tiny-base", help="save an offline SD1.5-shaped pipeline with random weights",
+        description="Save a Stable Diffusion 1.5-shaped pipeline with random weights (small widths by default) "
+                    "and the real CLIP tokenizer, loadable with StableDiffusionPipeline.from_pretrained(DIR). "
+                    "For tests, the demo and benchmarks: it generates noise-like images.")
+    p.add_argument("output_dir", type=Path, help="folder to write the diffusers pipeline into")
+    p.add_argument("--full-size", action="store_true",
+                   help="build SD1.5's exact architecture (859.5M-parameter UNet) instead of the tiny one")
+    p.add_argument("--seed", type=int, default=0, help="seed for the random weights (default 0)")
+    p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32",
+                   help="weight dtype to save (default float32)")
+    p.set_defaults(func=_make_tiny_base)
+
+    p = subparsers.add_parser(
+        "make-phantoms", help="write procedural dermoscopy-like images (the embedded default data)",
+        description="Write N procedural dermoscopy-like images (half benign: round, even border; half malignant: "
+                    "irregular, multi-coloured) over a range of skin tones, with metadata.jsonl and manifest.json "
+                    "in the image-folder format the data stage writes. Same seed, same bytes.")
+    p.add_argument("output_dir", type=Path)
+    p.add_argument("--n", type=int, default=16, help="number of images, split evenly between classes (default 16)")
+    p.add_argument("--size", type=int, default=256, help="image side in pixels (default 256)")
+    p.add_argument("--seed", type=int, default=0, help="seed (default 0)")
+    p.add_argument("--hair-probability", type=float, default=0.3, help="share of images with hair (default 0.3)")
+    p.set_defaults(func=_make_phantoms)
+
+
+def _make_tiny_base(args: argparse.Namespace) -> int:
+    from dermt2im_hub.testing.tiny_base import make_tiny_base
+
+    out = make_tiny_base(args.output_dir, full_size=args.full_size, seed=args.seed, dtype=args.dtype)
+    print(f"tiny base written to {out}")
+    return 0
+
+
+def _make_phantoms(args: argparse.Namespace) -> int:
+    from dermt2im_hub.config import load_config
+    from dermt2im_hub.testing.phantoms import PhantomConfig, make_phantoms
+
+    config = load_config(PhantomConfig, overrides={"num_images": args.n, "size": args.size, "seed": args.seed,
+                                                   "hair_probability": args.hair_probability})
+    out = make_phantoms(args.output_dir, config)
+    print(f"{config.num_images} phantom images written to {out} (metadata.jsonl, manifest.json)")
+    return 0

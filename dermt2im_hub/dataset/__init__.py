@@ -1,0 +1,1 @@
+"""Stage 5: the `datasets` dataset (parquet export, A1111 import) behind `load_dataset("dermt2im")`."""

@@ -1,0 +1,114 @@
+"""Atomic writes and JSON-lines helpers.
+
+Every stage writes through these so a kill -9 never leaves a half-written file under its final name:
+data goes to a temporary file in the same folder, is flushed and fsynced, then renamed into place.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+_HASH_CHUNK = 1 << 20
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write `data` to `path` so that readers see either the old file or the complete new one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any, indent: int = 2) -> Path:
+    return atomic_write_text(path, json.dumps(obj, indent=indent, sort_keys=False, default=str) + "\n")
+
+
+def encode_png(image, pnginfo=None, compress_level: int = 6) -> bytes:
+    """PNG bytes of a PIL image; deterministic (Pillow writes no timestamp chunk)."""
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", pnginfo=pnginfo, compress_level=compress_level)
+    return buffer.getvalue()
+
+
+def atomic_save_png(image, path: str | os.PathLike, pnginfo=None, compress_level: int = 6) -> Path:
+    return atomic_write_bytes(path, encode_png(image, pnginfo=pnginfo, compress_level=compress_level))
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict]:
+    """Rows of a JSON-lines file; a torn last line (from a killed writer) is ignored."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    rows = []
+    with path.open("r", encoding="utf-8") as handle:
+        for line in handle:
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return rows
+
+
+def iter_jsonl(path: str | os.PathLike) -> Iterator[dict]:
+    yield from read_jsonl(path)
+
+
+def write_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> Path:
+    """Atomically (re)write a whole JSON-lines file."""
+    text = "".join(json.dumps(row, sort_keys=False, default=str) + "\n" for row in rows)
+    return atomic_write_text(path, text)
+
+
+def append_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> None:
+    """Append rows and fsync; used for resumable logs where a rewrite per row would be quadratic."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = "".join(json.dumps(row, sort_keys=False, default=str) + "\n" for row in rows)
+    with path.open("a", encoding="utf-8") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(_HASH_CHUNK), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def remove_stale_temp_files(folder: str | os.PathLike) -> int:
+    """Delete leftovers of interrupted atomic writes (`.name.XXXX.tmp`) below `folder`."""
+    removed = 0
+    for tmp in Path(folder).rglob(".*.tmp"):
+        tmp.unlink(missing_ok=True)
+        removed += 1
+    return removed
