@@ -80,3 +80,19 @@ def run_cli(capsys):
 
 
 PYTHON = sys.executable
+
+
+@pytest.fixture(scope="session")
+def local_hub(tmp_path_factory):
+    """A real read-only Hub: olah (offline mode) on 127.0.0.1 serving local git repos (contract 5).
+
+    `.endpoint`, `.publish(folder, repo_id, repo_type="model", tag=None) -> commit sha`, `.env()` (variables for
+    a consumer process: HF_ENDPOINT, online switches, a fresh HF_HOME), `.run_python(code, *args, timeout=600)`.
+    The server stops at the end of the session.
+    """
+    from dermt2im_hub.testing.hub_server import LocalHubServer
+
+    server = LocalHubServer(tmp_path_factory.mktemp("local-hub"))
+    server.start()
+    yield server
+    server.stop()
