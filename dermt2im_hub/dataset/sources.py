@@ -1,0 +1,298 @@
+"""Row readers for the three builder configs, and the scan that turns input folders into dataset rows.
+
+- `synthetic`: a generation output folder (metadata.jsonl rows + PNGs, contract 2), QA columns carried;
+  images under `rejected/` and rows with `qa_passed: false` are left out unless asked for.
+- `a1111`: any folder of AUTOMATIC1111 PNGs; the label comes from a `benign`/`malignant` folder, else from
+  the prompt's class word; metadata from the PNG's infotext (PNGs without one are kept, metadata null).
+- `real`: a preprocessed image folder (contract 1); its `split` column gives the dataset splits.
+
+The scan reads every file once before anything is written: it hashes the bytes (duplicates are kept once,
+the first in input order), checks the image (corrupt files are skipped), and assigns the split. Everything
+skipped is counted in a `ScanReport`, never dropped silently. Row order is input order, then metadata order
+(synthetic, real) or sorted path order (a1111), so the same inputs always give the same rows.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dermt2im_hub.dataset import a1111
+from dermt2im_hub.dataset.config import A1111, REAL, SPLIT_NAMES, SYNTHETIC
+from dermt2im_hub.dataset.images import (
+    CorruptImage,
+    ImageFacts,
+    inspect_image,
+    read_file_bytes,
+    safe_child,
+    walk_images,
+)
+from dermt2im_hub.dataset.schema import extra_json, is_qa_key
+from dermt2im_hub.dataset.splits import hashed_split, split_key
+from dermt2im_hub.labels import CLASS_NAMES
+from dermt2im_hub.records import METADATA_NAME, ImageRecord
+from dermt2im_hub.utils.files import read_jsonl, sha256_bytes
+
+REJECTED_DIR = "rejected"
+_MAX_EXAMPLES = 20  # per kind of problem, in the report
+
+# Report kinds, in the order a summary lists them.
+PROBLEM_KINDS = ("duplicate", "corrupt", "missing", "unsafe_name", "invalid_row", "unlabeled", "rejected",
+                 "failed_qa", "unsplit", "sha256_mismatch", "no_infotext", "oversized_infotext",
+                 "label_conflict")
+
+
+@dataclass
+class Entry:
+    """One admitted image: where its bytes are and the column values that go with them."""
+
+    path: Path
+    name: str
+    label: str
+    split: str
+    sha256: str
+    values: dict[str, Any]
+
+
+@dataclass
+class ScanReport:
+    config_name: str
+    inputs: list[str]
+    candidates: int = 0
+    kept: int = 0
+    counts: Counter = field(default_factory=Counter)
+    examples: dict[str, list[str]] = field(default_factory=dict)
+
+    def note(self, kind: str, detail: str) -> None:
+        self.counts[kind] += 1
+        shown = self.examples.setdefault(kind, [])
+        if len(shown) < _MAX_EXAMPLES:
+            shown.append(detail[:300])
+
+    def summary(self) -> dict[str, Any]:
+        return {"config_name": self.config_name, "inputs": self.inputs, "candidates": self.candidates,
+                "kept": self.kept, "counts": {k: self.counts[k] for k in PROBLEM_KINDS if self.counts[k]},
+                "examples": {k: v for k, v in self.examples.items() if v}}
+
+    def describe(self) -> str:
+        """One line for the console: kept rows and each kind of skipped or notable file."""
+        parts = [f"{self.kept} of {self.candidates} images kept"]
+        parts += [f"{self.counts[k]} {k.replace('_', ' ')}" for k in PROBLEM_KINDS if self.counts[k]]
+        return "; ".join(parts)
+
+
+@dataclass
+class ScanOptions:
+    split_by: str = "none"
+    split_fractions: Sequence[float] = (0.8, 0.1, 0.1)
+    include_rejected: bool = False
+    verify_pixels: bool = False
+
+
+@dataclass
+class Scan:
+    entries: list[Entry]
+    report: ScanReport
+
+    def by_split(self) -> dict[str, list[Entry]]:
+        """Entries per split, in train/validation/test order, empty splits left out."""
+        grouped = {name: [e for e in self.entries if e.split == name] for name in SPLIT_NAMES}
+        return {name: entries for name, entries in grouped.items() if entries}
+
+    def flagged(self) -> list[Entry]:
+        """Rows the memorization audit flagged (`mem_flagged: true`)."""
+        return [e for e in self.entries if e.values.get("mem_flagged") is True]
+
+
+@dataclass
+class _Candidate:
+    """A file a reader proposes, with what its metadata row already says."""
+
+    name: str
+    label: str | None = None
+    split: str | None = None
+    values: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+    expected_sha256: str | None = None
+
+
+def input_folders(inputs: Sequence[str | Path]) -> list[Path]:
+    folders = [Path(p) for p in inputs]
+    if not folders:
+        raise ValueError("no input folders given")
+    for folder in folders:
+        if not folder.is_dir():
+            raise FileNotFoundError(f"input folder not found: {folder}")
+    return folders
+
+
+def scan_inputs(config_name: str, inputs: Sequence[str | Path], options: ScanOptions | None = None) -> Scan:
+    """Read, check and de-duplicate every image of `inputs` for builder config `config_name`."""
+    options = options or ScanOptions()
+    readers = {SYNTHETIC: _synthetic_candidates, A1111: _a1111_candidates, REAL: _real_candidates}
+    if config_name not in readers:
+        raise ValueError(f"unknown config {config_name!r}; expected one of {', '.join(readers)}")
+    folders = input_folders(inputs)
+    report = ScanReport(config_name, [str(f) for f in folders])
+    entries: list[Entry] = []
+    seen: dict[str, str] = {}
+    for index, folder in enumerate(folders):
+        for candidate in readers[config_name](folder, options, report):
+            report.candidates += 1
+            where = candidate.name if len(folders) == 1 else f"[input {index}] {candidate.name}"
+            entry = _admit(config_name, folder, where, candidate, options, report, seen)
+            if entry is not None:
+                entries.append(entry)
+    report.kept = len(entries)
+    return Scan(entries, report)
+
+
+def _admit(config_name: str, folder: Path, where: str, candidate: _Candidate, options: ScanOptions,
+           report: ScanReport, seen: dict[str, str]) -> Entry | None:
+    """The Entry for one candidate, or None (with the reason noted) when it is unsafe, missing, corrupt, a
+    duplicate or unlabelled."""
+    path = safe_child(folder, candidate.name)
+    if path is None:
+        report.note("unsafe_name", repr(candidate.name)[:200])
+        return None
+    try:
+        data = read_file_bytes(path)
+        digest = sha256_bytes(data)
+        if digest in seen:
+            report.note("duplicate", f"{where} has the same bytes as {seen[digest]}")
+            return None
+        facts = inspect_image(data, want_infotext=config_name != REAL, verify_pixels=options.verify_pixels)
+    except FileNotFoundError:
+        report.note("missing", where)
+        return None
+    except CorruptImage as exc:
+        report.note("corrupt", f"{where}: {exc}")
+        return None
+    seen[digest] = where
+    if candidate.expected_sha256 and candidate.expected_sha256 != digest:
+        report.note("sha256_mismatch", where)
+    label, values = _complete(config_name, candidate, facts, where, report)
+    if label is None:
+        report.note("unlabeled", where)
+        return None
+    values.update(file_name=candidate.name, sha256=digest, width=facts.width, height=facts.height)
+    split = candidate.split or _split_for(options, values, digest)
+    return Entry(path=path, name=candidate.name, label=label, split=split, sha256=digest, values=values)
+
+
+def _complete(config_name: str, candidate: _Candidate, facts: ImageFacts, where: str,
+              report: ScanReport) -> tuple[str | None, dict[str, Any]]:
+    """Label and column values once the file's own facts (infotext) are known."""
+    values = dict(candidate.values)
+    extra = dict(candidate.extra)
+    label = candidate.label
+    if config_name != REAL:
+        if facts.infotext_oversized:
+            report.note("oversized_infotext", where)
+        if facts.infotext is None:
+            report.note("no_infotext", where)
+    if config_name == SYNTHETIC:
+        values["infotext"] = facts.infotext
+    elif config_name == A1111:
+        parsed = a1111.row_from_infotext(facts.infotext)
+        extra.update(parsed.pop("_extra", {}))
+        values.update(parsed)
+        label = _a1111_label(candidate.name, values.get("prompt"), where, report)
+    values["extra"] = extra_json(extra)
+    return label, values
+
+
+def _a1111_label(name: str, prompt: str | None, where: str, report: ScanReport) -> str | None:
+    from_folder = a1111.label_from_path(name)
+    from_prompt = a1111.label_from_prompt(prompt)
+    if from_folder and from_prompt and from_folder != from_prompt:
+        report.note("label_conflict", f"{where}: folder says {from_folder}, prompt says {from_prompt}")
+    return from_folder or from_prompt
+
+
+def _split_for(options: ScanOptions, values: dict[str, Any], digest: str) -> str:
+    if options.split_by == "none":
+        return SPLIT_NAMES[0]
+    return hashed_split(split_key(options.split_by, values, digest), options.split_fractions)
+
+
+# ------------------------------------------------------------------------------------------ readers
+
+
+def _metadata_rows(folder: Path, config_name: str) -> list[dict]:
+    path = folder / METADATA_NAME
+    if not path.is_file():
+        hint = " (for a plain folder of A1111 PNGs use the a1111 config)" if config_name == SYNTHETIC else ""
+        raise FileNotFoundError(f"{folder} has no {METADATA_NAME}: not a {config_name} folder{hint}")
+    return [row for row in read_jsonl(path) if isinstance(row, dict)]
+
+
+# metadata.jsonl keys of a generated folder that map onto columns (the rest goes to `extra`)
+_SYNTHETIC_DIRECT = ("prompt", "negative_prompt", "sampler", "steps", "cfg_scale", "seed", "transformations")
+_SYNTHETIC_HANDLED = frozenset(_SYNTHETIC_DIRECT) | {"file_name", "label", "sha256", "width", "height",
+                                                     "base_model", "base_model_hash"}
+
+
+def _synthetic_candidates(folder: Path, options: ScanOptions, report: ScanReport) -> Iterator[_Candidate]:
+    for row in _metadata_rows(folder, SYNTHETIC):
+        name = row.get("file_name")
+        if not isinstance(name, str) or row.get("label") not in CLASS_NAMES:
+            report.note("invalid_row", repr(row)[:200])
+            continue
+        if not options.include_rejected and name.startswith(REJECTED_DIR + "/"):
+            report.note("rejected", name)
+            continue
+        if not options.include_rejected and row.get("qa_passed") is False:
+            report.note("failed_qa", name)
+            continue
+        yield _Candidate(name=name, label=row["label"], values=_synthetic_values(row),
+                         extra={k: v for k, v in row.items() if k not in _SYNTHETIC_HANDLED and not is_qa_key(k)},
+                         expected_sha256=row.get("sha256") if isinstance(row.get("sha256"), str) else None)
+
+
+def _synthetic_values(row: dict[str, Any]) -> dict[str, Any]:
+    values = {key: row.get(key) for key in _SYNTHETIC_DIRECT}
+    adapters = row.get("adapters") if isinstance(row.get("adapters"), list) else []
+    adapter_ids = [str(a["id"]) for a in adapters if isinstance(a, dict) and a.get("id")]
+    version = row.get("package_version")
+    values.update(model=row.get("base_model"), model_hash=row.get("base_model_hash"),
+                  adapter="+".join(adapter_ids) or None, source=SYNTHETIC,
+                  version=f"dermt2im-hub {version}" if version else None)
+    values.update({key: value for key, value in row.items() if is_qa_key(key)})
+    return values
+
+
+def _a1111_candidates(folder: Path, options: ScanOptions, report: ScanReport) -> Iterator[_Candidate]:
+    skip = frozenset() if options.include_rejected else frozenset({REJECTED_DIR})
+    for name in walk_images(folder, skip_dirs=skip):
+        yield _Candidate(name=name, values={"source": A1111})
+
+
+_REAL_VALUE_FIELDS = ("prompt", "image_id", "diagnosis", "lesion_id", "patient_id", "age", "sex", "site",
+                      "source")
+_REAL_EXTRA_FIELDS = ("hair_fraction_before", "hair_fraction_after", "original_width", "original_height")
+
+
+def _real_candidates(folder: Path, options: ScanOptions, report: ScanReport) -> Iterator[_Candidate]:
+    records = []
+    for row in _metadata_rows(folder, REAL):
+        try:
+            records.append(ImageRecord.from_dict(row))
+        except (TypeError, ValueError) as exc:
+            report.note("invalid_row", f"{exc}"[:200])
+    # A folder that was never split is one train split; in a split folder, an unsplit row is left out
+    # rather than guessed into a split (it could be a test image).
+    any_split = any(r.split is not None for r in records)
+    for record in records:
+        split = record.split if any_split else SPLIT_NAMES[0]
+        if split not in SPLIT_NAMES:
+            report.note("unsplit", f"{record.file_name}: split {record.split!r}")
+            continue
+        extra = dict(record.extra)
+        extra.update({k: getattr(record, k) for k in _REAL_EXTRA_FIELDS})
+        yield _Candidate(name=record.file_name, label=record.label, split=split,
+                         values={k: getattr(record, k) for k in _REAL_VALUE_FIELDS}, extra=extra,
+                         expected_sha256=record.sha256)
