@@ -1,0 +1,469 @@
+"""Model and dataset cards rendered from an output folder's `manifest.json` alone (contract 4).
+
+    render_card("outputs/lora")          # writes outputs/lora/README.md, kind chosen from the manifest's stage
+
+A card is a pure function of the manifest: the facts come from `manifest["extra"]["card"]` (every key
+optional), plus the stage, resolved config, inputs and package versions. Any fact that is missing renders as
+"not recorded" instead of an empty section, so a card never claims more than the run wrote down.
+
+Rendering goes through huggingface_hub's `ModelCard.from_template` / `DatasetCard.from_template` with
+`ModelCardData` / `DatasetCardData` (front matter) and `EvalResult` (the classifier's model-index); the Jinja
+templates live in the top-level `model_cards` package and are read with importlib.resources, so an installed
+wheel renders the same cards as a source checkout.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import re
+from collections.abc import Mapping
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import yaml
+
+from dermt2im_hub.manifest import read_manifest
+from dermt2im_hub.utils.files import atomic_write_text
+
+NOT_RECORDED = "not recorded"
+CARD_NAME = "README.md"
+TEMPLATE_PACKAGE = "model_cards"
+PLACEHOLDER_REPO_ID = "YOUR_ORG/YOUR_REPO"
+
+KINDS = ("lora", "dataset", "classifier", "results", "stage")
+STAGE_KINDS = {"train_lora": "lora", "build_dataset": "dataset", "train_classifier": "classifier",
+               "leaderboard": "results"}
+# Shared sections rendered once and dropped into every card (plain jinja2.Template, as from_template uses,
+# has no loader for {% include %}).
+PARTIALS = ("provenance", "responsible_use", "citation")
+
+LORA_TAGS = ["lora", "diffusers", "text-to-image", "stable-diffusion", "dermatology", "medical",
+             "template:sd-lora"]
+CLASSIFIER_TAGS = ["image-classification", "timm", "dermatology", "medical", "skin-lesion"]
+DATASET_TAGS = ["dermatology", "medical", "skin-lesion", "dermoscopy", "synthetic", "stable-diffusion", "lora"]
+RESULTS_TAGS = ["dermatology", "medical", "leaderboard", "image-classification"]
+DATASET_TASKS = ["image-classification", "text-to-image"]
+
+# When a run records no licence, the card uses the licence its inputs force (and says so in the body):
+# the adapter inherits Stable Diffusion's CreativeML OpenRAIL-M; data and models trained on ISIC/HAM10000
+# images inherit the non-commercial CC BY-NC 4.0 of HAM10000 and part of the ISIC Archive.
+DEFAULT_LICENSES = {"lora": "creativeml-openrail-m", "dataset": "cc-by-nc-4.0", "classifier": "cc-by-nc-4.0",
+                    "results": "cc-by-nc-4.0", "stage": "cc-by-nc-4.0"}
+DEFAULT_LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"  # diffusers' save_lora_weights default
+DEFAULT_CLASSIFIER_WEIGHT_NAME = "model.safetensors"  # timm's push_to_hub / save_for_hf default
+
+_SIZE_CATEGORIES = ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"),
+                    (10_000_000, "1M<n<10M"), (100_000_000, "10M<n<100M"), (1_000_000_000, "100M<n<1B"))
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+class CardError(ValueError):
+    """A card cannot be rendered (unknown kind, missing manifest)."""
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+
+
+def is_recorded(value: Any) -> bool:
+    """False for facts a run did not write down: None, empty strings and empty containers."""
+    if value is None or isinstance(value, jinja2.Undefined):
+        return False
+    if isinstance(value, (str, list, tuple, dict, set)):
+        return len(value) > 0
+    return True
+
+
+def show(value: Any, suffix: str = "") -> str:
+    """A fact as Markdown-safe text, or "not recorded"."""
+    if not is_recorded(value):
+        return NOT_RECORDED
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:.6g}{suffix}"
+    if isinstance(value, (list, tuple)):
+        return ", ".join(show(v) for v in value)
+    if isinstance(value, Mapping):
+        return ", ".join(f"{k}: {show(v)}" for k, v in value.items())
+    return f"{_escape_cell(str(value))}{suffix}"
+
+
+def _escape_cell(text: str) -> str:
+    # untrusted text (prompts, file names) must not break a table row or open HTML
+    return text.replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def kv_table(mapping: Any, key_header: str = "name", value_header: str = "value") -> str:
+    """A two-column Markdown table, or "not recorded" when the mapping is empty or missing."""
+    if not is_recorded(mapping) or not isinstance(mapping, Mapping):
+        return show(mapping)
+    lines = [f"| {key_header} | {value_header} |", "|---|---|"]
+    lines += [f"| {_escape_cell(str(k))} | {show(v)} |" for k, v in mapping.items()]
+    return "\n".join(lines)
+
+
+def rows_table(rows: Any, columns: list[str], headers: list[str] | None = None) -> str:
+    """A Markdown table of dict rows (missing cells say "not recorded"), or "not recorded" without rows."""
+    if not is_recorded(rows) or not isinstance(rows, (list, tuple)):
+        return show(rows)
+    headers = headers or columns
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    for row in rows:
+        row = row if isinstance(row, Mapping) else {columns[0]: row}
+        lines.append("| " + " | ".join(show(row.get(c)) for c in columns) + " |")
+    return "\n".join(lines)
+
+
+def looks_like_hub_id(value: Any) -> bool:
+    """`org/name` that is not a local path: only such ids may go into front matter (the Hub validates them)."""
+    if not isinstance(value, str) or not _HUB_ID.match(value):
+        return False
+    return not os.path.exists(value)
+
+
+def size_category(num_rows: int | None) -> str | None:
+    if num_rows is None:
+        return None
+    for limit, label in _SIZE_CATEGORIES:
+        if num_rows < limit:
+            return label
+    return "n>1T"
+
+
+def card_kind(manifest: Mapping[str, Any], kind: str | None = None) -> str:
+    """The card kind: explicit, else from the manifest's stage (unknown stages get the generic card)."""
+    if kind is None:
+        kind = STAGE_KINDS.get(str(manifest.get("stage")), "stage")
+    if kind not in KINDS:
+        raise CardError(f"unknown card kind {kind!r}; known kinds: {', '.join(KINDS)}")
+    return kind
+
+
+def card_repo_type(kind: str) -> str:
+    """The Hub repo type a card kind belongs in."""
+    return "dataset" if kind == "dataset" else "model"
+
+
+def read_template(name: str) -> str:
+    """A template's text from the installed `model_cards` package (a wheel, a zip or a source tree)."""
+    try:
+        resource = resources.files(TEMPLATE_PACKAGE).joinpath(name)
+        if resource.is_file():
+            return resource.read_text(encoding="utf-8")
+    except (NotADirectoryError, TypeError):
+        # An editable install made while model_cards had no __init__.py maps it as a namespace package
+        # whose path holds a non-directory hook entry, which importlib.resources rejects: use its real dirs.
+        for directory in importlib.import_module(TEMPLATE_PACKAGE).__path__:
+            candidate = Path(directory) / name
+            if candidate.is_file():
+                return candidate.read_text(encoding="utf-8")
+    raise CardError(f"card template {name!r} is missing from the {TEMPLATE_PACKAGE} package")
+
+
+# ---------------------------------------------------------------------------------------------- facts
+
+
+class Facts(dict):
+    """Recorded facts; a fact that is absent reads as None (so templates show "not recorded" for it)."""
+
+    def __missing__(self, key):
+        return None
+
+
+def _as_facts(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return Facts({k: _as_facts(v) for k, v in value.items()})
+    if isinstance(value, (list, tuple)):
+        return [_as_facts(v) for v in value]
+    return value
+
+
+def _card_facts(manifest: Mapping[str, Any]) -> Facts:
+    extra = manifest.get("extra") or {}
+    facts = extra.get("card") if isinstance(extra, Mapping) else None
+    return _as_facts(facts) if isinstance(facts, Mapping) else Facts()
+
+
+def _repo_name(repo_id: str) -> str:
+    return repo_id.split("/")[-1]
+
+
+def _inputs_rows(inputs: Any) -> list[dict[str, Any]]:
+    """Inputs as (role, kind, name, sha256); local paths are cut to their last part so a public card does
+    not reveal a machine's directory layout."""
+    rows = []
+    for role, info in (inputs or {}).items():
+        if not isinstance(info, Mapping):
+            rows.append({"role": role, "kind": None, "name": info, "sha256": None})
+            continue
+        name = info.get("path")
+        if info.get("kind") != "reference" and name:
+            name = Path(str(name)).name
+        rows.append({"role": role, "kind": info.get("kind"), "name": name, "sha256": info.get("sha256")})
+    return rows
+
+
+def _instance_prompts(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, Mapping):
+        return [str(v) for _, v in sorted(value.items()) if is_recorded(v)]
+    if isinstance(value, (list, tuple)):
+        return [str(v) for v in value if is_recorded(v)]
+    return []
+
+
+def _sample_images(value: Any) -> list[dict[str, str]]:
+    samples = []
+    for item in value or []:
+        if isinstance(item, Mapping) and is_recorded(item.get("path")):
+            samples.append({"path": Path(str(item["path"])).as_posix(), "prompt": str(item.get("prompt") or "")})
+    return samples
+
+
+def _common_context(manifest: Mapping[str, Any], kind: str, repo_id: str | None) -> dict[str, Any]:
+    facts = _card_facts(manifest)
+    repo_id = repo_id or facts.get("repo_id") or PLACEHOLDER_REPO_ID
+    versions = {k: v for k, v in (manifest.get("versions") or {}).items() if v}
+    host = manifest.get("host") or {}
+    extra = manifest.get("extra") or {}
+    config = manifest.get("config")
+    license_recorded = is_recorded(facts.get("license"))
+    return {
+        "f": facts,
+        "kind": kind,
+        "repo_id": repo_id,
+        "repo_name": _repo_name(repo_id),
+        "repo_id_is_placeholder": repo_id == PLACEHOLDER_REPO_ID,
+        "stage": manifest.get("stage"),
+        "status": manifest.get("status"),
+        "started_at": manifest.get("started_at"),
+        "ended_at": manifest.get("ended_at"),
+        "elapsed_seconds": extra.get("elapsed_seconds") if isinstance(extra, Mapping) else None,
+        "platform": host.get("platform"),
+        "python_version": host.get("python"),
+        "package_version": versions.get("dermt2im-hub"),
+        "versions_table": kv_table(versions, "package", "version"),
+        "inputs_table": rows_table(_inputs_rows(manifest.get("inputs")), ["role", "kind", "name", "sha256"]),
+        "outputs_table": kv_table(manifest.get("outputs"), "output", "value"),
+        "config_yaml": yaml.safe_dump(config, sort_keys=False).strip() if is_recorded(config) else None,
+        "config_sha256": manifest.get("config_sha256"),
+        "license": facts.get("license") if license_recorded else DEFAULT_LICENSES[kind],
+        "license_recorded": license_recorded,
+        "show": show,
+        "kv_table": kv_table,
+        "rows_table": rows_table,
+        "is_recorded": is_recorded,
+        "NOT_RECORDED": NOT_RECORDED,
+    }
+
+
+def _lora_context(ctx: dict[str, Any]) -> dict[str, Any]:
+    f = ctx["f"]
+    weights = f.get("weight_files") if isinstance(f.get("weight_files"), Mapping) else {}
+    prompts = _instance_prompts(f.get("instance_prompts"))
+    ctx.update(
+        weight_name=weights.get("diffusers") or DEFAULT_LORA_WEIGHT_NAME,
+        weight_files=weights,
+        instance_prompts=prompts,
+        example_prompt=prompts[0] if prompts else "malignant mole on neck",
+        samples=_sample_images(f.get("sample_images")),
+        base_model_id=f.get("base_model") or "stable-diffusion-v1-5/stable-diffusion-v1-5",
+    )
+    return ctx
+
+
+def _dataset_context(ctx: dict[str, Any]) -> dict[str, Any]:
+    f = ctx["f"]
+    configs = [c for c in (f.get("configs") or []) if isinstance(c, Mapping)]
+    ctx.update(
+        configs=configs,
+        config_names=[c.get("config_name") for c in configs if c.get("config_name")],
+        num_rows=_dataset_rows(f),
+    )
+    return ctx
+
+
+def _dataset_rows(f: Mapping[str, Any]) -> int | None:
+    """num_rows, else the sum over splits (a count per split, or a mapping with num_rows)."""
+    if isinstance(f.get("num_rows"), int):
+        return f["num_rows"]
+    splits = f.get("splits")
+    if isinstance(splits, Mapping) and splits:
+        counts = [v if isinstance(v, int) else (v or {}).get("num_rows") for v in splits.values()]
+        if all(isinstance(c, int) for c in counts):
+            return sum(counts)
+    return None
+
+
+def _classifier_context(ctx: dict[str, Any]) -> dict[str, Any]:
+    f = ctx["f"]
+    ctx.update(
+        results=[r for r in (f.get("results") or []) if isinstance(r, Mapping)],
+        weight_name=f.get("weight_file") or DEFAULT_CLASSIFIER_WEIGHT_NAME,
+        timm_model_name=f.get("model_name") or "vit_base_patch16_224",
+        num_labels_value=f.get("num_labels") or len(f.get("labels") or []) or 2,
+        training_mix=f.get("training_mix") if isinstance(f.get("training_mix"), Mapping) else {},
+    )
+    return ctx
+
+
+def _results_context(ctx: dict[str, Any]) -> dict[str, Any]:
+    runs = ctx["f"].get("runs")
+    # `runs` is a list of run records or just their number; the card shows how many
+    ctx["runs_count"] = len(runs) if isinstance(runs, (list, tuple)) else runs
+    return ctx
+
+
+def _stage_context(ctx: dict[str, Any]) -> dict[str, Any]:
+    return ctx
+
+
+_CONTEXT_BUILDERS = {"lora": _lora_context, "dataset": _dataset_context, "classifier": _classifier_context,
+                     "results": _results_context, "stage": _stage_context}
+
+
+# ---------------------------------------------------------------------------------------------- front matter
+
+
+def _lora_card_data(ctx: dict[str, Any]):
+    from huggingface_hub import ModelCardData
+
+    f = ctx["f"]
+    widget = [{"text": s["prompt"], "output": {"url": s["path"]}} for s in ctx["samples"]]
+    return ModelCardData(
+        base_model=f.get("base_model") if looks_like_hub_id(f.get("base_model")) else None,
+        library_name="diffusers",
+        pipeline_tag="text-to-image",
+        license=ctx["license"],
+        tags=list(LORA_TAGS),
+        datasets=_hub_ids(f.get("datasets")) or None,
+        instance_prompt=ctx["instance_prompts"][0] if ctx["instance_prompts"] else None,
+        widget=widget or None,
+    )
+
+
+def _classifier_card_data(ctx: dict[str, Any]):
+    from huggingface_hub import EvalResult, ModelCardData
+
+    f = ctx["f"]
+    eval_results = []
+    for result in ctx["results"]:
+        test_set = str(result.get("test_set") or NOT_RECORDED)
+        for metric, value in (result.get("metrics") or {}).items():
+            if not isinstance(value, (int, float)) or isinstance(value, bool):
+                continue
+            eval_results.append(EvalResult(
+                task_type="image-classification", task_name="Binary skin-lesion classification",
+                dataset_type=str(result.get("dataset_id") or test_set), dataset_name=test_set,
+                dataset_split=result.get("split"), metric_type=str(metric), metric_name=str(metric),
+                metric_value=float(value),
+            ))
+    pretrained = f.get("pretrained_weights")
+    return ModelCardData(
+        library_name="timm",
+        pipeline_tag="image-classification",
+        license=ctx["license"],
+        tags=list(CLASSIFIER_TAGS),
+        datasets=_hub_ids(f.get("datasets")) or None,
+        base_model=pretrained if looks_like_hub_id(pretrained) else None,
+        metrics=sorted({r.metric_type for r in eval_results}) or None,
+        model_name=ctx["repo_name"] if eval_results else None,
+        eval_results=eval_results or None,
+    )
+
+
+def _dataset_card_data(ctx: dict[str, Any]):
+    from huggingface_hub import DatasetCardData
+
+    f = ctx["f"]
+    size = size_category(ctx["num_rows"])
+    return DatasetCardData(
+        license=ctx["license"],
+        task_categories=list(DATASET_TASKS),
+        size_categories=[size] if size else None,
+        pretty_name=f.get("pretty_name") or "Derm-T2IM synthetic skin lesions",
+        tags=list(DATASET_TAGS),
+        annotations_creators=["machine-generated"],
+        source_datasets=_hub_ids(f.get("source_datasets")) or None,
+        configs=_clean_configs(ctx["configs"]) or None,
+    )
+
+
+def _clean_configs(configs: list[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The Hub's `configs:` block: config_name plus data_files as [{split, path}] (order kept)."""
+    cleaned = []
+    for config in configs:
+        files = [{"split": str(d["split"]), "path": d["path"]} for d in config.get("data_files") or []
+                 if isinstance(d, Mapping) and d.get("split") and d.get("path")]
+        entry = {"config_name": str(config.get("config_name") or "default"), "data_files": files}
+        if config.get("default"):
+            entry["default"] = True
+        cleaned.append(entry)
+    return cleaned
+
+
+def _generic_card_data(ctx: dict[str, Any], tags: list[str]):
+    from huggingface_hub import ModelCardData
+
+    return ModelCardData(license=ctx["license"], tags=list(tags),
+                         datasets=_hub_ids(ctx["f"].get("datasets")) or None)
+
+
+def _hub_ids(value: Any) -> list[str]:
+    """Dataset references that are Hub ids (front matter only takes those); local paths stay in the body."""
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, (list, tuple)):
+        return []
+    ids = [(v.get("id") if isinstance(v, Mapping) else v) for v in value]
+    return [i for i in ids if looks_like_hub_id(i)]
+
+
+_CARD_DATA_BUILDERS = {
+    "lora": _lora_card_data,
+    "classifier": _classifier_card_data,
+    "dataset": _dataset_card_data,
+    "results": lambda ctx: _generic_card_data(ctx, RESULTS_TAGS),
+    "stage": lambda ctx: _generic_card_data(ctx, ["dermatology", "medical", "dermt2im"]),
+}
+
+
+# ---------------------------------------------------------------------------------------------- rendering
+
+
+def _render_partials(ctx: dict[str, Any]) -> dict[str, str]:
+    environment = jinja2.Environment(keep_trailing_newline=True, undefined=jinja2.StrictUndefined)
+    return {name: environment.from_string(read_template(f"_{name}.md.j2")).render(**ctx).strip()
+            for name in PARTIALS}
+
+
+def build_card(manifest: Mapping[str, Any], kind: str | None = None, repo_id: str | None = None):
+    """The ModelCard/DatasetCard for a manifest (no file is read or written)."""
+    from huggingface_hub import DatasetCard, ModelCard
+
+    kind = card_kind(manifest, kind)
+    ctx = _CONTEXT_BUILDERS[kind](_common_context(manifest, kind, repo_id))
+    ctx.update(_render_partials(ctx))
+    card_data = _CARD_DATA_BUILDERS[kind](ctx)
+    card_class = DatasetCard if kind == "dataset" else ModelCard
+    card = card_class.from_template(card_data, template_str=read_template(f"{kind}.md.j2"), **ctx)
+    return card_class(_tidy(str(card)))
+
+
+def _tidy(text: str) -> str:
+    """Template conditionals leave runs of blank lines; Markdown needs at most one."""
+    return re.sub(r"\n{3,}", "\n\n", text).rstrip() + "\n"
+
+
+def render_card(folder: str | os.PathLike, kind: str | None = None, repo_id: str | None = None) -> Path:
+    """Write `folder/README.md` from `folder/manifest.json` and return its path.
+
+    `kind` overrides the stage's card kind; `repo_id` (else the fact `repo_id`, else a placeholder) is the id
+    the how-to-use snippet loads from."""
+    folder = Path(folder)
+    card = build_card(read_manifest(folder), kind=kind, repo_id=repo_id)
+    return atomic_write_text(folder / CARD_NAME, str(card))

@@ -1,0 +1,215 @@
+"""Cards: each template renders from a minimal manifest, parses back through ModelCard/DatasetCard with the
+front matter the Hub expects, and says "not recorded" for every fact the run did not write down."""
+
+from __future__ import annotations
+
+import re
+
+import jinja2
+import pytest
+from huggingface_hub import DatasetCard, ModelCard
+
+from dermt2im_hub.hub.cards import (
+    KINDS,
+    NOT_RECORDED,
+    PARTIALS,
+    build_card,
+    card_kind,
+    read_template,
+    render_card,
+)
+from dermt2im_hub.manifest import write_manifest
+
+LORA_FACTS = {
+    "base_model": "stable-diffusion-v1-5/stable-diffusion-v1-5",
+    "base_model_revision": "main",
+    "base_model_sha256": "ab" * 32,
+    "instance_prompts": {"benign": "benign mole", "malignant": "malignant mole"},
+    "weight_files": {"diffusers": "pytorch_lora_weights.safetensors", "kohya": "dermt2im_kohya.safetensors"},
+    "lora_rank": 8, "lora_alpha": 8, "text_encoder_lora": False,
+    "hyperparameters": {"learning_rate": 1e-4, "train_batch_size": 2},
+    "num_train_images": {"benign": 4, "malignant": 4},
+    "training_data": "phantoms", "data_manifest_sha256": "cd" * 32, "test_exclusion_checked": True,
+    "steps": 10, "epochs": 1, "final_loss": 0.1394, "training_seconds": 12.5, "hardware": "cpu",
+    "sample_images": [{"path": "samples/benign-0.png", "prompt": "benign mole"},
+                      {"path": "samples/malignant-0.png", "prompt": "malignant mole on neck"}],
+    "license": "creativeml-openrail-m",
+    "datasets": ["my-org/isic-seed"],
+}
+DATASET_FACTS = {
+    "pretty_name": "Derm-T2IM synthetic (test)", "num_rows": 6, "splits": {"train": 4, "test": 2},
+    "per_class": {"benign": 3, "malignant": 3}, "per_sampler": {"Euler": 6}, "per_steps": {"22": 6},
+    "transformation_counts": {"size:tiny": 2}, "generation": {"cfg_scale": 7},
+    "base_models": [{"id": "stable-diffusion-v1-5/stable-diffusion-v1-5", "sha256": "ab" * 32}],
+    "adapters": [{"id": "my-org/dermt2im-lora", "sha256": "ef" * 32, "scale": 1.0}],
+    "sample_grid": "contact_sheet.png", "qa": {"passed": 6, "rejected": 0}, "memorization": {"flagged": 0},
+    "skin_tone": {"light": 4, "tan": 2}, "license": "cc-by-nc-4.0", "source_datasets": ["my-org/isic-seed"],
+    "configs": [{"config_name": "default", "data_files": [{"split": "train", "path": "data/train-*.parquet"},
+                                                          {"split": "test", "path": "data/test-*.parquet"}]}],
+}
+CLASSIFIER_FACTS = {
+    "model_name": "mobilenetv2_100", "pretrained_weights": "timm/mobilenetv2_100.ra_in1k", "num_labels": 2,
+    "labels": ["benign", "malignant"],
+    "training_mix": {"real_images": 25, "synthetic_images": 75, "synthetic_fraction": 0.75,
+                     "datasets": ["my-org/dermt2im"]},
+    "hyperparameters": {"lr": 3e-4}, "seed": 0,
+    "results": [{"test_set": "isic-test", "split": "test", "metrics": {"accuracy": 0.81, "f1": 0.8},
+                 "ci": {"accuracy": [0.78, 0.84]}},
+                {"test_set": "ham10000-test", "split": "test", "metrics": {"accuracy": 0.73}}],
+    "datasets": ["my-org/dermt2im"], "license": "cc-by-nc-4.0",
+}
+RESULTS_FACTS = {"table_markdown": "| model | acc |\n|---|---|\n| vit | 0.9 |", "plot": "accuracy.png",
+                 "runs": [{"id": 1}, {"id": 2}], "models": ["vit"], "test_sets": ["isic-test"]}
+STAGES = {"lora": "train_lora", "dataset": "build_dataset", "classifier": "train_classifier",
+          "results": "leaderboard", "stage": "generate"}
+FACTS = {"lora": LORA_FACTS, "dataset": DATASET_FACTS, "classifier": CLASSIFIER_FACTS, "results": RESULTS_FACTS,
+         "stage": {"num_images": 6}}
+
+
+def _write_folder(tmp_path, kind, facts):
+    folder = tmp_path / kind
+    write_manifest(folder, STAGES[kind], config={"seed": 0}, inputs={"data": "my-org/isic-seed"},
+                   outputs={"num_files": 3}, extra={"card": facts})
+    return folder
+
+
+def _load(path, kind):
+    return (DatasetCard if kind == "dataset" else ModelCard).load(path)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_card_kind_follows_the_stage(kind, tmp_path):
+    assert card_kind({"stage": STAGES[kind]}) == kind
+
+
+def test_lora_card_front_matter_and_body(tmp_path):
+    path = render_card(_write_folder(tmp_path, "lora", LORA_FACTS), repo_id="my-org/dermt2im-lora")
+    card = ModelCard.load(path)
+    data = card.data.to_dict()
+    assert data["base_model"] == "stable-diffusion-v1-5/stable-diffusion-v1-5"
+    assert (data["library_name"], data["pipeline_tag"], data["license"]) == (
+        "diffusers", "text-to-image", "creativeml-openrail-m")
+    assert {"lora", "diffusers", "text-to-image", "stable-diffusion", "dermatology", "medical"} <= set(data["tags"])
+    assert data["instance_prompt"] == "benign mole"
+    assert data["widget"][1] == {"text": "malignant mole on neck", "output": {"url": "samples/malignant-0.png"}}
+    assert data["datasets"] == ["my-org/isic-seed"]
+    text = card.text
+    assert 'pipe.load_lora_weights("my-org/dermt2im-lora", weight_name="pytorch_lora_weights.safetensors")' in text
+    assert 'DiffusionPipeline.from_pretrained("stable-diffusion-v1-5/stable-diffusion-v1-5"' in text
+    for phrase in ("Not a medical device", "No diagnosis", "No patient-facing use", "Skin-tone coverage",
+                   "rulers", "CC BY-NC 4.0", "CC-0, CC-BY or CC-BY-NC", "CreativeML OpenRAIL-M", "2401.05159",
+                   "Farooq", "dermt2im_kohya.safetensors", "| LoRA rank | 8 |", "0.1394"):
+        assert phrase in text, phrase
+
+
+def test_dataset_card_front_matter_and_body(tmp_path):
+    path = render_card(_write_folder(tmp_path, "dataset", DATASET_FACTS), repo_id="my-org/dermt2im")
+    card = DatasetCard.load(path)
+    data = card.data.to_dict()
+    assert data["license"] == "cc-by-nc-4.0"
+    assert data["task_categories"] == ["image-classification", "text-to-image"]
+    assert data["size_categories"] == ["n<1K"]
+    assert data["pretty_name"] == "Derm-T2IM synthetic (test)"
+    assert {"dermatology", "medical", "synthetic"} <= set(data["tags"])
+    assert data["configs"] == [{"config_name": "default",
+                                "data_files": [{"split": "train", "path": "data/train-*.parquet"},
+                                               {"split": "test", "path": "data/test-*.parquet"}]}]
+    assert data["source_datasets"] == ["my-org/isic-seed"]
+    assert 'load_dataset("my-org/dermt2im")' in card.text
+    assert "| my-org/dermt2im-lora | " in card.text and "| Euler | 6 |" in card.text
+    assert "Not a medical device" in card.text and "HAM10000" in card.text
+
+
+def test_classifier_card_model_index(tmp_path):
+    path = render_card(_write_folder(tmp_path, "classifier", CLASSIFIER_FACTS), repo_id="my-org/mnv2-hybrid")
+    card = ModelCard.load(path)
+    data = card.data
+    assert (data.library_name, data.pipeline_tag, data.license) == ("timm", "image-classification", "cc-by-nc-4.0")
+    assert data.datasets == ["my-org/dermt2im"] and data.base_model == "timm/mobilenetv2_100.ra_in1k"
+    results = {(r.dataset_name, r.metric_type): r for r in data.eval_results}
+    assert set(results) == {("isic-test", "accuracy"), ("isic-test", "f1"), ("ham10000-test", "accuracy")}
+    assert results["isic-test", "accuracy"].metric_value == pytest.approx(0.81)
+    assert results["isic-test", "accuracy"].task_type == "image-classification"
+    assert results["isic-test", "accuracy"].dataset_split == "test"
+    assert data.model_name == "mnv2-hybrid"
+    text = card.text
+    assert 'timm.create_model("mobilenetv2_100", pretrained=False, num_classes=2)' in text
+    assert 'hf_hub_download("my-org/mnv2-hybrid", "model.safetensors")' in text
+    assert "| isic-test | test | accuracy | 0.81 | 0.78, 0.84 |" in text
+    assert "| ham10000-test | test | accuracy | 0.73 | not recorded |" in text
+
+
+def test_results_and_stage_cards(tmp_path):
+    results = ModelCard.load(render_card(_write_folder(tmp_path, "results", RESULTS_FACTS)))
+    assert "| vit | 0.9 |" in results.text and "![results](accuracy.png)" in results.text
+    assert "| ViT-B/16 | 90.74 | 93.03 | 81.50 | 85.02 |" in results.text and "Runs: 2" in results.text
+    assert {"dermatology", "leaderboard"} <= set(results.data.tags)
+    stage = ModelCard.load(render_card(_write_folder(tmp_path, "stage", {"num_images": 6})))
+    assert "`generate`" in stage.text and "| num_images | 6 |" in stage.text
+    assert "my-org/isic-seed" in stage.text  # inputs table
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_missing_facts_render_not_recorded(kind, tmp_path):
+    folder = tmp_path / kind
+    write_manifest(folder, STAGES[kind])  # no extra["card"] at all
+    card = _load(render_card(folder), kind)
+    assert card.text.count(NOT_RECORDED) >= 3
+    assert card.data.license, "front matter always carries a licence"
+    # no heading is directly followed by another heading: every section has a body
+    lines = [line for line in card.text.splitlines() if line.strip()]
+    for first, second in zip(lines, lines[1:]):
+        assert not (first.startswith("#") and second.startswith("#") and second.count("#") <= first.count("#")), (
+            f"empty section {first!r}")
+    assert "None" not in re.sub(r"```.*?```", "", card.text, flags=re.S), "a missing fact leaked as None"
+
+
+def test_missing_lora_facts_in_detail(tmp_path):
+    folder = tmp_path / "lora"
+    write_manifest(folder, "train_lora", extra={"card": {"lora_rank": 4}})
+    card = ModelCard.load(render_card(folder))
+    assert "| LoRA rank | 4 |" in card.text and "| LoRA alpha | not recorded |" in card.text
+    assert "Base model: not recorded" in card.text and "Sample images\n\nnot recorded" in card.text
+    assert "base_model" not in card.data.to_dict() and card.data.license == "creativeml-openrail-m"
+
+
+def test_local_base_model_path_stays_out_of_front_matter(tmp_path):
+    facts = {**LORA_FACTS, "base_model": str(tmp_path)}
+    card = build_card({"stage": "train_lora", "extra": {"card": facts}})
+    assert "base_model" not in card.data.to_dict()
+    assert str(tmp_path) in card.text  # the snippet still loads what was trained on
+
+
+def test_untrusted_prompt_cannot_break_tables(tmp_path):
+    facts = {"instance_prompts": ["mole | <script>x</script>"], "hyperparameters": {"a|b": "c\nd"}}
+    card = build_card({"stage": "train_lora", "extra": {"card": facts}})
+    assert "<script>" not in card.text and "| a\\|b | c d |" in card.text
+
+
+def test_rendering_is_a_pure_function_of_the_manifest(tmp_path):
+    folder = _write_folder(tmp_path, "lora", LORA_FACTS)
+    first = render_card(folder).read_text()
+    assert render_card(folder).read_text() == first
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_templates_use_only_defined_names(kind):
+    """from_template renders with a lenient Jinja; a strict render catches misspelled variables."""
+    from dermt2im_hub.hub import cards
+
+    manifest = {"stage": STAGES[kind], "extra": {"card": FACTS[kind]}}
+    ctx = cards._CONTEXT_BUILDERS[kind](cards._common_context(manifest, kind, None))
+    ctx.update(cards._render_partials(ctx))
+    strict = jinja2.Environment(undefined=jinja2.StrictUndefined)
+    card_data = cards._CARD_DATA_BUILDERS[kind](ctx)
+    strict.from_string(read_template(f"{kind}.md.j2")).render(card_data=card_data.to_yaml(), **ctx)
+    assert len(PARTIALS) == 3
+
+
+def test_card_cli(tmp_path, run_cli):
+    folder = _write_folder(tmp_path, "dataset", DATASET_FACTS)
+    code, out, err = run_cli("card", folder, "--repo-id", "my-org/dermt2im")
+    assert code == 0, err
+    assert "README.md" in out and DatasetCard.load(folder / "README.md").data.pretty_name
+    code, _, err = run_cli("card", tmp_path / "missing")
+    assert code == 2 and "manifest.json" in err
