@@ -1,0 +1,81 @@
+"""Hub commands: `card` (re-)renders an output folder's README.md, `push` publishes the folder."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+ORDER = 80
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "card", help="(re-)render README.md of a stage output folder from its manifest.json",
+        description="Render FOLDER/README.md (a Hub model or dataset card) from FOLDER/manifest.json alone. The "
+                    "card kind follows the stage (train_lora: LoRA card, build_dataset: dataset card, "
+                    "train_classifier: classifier card, leaderboard: results card, others: a generic card). "
+                    "Facts the run did not record are written as 'not recorded'.")
+    p.add_argument("folder", type=Path, help="a stage output folder holding manifest.json")
+    p.add_argument("--kind", choices=["lora", "dataset", "classifier", "results", "stage"], default=None,
+                   help="card kind (default: chosen from the manifest's stage)")
+    p.add_argument("--repo-id", default=None,
+                   help="ORG/NAME the card's how-to-use snippet loads from (default: the manifest's fact "
+                        "`repo_id`, else a placeholder)")
+    p.set_defaults(func=_card)
+
+    p = subparsers.add_parser(
+        "push", help="upload a stage output folder to the Hub (private unless --public)",
+        description="Create the Hub repo (private unless --public; an existing repo keeps its visibility) and "
+                    "upload FOLDER, leaving out checkpoints, optimizer/scheduler states, caches, logs, "
+                    "TensorBoard events and temp files. Refuses pickle weight files (.bin .pt .pth .pkl "
+                    ".pickle .ckpt). Retries transient HTTP errors. The token comes from HF_TOKEN or the "
+                    "cached `hf auth login` and is never printed or written. Prints the commit URL.")
+    p.add_argument("folder", type=Path, help="the folder to upload (render its card first: dermt2im card FOLDER)")
+    p.add_argument("--repo-id", required=True, help="target repo, ORG/NAME")
+    p.add_argument("--repo-type", choices=["model", "dataset"], default=None,
+                   help="repo type (default: dataset for a build_dataset folder, else model)")
+    p.add_argument("--public", action="store_true", help="create the repo public (default: private)")
+    p.add_argument("--revision", default=None, metavar="BRANCH",
+                   help="branch to commit to, created from main if missing (default: main)")
+    p.add_argument("--commit-message", default=None, help="commit message (default: 'Upload FOLDER ...')")
+    p.add_argument("--dry-run", action="store_true", help="list what would be uploaded and stop")
+    p.set_defaults(func=_push)
+
+
+def _card(args: argparse.Namespace) -> int:
+    from dermt2im_hub.hub.cards import render_card
+
+    path = render_card(args.folder, kind=args.kind, repo_id=args.repo_id)
+    print(f"card written to {path}")
+    return 0
+
+
+def _default_repo_type(folder: Path) -> str:
+    from dermt2im_hub.hub.cards import card_kind, card_repo_type
+    from dermt2im_hub.manifest import try_read_manifest
+
+    manifest = try_read_manifest(folder)
+    return card_repo_type(card_kind(manifest)) if manifest else "model"
+
+
+def _push(args: argparse.Namespace) -> int:
+    from huggingface_hub.errors import HfHubHTTPError
+
+    from dermt2im_hub.cli import UserError
+    from dermt2im_hub.hub.push import PushError, check_folder, push_folder
+
+    repo_type = args.repo_type or _default_repo_type(args.folder)
+    try:
+        if args.dry_run:
+            paths = check_folder(args.folder)
+            print(f"would upload {len(paths)} files to {repo_type} repo {args.repo_id} "
+                  f"({'public' if args.public else 'private'}):")
+            print("\n".join(f"  {p}" for p in paths))
+            return 0
+        info = push_folder(args.folder, args.repo_id, repo_type=repo_type, private=not args.public,
+                           revision=args.revision, commit_message=args.commit_message)
+    except (PushError, HfHubHTTPError) as error:
+        # the Hub's own error text names the repo and the HTTP status, never the token
+        raise UserError(str(error)) from error
+    print(f"pushed {args.folder} to {repo_type} repo {args.repo_id}: {info.commit_url}")
+    return 0

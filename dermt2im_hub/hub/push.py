@@ -1,0 +1,163 @@
+"""Push an output folder to the Hub: private by default, safetensors only, no training debris.
+
+    info = push_folder("outputs/lora", "my-org/dermt2im-lora")   # -> huggingface_hub CommitInfo
+    print(info.commit_url)
+
+This wraps `HfApi.create_repo` + `HfApi.upload_folder`; it only adds the policy:
+- the repo is created private unless `private=False` (an existing repo keeps its visibility);
+- checkpoints, optimizer/scheduler states, caches, logs, TensorBoard events and temp files are not uploaded;
+- pickle-based weight files (.bin/.pt/.pth/.pkl/.pickle/.ckpt) are refused before anything is sent;
+- transient HTTP errors (5xx, 429, dropped connections, timeouts) are retried with exponential backoff;
+- the token is whatever huggingface_hub finds (HF_TOKEN or the cached `hf auth login`); this module never
+  reads, prints, logs or writes it;
+- the local folder is only read, so a failed push leaves it exactly as it was.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from dermt2im_hub.hub.cards import CARD_NAME
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+REPO_TYPES = ("model", "dataset")
+
+# fnmatch patterns on repo-relative paths (`*` also crosses `/`), as upload_folder applies them.
+IGNORE_PATTERNS = [
+    # intermediate training checkpoints (accelerate save_state folders) and their optimizer/scheduler states
+    "checkpoints/*", "*/checkpoints/*", "checkpoint-*", "*/checkpoint-*",
+    "optimizer*.pt", "*/optimizer*.pt", "optimizer*.bin", "*/optimizer*.bin",
+    "scheduler*.pt", "*/scheduler*.pt", "scheduler*.bin", "*/scheduler*.bin",
+    "scaler*.pt", "*/scaler*.pt", "random_states*.pkl", "*/random_states*.pkl",
+    "training_state*", "*/training_state*",
+    # caches
+    ".cache/*", "*/.cache/*", "__pycache__/*", "*/__pycache__/*", "*.pyc", ".ipynb_checkpoints/*",
+    "*/.ipynb_checkpoints/*", ".DS_Store", "*/.DS_Store",
+    # logs and experiment trackers
+    "*.log", "logs/*", "*/logs/*", "runs/*", "*/runs/*", "wandb/*", "*/wandb/*", "*events.out.tfevents.*",
+    # leftovers of interrupted atomic writes (dermt2im_hub.utils.files)
+    "*.tmp", ".*.tmp", "*/.*.tmp",
+]
+
+# Formats that unpickle on load (arbitrary code execution); weights travel as safetensors only.
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
+
+TRANSIENT_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
+
+
+class PushError(RuntimeError):
+    """A push that cannot or should not happen; the message says why and what to do."""
+
+
+class UnsafeWeightsError(PushError):
+    """The folder holds pickle-based weight files, which are never published."""
+
+
+# ---------------------------------------------------------------------------------------------- what is uploaded
+
+
+def files_to_upload(folder: str | os.PathLike, ignore_patterns: list[str] | None = None) -> list[str]:
+    """Repo-relative paths upload_folder would send, with the same pattern matching it uses."""
+    from huggingface_hub.utils import filter_repo_objects
+    from huggingface_hub.utils._paths import DEFAULT_IGNORE_PATTERNS
+
+    folder = Path(folder)
+    paths = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+    patterns = list(IGNORE_PATTERNS if ignore_patterns is None else ignore_patterns) + list(DEFAULT_IGNORE_PATTERNS)
+    return list(filter_repo_objects(paths, ignore_patterns=patterns))
+
+
+def pickle_weight_files(paths: list[str]) -> list[str]:
+    return [p for p in paths if p.lower().endswith(PICKLE_SUFFIXES)]
+
+
+def check_folder(folder: str | os.PathLike) -> list[str]:
+    """The files a push would upload; raises PushError / UnsafeWeightsError when it must not happen."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise PushError(f"{folder} is not a folder")
+    paths = files_to_upload(folder)
+    if not paths:
+        raise PushError(f"{folder} has no file to upload (it is empty or every file matches an ignore pattern)")
+    unsafe = pickle_weight_files(paths)
+    if unsafe:
+        listed = ", ".join(unsafe[:10]) + (f" and {len(unsafe) - 10} more" if len(unsafe) > 10 else "")
+        raise UnsafeWeightsError(
+            f"refusing to push {folder}: it holds pickle-based weight file(s) {listed}. Pickle files run code "
+            "when loaded; convert them to .safetensors (safetensors.torch.save_file) and remove the originals.")
+    if CARD_NAME not in paths:
+        logger.warning("%s has no %s: the Hub repo will have no card (run `dermt2im card %s` first)",
+                       folder, CARD_NAME, folder)
+    return paths
+
+
+# ---------------------------------------------------------------------------------------------- retries
+
+
+def is_transient(error: BaseException) -> bool:
+    """Errors worth retrying: server-side 5xx, rate limits, dropped connections and timeouts."""
+    import httpx
+    from huggingface_hub.errors import HfHubHTTPError
+
+    if isinstance(error, HfHubHTTPError):
+        status = getattr(error.response, "status_code", None)
+        return status in TRANSIENT_STATUS or (status is not None and 500 <= status < 600)
+    return isinstance(error, (httpx.TransportError, ConnectionError, TimeoutError))
+
+
+def with_retries(call: Callable[[], T], what: str, attempts: int = 5, backoff_seconds: float = 2.0,
+                 sleep: Callable[[float], Any] = time.sleep) -> T:
+    """`call()`, retried on transient errors with exponential backoff (2, 4, 8 ... seconds)."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return call()
+        except Exception as error:
+            if attempt == attempts or not is_transient(error):
+                raise
+            delay = backoff_seconds * 2 ** (attempt - 1)
+            # the error's class only: messages can quote request details
+            logger.warning("%s failed with a transient %s (attempt %d of %d); retrying in %.0f s",
+                           what, type(error).__name__, attempt, attempts, delay)
+            sleep(delay)
+    raise AssertionError("unreachable")
+
+
+# ---------------------------------------------------------------------------------------------- push
+
+
+def push_folder(folder: str | os.PathLike, repo_id: str, repo_type: str = "model", private: bool = True,
+                revision: str | None = None, commit_message: str | None = None, api=None, *,
+                attempts: int = 5, backoff_seconds: float = 2.0, sleep: Callable[[float], Any] = time.sleep):
+    """Create `repo_id` (private unless `private=False`) and upload `folder` to it; returns the CommitInfo
+    (its `.commit_url` says where the commit is). `revision` is a branch, created from main when missing."""
+    if repo_type not in REPO_TYPES:
+        raise PushError(f"repo_type must be one of {', '.join(REPO_TYPES)}, got {repo_type!r}")
+    if repo_id.count("/") != 1 or not all(repo_id.split("/")):
+        raise PushError(f"repo id must look like ORG/NAME, got {repo_id!r}")
+    folder = Path(folder)
+    paths = check_folder(folder)
+    if api is None:
+        from huggingface_hub import HfApi
+
+        api = HfApi()  # token: HF_TOKEN or the cached login, resolved inside huggingface_hub
+    message = commit_message or f"Upload {folder.name} with dermt2im-hub"
+    retry = {"attempts": attempts, "backoff_seconds": backoff_seconds, "sleep": sleep}
+
+    repo_url = with_retries(lambda: api.create_repo(repo_id, repo_type=repo_type, private=private,
+                                                    exist_ok=True), "create_repo", **retry)
+    if revision and revision != "main":
+        with_retries(lambda: api.create_branch(repo_id, branch=revision, repo_type=repo_type, exist_ok=True),
+                     "create_branch", **retry)
+    logger.info("uploading %d files from %s to %s (%s)", len(paths), folder, repo_url, repo_type)
+    return with_retries(lambda: api.upload_folder(
+        repo_id=repo_id, folder_path=str(folder), repo_type=repo_type, revision=revision,
+        commit_message=message, ignore_patterns=list(IGNORE_PATTERNS),  # a fresh list: upload_folder extends it
+    ), "upload_folder", **retry)
