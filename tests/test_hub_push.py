@@ -1,0 +1,229 @@
+"""Pushing: what would be uploaded, privacy, pickle refusal, retries, no token anywhere.
+
+The Hub cannot be written to offline (and no writable Hub-compatible server exists), so pushes go to
+RecordingHubApiDouble, a stand-in for HfApi that records each call and lists the files upload_folder would
+send with huggingface_hub's own pattern filter.
+"""
+
+from __future__ import annotations
+
+import logging
+from types import SimpleNamespace
+
+import httpx
+import pytest
+from huggingface_hub.errors import HfHubHTTPError
+from huggingface_hub.utils import filter_repo_objects
+
+from dermt2im_hub.hub.push import (
+    PushError,
+    UnsafeWeightsError,
+    files_to_upload,
+    is_transient,
+    push_folder,
+    with_retries,
+)
+from dermt2im_hub.manifest import tree_fingerprint, write_manifest
+
+FAKE_TOKEN = "hf_DoubleTestTokenThatMustNeverAppear0123"
+
+
+class RecordingHubApiDouble:
+    """Test double of huggingface_hub.HfApi: records create_repo/create_branch/upload_folder calls; the first
+    `failures` upload attempts raise the given errors."""
+
+    def __init__(self, *args, failures: list[Exception] | None = None, **kwargs):
+        self.calls: list[tuple[str, dict]] = []
+        self.uploaded: dict[str, bytes] = {}
+        self.failures = list(failures or [])
+
+    def create_repo(self, repo_id, **kwargs):
+        self.calls.append(("create_repo", {"repo_id": repo_id, **kwargs}))
+        return f"https://hub.invalid/{repo_id}"
+
+    def create_branch(self, repo_id, **kwargs):
+        self.calls.append(("create_branch", {"repo_id": repo_id, **kwargs}))
+
+    def upload_folder(self, *, folder_path, ignore_patterns, **kwargs):
+        self.calls.append(("upload_folder", {"folder_path": folder_path, "ignore_patterns": list(ignore_patterns),
+                                             **kwargs}))
+        if self.failures:
+            raise self.failures.pop(0)
+        from pathlib import Path
+
+        root = Path(folder_path)
+        paths = [p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()]
+        for path in filter_repo_objects(paths, ignore_patterns=ignore_patterns + [".git/*", ".cache/huggingface/*"]):
+            self.uploaded[path] = (root / path).read_bytes()
+        return SimpleNamespace(commit_url=f"https://hub.invalid/{kwargs['repo_id']}/commit/abc123")
+
+    def call(self, name):
+        return [kwargs for called, kwargs in self.calls if called == name]
+
+
+def _http_error(status: int) -> HfHubHTTPError:
+    request = httpx.Request("POST", "https://hub.invalid/api/repos/create")
+    return HfHubHTTPError(f"{status} error", response=httpx.Response(status, request=request))
+
+
+@pytest.fixture
+def lora_folder(tmp_path):
+    """An output folder with everything a training run leaves behind, wanted or not."""
+    folder = tmp_path / "lora"
+    write_manifest(folder, "train_lora", extra={"card": {"lora_rank": 4}})
+    files = {
+        "README.md": "# card\n",
+        "pytorch_lora_weights.safetensors": "weights",
+        "samples/benign-0.png": "png",
+        "checkpoints/checkpoint-10/model.safetensors": "ckpt",
+        "checkpoint-20/optimizer.bin": "opt",
+        "checkpoint-20/random_states_0.pkl": "rng",
+        "optimizer.pt": "opt",
+        "scheduler.pt": "sched",
+        "logs/train_lora/events.out.tfevents.1.host": "tb",
+        "train.log": "log",
+        ".cache/huggingface/upload/x.metadata": "cache",
+        "__pycache__/m.cpython-311.pyc": "pyc",
+        ".manifest.json.abc.tmp": "partial",
+    }
+    for name, text in files.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_text(text)
+    return folder
+
+
+def test_files_to_upload_leave_out_training_debris(lora_folder):
+    assert files_to_upload(lora_folder) == ["README.md", "manifest.json", "pytorch_lora_weights.safetensors",
+                                            "samples/benign-0.png"]
+
+
+def test_push_is_private_with_ignore_patterns_and_message(lora_folder, monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", FAKE_TOKEN)
+    api = RecordingHubApiDouble()
+    before = tree_fingerprint(lora_folder)
+    info = push_folder(lora_folder, "my-org/adapter", api=api, commit_message="first adapter")
+    assert info.commit_url.endswith("/commit/abc123")
+    (create,) = api.call("create_repo")
+    assert create == {"repo_id": "my-org/adapter", "repo_type": "model", "private": True, "exist_ok": True}
+    (upload,) = api.call("upload_folder")
+    assert upload["commit_message"] == "first adapter" and upload["revision"] is None
+    assert "checkpoint-*" in upload["ignore_patterns"] and "*events.out.tfevents.*" in upload["ignore_patterns"]
+    assert sorted(api.uploaded) == ["README.md", "manifest.json", "pytorch_lora_weights.safetensors",
+                                    "samples/benign-0.png"]
+    assert not api.call("create_branch")
+    assert tree_fingerprint(lora_folder) == before, "a push only reads the folder"
+    # the token reaches neither the uploaded files nor any file in the folder nor the recorded calls
+    assert all(FAKE_TOKEN.encode() not in data for data in api.uploaded.values())
+    assert all(FAKE_TOKEN.encode() not in p.read_bytes() for p in lora_folder.rglob("*") if p.is_file())
+    assert FAKE_TOKEN not in repr(api.calls)
+
+
+def test_public_dataset_push_on_a_branch(lora_folder):
+    api = RecordingHubApiDouble()
+    push_folder(lora_folder, "my-org/data", repo_type="dataset", private=False, revision="v2", api=api)
+    assert api.call("create_repo")[0]["private"] is False
+    assert api.call("create_branch") == [{"repo_id": "my-org/data", "branch": "v2", "repo_type": "dataset",
+                                          "exist_ok": True}]
+    assert api.call("upload_folder")[0]["revision"] == "v2"
+
+
+@pytest.mark.parametrize("name", ["unet/diffusion_pytorch_model.bin", "lora.pt", "head.pth", "state.pkl",
+                                  "x.pickle", "model.ckpt"])
+def test_pickle_weights_are_refused_before_anything_is_sent(lora_folder, name):
+    (lora_folder / name).parent.mkdir(parents=True, exist_ok=True)
+    (lora_folder / name).write_bytes(b"pickle")
+    api = RecordingHubApiDouble()
+    with pytest.raises(UnsafeWeightsError, match=f"refusing to push .*{name}.*safetensors"):
+        push_folder(lora_folder, "my-org/adapter", api=api)
+    assert api.calls == []
+
+
+def test_transient_errors_are_retried_with_backoff(lora_folder):
+    api = RecordingHubApiDouble(failures=[_http_error(503), httpx.ConnectError("connection reset"),
+                                          _http_error(429)])
+    delays = []
+    info = push_folder(lora_folder, "my-org/adapter", api=api, sleep=delays.append)
+    assert info.commit_url and len(api.call("upload_folder")) == 4
+    assert delays == [2.0, 4.0, 8.0]
+    # each attempt got its own copy of the patterns (upload_folder appends its defaults in place)
+    assert all(len(c["ignore_patterns"]) == len(api.call("upload_folder")[0]["ignore_patterns"])
+               for c in api.call("upload_folder"))
+
+
+def test_permanent_errors_fail_at_once_and_leave_the_folder(lora_folder):
+    api = RecordingHubApiDouble(failures=[_http_error(403)])
+    before = tree_fingerprint(lora_folder)
+    with pytest.raises(HfHubHTTPError):
+        push_folder(lora_folder, "my-org/adapter", api=api, sleep=lambda s: pytest.fail("no retry on 403"))
+    assert len(api.call("upload_folder")) == 1 and tree_fingerprint(lora_folder) == before
+
+
+def test_retries_give_up_after_the_last_attempt():
+    calls = []
+
+    def always_busy():
+        calls.append(1)
+        raise _http_error(502)
+
+    with pytest.raises(HfHubHTTPError):
+        with_retries(always_busy, "upload", attempts=3, sleep=lambda s: None)
+    assert len(calls) == 3
+    assert is_transient(TimeoutError()) and not is_transient(ValueError()) and not is_transient(_http_error(404))
+
+
+def test_bad_inputs(tmp_path, lora_folder):
+    with pytest.raises(PushError, match="ORG/NAME"):
+        push_folder(lora_folder, "no-org", api=RecordingHubApiDouble())
+    with pytest.raises(PushError, match="not a folder"):
+        push_folder(tmp_path / "missing", "o/n", api=RecordingHubApiDouble())
+    (tmp_path / "only-logs").mkdir()
+    (tmp_path / "only-logs" / "run.log").write_text("x")
+    with pytest.raises(PushError, match="no file to upload"):
+        push_folder(tmp_path / "only-logs", "o/n", api=RecordingHubApiDouble())
+
+
+def test_push_cli(lora_folder, run_cli, monkeypatch, caplog):
+    import huggingface_hub
+
+    doubles = []
+
+    def make_double(*args, **kwargs):
+        doubles.append(RecordingHubApiDouble())
+        return doubles[-1]
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", make_double)
+    monkeypatch.setenv("HF_TOKEN", FAKE_TOKEN)
+    caplog.set_level(logging.DEBUG)
+    code, out, err = run_cli("push", lora_folder, "--repo-id", "my-org/adapter", "--commit-message", "hello")
+    assert code == 0, err
+    assert "https://hub.invalid/my-org/adapter/commit/abc123" in out
+    assert doubles[0].call("create_repo")[0]["private"] is True
+    assert doubles[0].call("upload_folder")[0]["commit_message"] == "hello"
+    code, out, err = run_cli("push", lora_folder, "--repo-id", "my-org/adapter", "--public")
+    assert code == 0 and doubles[1].call("create_repo")[0]["private"] is False
+    assert FAKE_TOKEN not in out + err + caplog.text
+
+    (lora_folder / "bad.pt").write_bytes(b"x")
+    code, out, err = run_cli("push", lora_folder, "--repo-id", "my-org/adapter")
+    assert code == 2 and "bad.pt" in err and len(doubles) == 2
+
+
+def test_push_cli_help_and_dry_run(lora_folder, run_cli):
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli("push", "--help")
+    assert exit_info.value.code == 0
+    code, out, err = run_cli("push", lora_folder, "--repo-id", "my-org/adapter", "--dry-run")
+    assert code == 0, err
+    assert "private" in out and "pytorch_lora_weights.safetensors" in out and "optimizer.pt" not in out
+
+
+def test_the_double_matches_the_real_hfapi_signatures(lora_folder):
+    """The calls recorded by the double must be valid calls of the real HfApi methods."""
+    import inspect
+
+    from huggingface_hub import HfApi
+
+    api = RecordingHubApiDouble()
+    push_folder(lora_folder, "my-org/data", repo_type="dataset", revision="v2", api=api)
+    for name, kwargs in api.calls:
+        inspect.signature(getattr(HfApi, name)).bind(None, **kwargs)
