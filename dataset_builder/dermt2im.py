@@ -27,7 +27,7 @@ from datasets.builder import Key
 from dermt2im_hub.dataset.config import A1111, CONFIG_NAMES, REAL, SYNTHETIC
 from dermt2im_hub.dataset.images import read_file_bytes
 from dermt2im_hub.dataset.schema import STRING_LIST, clean_row, discover_qa_columns, features_for
-from dermt2im_hub.dataset.sources import Scan, ScanOptions, input_folders, scan_inputs
+from dermt2im_hub.dataset.sources import MemorizationError, Scan, ScanOptions, input_folders, scan_inputs
 from dermt2im_hub.records import METADATA_NAME
 from dermt2im_hub.utils.files import read_jsonl, sha256_bytes
 
@@ -49,10 +49,6 @@ _DESCRIPTIONS = {
     REAL: "Preprocessed real dermoscopy images (hair removed, resized) with leakage-safe train/validation/test "
           "splits, for hybrid classifier training.",
 }
-
-
-class MemorizationError(ValueError):
-    """Rows flagged by the memorization audit would be published; allow them explicitly or remove them."""
 
 
 @dataclass

@@ -45,6 +45,10 @@ PROBLEM_KINDS = ("duplicate", "corrupt", "missing", "unsafe_name", "invalid_row"
                  "label_conflict")
 
 
+class MemorizationError(ValueError):
+    """Rows flagged by the memorization audit would be built or published without being allowed."""
+
+
 @dataclass
 class Entry:
     """One admitted image: where its bytes are and the column values that go with them."""

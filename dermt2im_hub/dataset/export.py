@@ -1,0 +1,186 @@
+"""`build_dataset`: run the DermT2IM builder and write a Hub-ready folder that `load_dataset` reads natively.
+
+    DIR/data/{split}-NNNNN-of-NNNNN.parquet   image bytes embedded as they were on disk (no re-encode)
+    DIR/README.md                             dataset card with a `configs:` block (rendered from the manifest)
+    DIR/manifest.json                         stage build_dataset; extra.card = the card's facts
+    DIR/sample_grid.png
+
+The builder writes the parquet files itself (`download_and_prepare(file_format="parquet")`), so the builder
+is the one source of truth for features and rows. Writing happens in a staging folder and the shards replace
+the old ones only when the build succeeded. The same inputs give byte-identical parquet files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dermt2im_hub.dataset.config import A1111, REAL, SYNTHETIC, DatasetConfig, parse_size
+from dermt2im_hub.dataset.sources import MemorizationError
+from dermt2im_hub.dataset.stats import DATA_DIR, SHARD_RE, card_facts, count_flagged, shard_files
+from dermt2im_hub.manifest import StageRun, try_read_manifest
+
+STAGE = "build_dataset"
+STAGING_DIR = ".build-staging"
+SAMPLE_GRID = "sample_grid.png"
+DEFAULT_PRETTY_NAMES = {
+    SYNTHETIC: "Derm-T2IM synthetic skin lesions",
+    A1111: "Derm-T2IM skin lesions (AUTOMATIC1111 images)",
+    REAL: "Derm-T2IM real dermoscopy (preprocessed)",
+}
+
+
+@dataclass
+class BuildResult:
+    output_dir: Path
+    num_rows: int
+    splits: dict[str, int]
+    shards: list[str]
+    report: dict[str, Any]
+    card: Path | None = None
+    pushed: Any = None
+    messages: list[str] = field(default_factory=list)
+
+
+def make_builder(config: DatasetConfig, inputs: Sequence[str | Path], cache_dir: str | Path | None = None):
+    """A DermT2IM builder for `config` over `inputs` (what build_dataset runs; usable on its own)."""
+    from dataset_builder.dermt2im import DermT2IM
+
+    return DermT2IM(config_name=config.config_name, inputs=[str(Path(p)) for p in inputs],
+                    cache_dir=str(cache_dir) if cache_dir else None, split_by=config.split_by,
+                    split_fractions=tuple(config.split_fractions), include_rejected=config.include_rejected,
+                    verify_pixels=config.verify_pixels, allow_memorized=config.allow_memorized)
+
+
+def build_dataset(inputs: Sequence[str | Path], output_dir: str | Path, config: DatasetConfig | None = None, *,
+                  progress: bool = True, api=None) -> BuildResult:
+    """Build the dataset folder from `inputs` (see module doc); push it when `config.push_to_hub` is set."""
+    config = config or DatasetConfig()
+    config.validate()
+    output_dir = Path(output_dir)
+    _check_output_dir(output_dir, [Path(p) for p in inputs])
+    staging = output_dir / STAGING_DIR
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        result = _build(inputs, output_dir, staging, config, progress)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    result.card = write_card(output_dir)
+    if config.push_to_hub:
+        result.pushed = push_dataset(output_dir, config.push_to_hub, private=not config.public,
+                                     allow_memorized=config.allow_memorized, api=api)
+    return result
+
+
+def _build(inputs, output_dir: Path, staging: Path, config: DatasetConfig, progress: bool) -> BuildResult:
+    inputs_by_role = {f"input_{i}": str(p) for i, p in enumerate(inputs)}
+    with StageRun(output_dir, STAGE, config, inputs=inputs_by_role) as run:
+        builder = make_builder(config, inputs, cache_dir=staging / "cache")
+        with _progress_bars(progress):
+            builder.download_and_prepare(output_dir=str(staging / "parquet"), file_format="parquet",
+                                         max_shard_size=parse_size(config.max_shard_size))
+        report = builder.scan.report
+        shards = _install_shards(staging / "parquet", builder.dataset_name, output_dir / DATA_DIR)
+        grid = None
+        if config.sample_grid_per_class:
+            from dermt2im_hub.dataset.grid import render_sample_grid
+
+            grid = render_sample_grid(builder.scan.entries, output_dir / SAMPLE_GRID, config.sample_grid_per_class)
+        card = card_facts(output_dir, report.summary(), config_name=config.config_name,
+                          pretty_name=config.pretty_name or DEFAULT_PRETTY_NAMES[config.config_name],
+                          license=config.license, source_datasets=list(config.source_datasets),
+                          sample_grid=SAMPLE_GRID if grid else None, allow_memorized=config.allow_memorized)
+        run.outputs = {"num_rows": card["num_rows"], "splits": card["splits"], "per_class": card["per_class"],
+                       "data_files": shards, "card": "README.md", "sample_grid": card["sample_grid"]}
+        run.extra["card"] = card
+        run.extra["build_report"] = report.summary()
+    return BuildResult(output_dir, card["num_rows"], card["splits"], shards, report.summary(),
+                       messages=[report.describe()])
+
+
+def _check_output_dir(output_dir: Path, inputs: list[Path]) -> None:
+    """Refuse to write into an input folder or over another stage's output."""
+    target = output_dir.resolve()
+    for folder in inputs:
+        if target == folder.resolve() or target.is_relative_to(folder.resolve()):
+            raise ValueError(f"output {output_dir} is inside input {folder}: write the dataset elsewhere")
+    manifest = try_read_manifest(output_dir)
+    if manifest is not None and manifest.get("stage") != STAGE:
+        raise ValueError(f"{output_dir} holds the output of stage {manifest.get('stage')!r}; choose an empty "
+                         "folder or a previous build-dataset output")
+
+
+@contextlib.contextmanager
+def _progress_bars(enabled: bool):
+    from datasets.utils import logging as ds_logging
+
+    was_enabled = ds_logging.is_progress_bar_enabled()
+    if not enabled:
+        ds_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled and not enabled:
+            ds_logging.enable_progress_bar()
+
+
+def _install_shards(staging: Path, dataset_name: str, data_dir: Path) -> list[str]:
+    """Move the builder's `NAME-SPLIT[-SSSSS-of-NNNNN].parquet` files to `data/SPLIT-SSSSS-of-NNNNN.parquet`,
+    after removing the shards of an earlier build (a smaller rebuild must not leave stale shards behind)."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    for old in data_dir.glob("*.parquet"):
+        if SHARD_RE.match(old.name):
+            old.unlink()
+    installed = []
+    prefix = f"{dataset_name}-"
+    by_split: dict[str, list[Path]] = {}
+    for path in sorted(staging.glob(f"{prefix}*.parquet")):
+        split = path.name[len(prefix):].split("-")[0].removesuffix(".parquet")
+        by_split.setdefault(split, []).append(path)
+    for split, paths in by_split.items():
+        for index, path in enumerate(paths):
+            name = f"{split}-{index:05d}-of-{len(paths):05d}.parquet"
+            shutil.move(str(path), data_dir / name)
+            installed.append(f"{DATA_DIR}/{name}")
+    return installed
+
+
+def write_card(folder: str | Path, repo_id: str | None = None) -> Path:
+    """README.md (with the `configs:` block) from the folder's manifest, through the Hub layer's renderer;
+    `repo_id` makes the card's how-to-use snippet load from that repo."""
+    from dermt2im_hub.hub.cards import render_card
+
+    return render_card(Path(folder), repo_id=repo_id)
+
+
+def check_publishable(folder: str | Path, allow_memorized: bool = False) -> None:
+    """Raise unless `folder` is a finished build-dataset output whose rows may be published: any row with
+    `mem_flagged: true` refuses it unless `allow_memorized` (for every path that pushes a dataset folder)."""
+    folder = Path(folder)
+    manifest = try_read_manifest(folder)
+    if manifest is None or manifest.get("stage") != STAGE or manifest.get("status") != "complete":
+        raise ValueError(f"{folder} is not a finished build-dataset output (manifest.json stage {STAGE!r})")
+    if not shard_files(folder):
+        raise ValueError(f"{folder}/{DATA_DIR} holds no parquet shards")
+    flagged = count_flagged(folder)
+    if flagged and not allow_memorized:
+        raise MemorizationError(f"refusing to push {folder}: {flagged} row(s) were flagged by the memorization "
+                                "audit (mem_flagged: true). Remove them, or pass --allow-memorized after "
+                                "reviewing the audit report.")
+
+
+def push_dataset(folder: str | Path, repo_id: str, *, private: bool = True, allow_memorized: bool = False,
+                 api=None):
+    """Push a built folder as a dataset repo (private unless asked); refuses rows flagged by the memorization
+    audit unless `allow_memorized`."""
+    from dermt2im_hub.hub import push_folder
+
+    folder = Path(folder)
+    check_publishable(folder, allow_memorized=allow_memorized)
+    write_card(folder, repo_id=repo_id)
+    return push_folder(folder, repo_id, repo_type="dataset", private=private, api=api,
+                       commit_message=f"Upload dataset built by dermt2im build-dataset ({repo_id})")
