@@ -213,3 +213,32 @@ def test_card_cli(tmp_path, run_cli):
     assert "README.md" in out and DatasetCard.load(folder / "README.md").data.pretty_name
     code, _, err = run_cli("card", tmp_path / "missing")
     assert code == 2 and "manifest.json" in err
+
+
+@pytest.mark.slow
+def test_templates_render_from_a_built_wheel(tmp_path):
+    """`pip install .` must carry the templates: build a wheel from a copy of the sources and render from it
+    (zip import, so importlib.resources reads them from inside the archive)."""
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    source = tmp_path / "src"
+    ignore = shutil.ignore_patterns("__pycache__", "*.egg-info", "*.pyc")
+    for name in ("dermt2im_hub", "model_cards", "dataset_builder"):
+        if (root / name).is_dir():
+            shutil.copytree(root / name, source / name, ignore=ignore)
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(root / name, source / name)
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                            "-w", str(tmp_path / "dist"), str(source)], capture_output=True, text=True, timeout=300)
+    assert built.returncode == 0, built.stderr[-3000:]
+    (wheel,) = (tmp_path / "dist").glob("*.whl")
+    code = ("import model_cards, dermt2im_hub.hub.cards as c; assert '.whl' in model_cards.__file__, model_cards.__file__;"
+            "print(str(c.build_card({'stage': 'train_lora'})).count('not recorded') > 3)")
+    env = {**__import__("os").environ, "PYTHONPATH": str(wheel)}
+    ran = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path,
+                         timeout=120)
+    assert ran.returncode == 0 and ran.stdout.strip() == "True", ran.stderr[-3000:]
