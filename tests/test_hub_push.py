@@ -227,3 +227,24 @@ def test_the_double_matches_the_real_hfapi_signatures(lora_folder):
     push_folder(lora_folder, "my-org/data", repo_type="dataset", revision="v2", api=api)
     for name, kwargs in api.calls:
         inspect.signature(getattr(HfApi, name)).bind(None, **kwargs)
+
+
+def test_push_cli_keeps_the_dataset_memorization_rule(tmp_path, run_cli, monkeypatch):
+    """`dermt2im push` on a built dataset applies the dataset stage's publishing rule."""
+    import huggingface_hub
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    folder = tmp_path / "built"
+    (folder / "data").mkdir(parents=True)
+    pq.write_table(pa.table({"label": [0, 1], "mem_flagged": [False, True]}),
+                   folder / "data" / "train-00000-of-00001.parquet")
+    write_manifest(folder, "build_dataset")
+    (folder / "README.md").write_text("# card\n")
+    doubles = []
+    monkeypatch.setattr(huggingface_hub, "HfApi", lambda *a, **k: doubles.append(RecordingHubApiDouble()) or doubles[-1])
+    code, _, err = run_cli("push", folder, "--repo-id", "my-org/data")
+    assert code == 2 and "memorization" in err and not doubles
+    code, out, err = run_cli("push", folder, "--repo-id", "my-org/data", "--allow-memorized")
+    assert code == 0, err
+    assert doubles[0].call("create_repo")[0]["repo_type"] == "dataset", "the repo type follows the stage"

@@ -38,6 +38,9 @@ def register(subparsers) -> None:
     p.add_argument("--revision", default=None, metavar="BRANCH",
                    help="branch to commit to, created from main if missing (default: main)")
     p.add_argument("--commit-message", default=None, help="commit message (default: 'Upload FOLDER ...')")
+    p.add_argument("--allow-memorized", action="store_true",
+                   help="for a build_dataset folder: push even if rows were flagged by the memorization audit "
+                        "(review the audit first)")
     p.add_argument("--dry-run", action="store_true", help="list what would be uploaded and stop")
     p.set_defaults(func=_push)
 
@@ -58,6 +61,18 @@ def _default_repo_type(folder: Path) -> str:
     return card_repo_type(card_kind(manifest)) if manifest else "model"
 
 
+def _check_stage_rules(folder: Path, allow_memorized: bool) -> None:
+    """Stage-specific publishing rules, so `dermt2im push` cannot bypass them: a built dataset with rows
+    flagged by the memorization audit is refused (the CLI may import stages; the hub layer may not)."""
+    from dermt2im_hub.manifest import try_read_manifest
+
+    manifest = try_read_manifest(folder) or {}
+    if manifest.get("stage") == "build_dataset":
+        from dermt2im_hub.dataset.export import check_publishable
+
+        check_publishable(folder, allow_memorized=allow_memorized)
+
+
 def _push(args: argparse.Namespace) -> int:
     from huggingface_hub.errors import HfHubHTTPError
 
@@ -66,6 +81,7 @@ def _push(args: argparse.Namespace) -> int:
 
     repo_type = args.repo_type or _default_repo_type(args.folder)
     try:
+        _check_stage_rules(args.folder, args.allow_memorized)
         if args.dry_run:
             paths = check_folder(args.folder)
             print(f"would upload {len(paths)} files to {repo_type} repo {args.repo_id} "
@@ -74,7 +90,7 @@ def _push(args: argparse.Namespace) -> int:
             return 0
         info = push_folder(args.folder, args.repo_id, repo_type=repo_type, private=not args.public,
                            revision=args.revision, commit_message=args.commit_message)
-    except (PushError, HfHubHTTPError) as error:
+    except (PushError, HfHubHTTPError, ValueError) as error:
         # the Hub's own error text names the repo and the HTTP status, never the token
         raise UserError(str(error)) from error
     print(f"pushed {args.folder} to {repo_type} repo {args.repo_id}: {info.commit_url}")
