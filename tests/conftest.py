@@ -90,6 +90,14 @@ def local_hub(tmp_path_factory):
     a consumer process: HF_ENDPOINT, online switches, a fresh HF_HOME), `.run_python(code, *args, timeout=600)`.
     The server stops at the end of the session.
     """
+    import importlib.util
+    import shutil
+
+    # find_spec, not import: olah runs in its own process and importing it here costs seconds
+    if importlib.util.find_spec("olah") is None:
+        pytest.skip("the local Hub needs olah (pip install -e '.[dev]')")
+    if shutil.which("git") is None:
+        pytest.skip("the local Hub serves git repos: git is not installed")
     from dermt2im_hub.testing.hub_server import LocalHubServer
 
     server = LocalHubServer(tmp_path_factory.mktemp("local-hub"))

@@ -134,8 +134,9 @@ class LocalHubServer:
     def _responds(self) -> bool:
         # Any HTTP answer (even a 404 for this unknown repo) means the server is up.
         probe = f"{self.endpoint}/api/models/dermt2im-probe/none/revision/main"
+        direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never via an HTTP(S)_PROXY
         try:
-            with urllib.request.urlopen(probe, timeout=2):
+            with direct.open(probe, timeout=2):
                 return True
         except urllib.error.HTTPError:
             return True
