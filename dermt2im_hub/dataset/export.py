@@ -96,6 +96,7 @@ def _build(inputs, output_dir: Path, staging: Path, config: DatasetConfig, progr
                           sample_grid=SAMPLE_GRID if grid else None, allow_memorized=config.allow_memorized)
         run.outputs = {"num_rows": card["num_rows"], "splits": card["splits"], "per_class": card["per_class"],
                        "data_files": shards, "card": "README.md", "sample_grid": card["sample_grid"]}
+        card["dataset_info"] = dataset_info_yaml(builder, output_dir)
         run.extra["card"] = card
         run.extra["build_report"] = report.summary()
     return BuildResult(output_dir, card["num_rows"], card["splits"], shards, report.summary(),
@@ -149,12 +150,41 @@ def _install_shards(staging: Path, dataset_name: str, data_dir: Path) -> list[st
     return installed
 
 
-def write_card(folder: str | Path, repo_id: str | None = None) -> Path:
-    """README.md (with the `configs:` block) from the folder's manifest, through the Hub layer's renderer;
-    `repo_id` makes the card's how-to-use snippet load from that repo."""
-    from dermt2im_hub.hub.cards import render_card
+def dataset_info_yaml(builder, folder: Path) -> dict[str, Any]:
+    """The card's `dataset_info` block (features, rows and bytes per split) as `Dataset.push_to_hub` writes it.
 
-    return render_card(Path(folder), repo_id=repo_id)
+    Besides documenting the schema, it matters for local folders: `datasets` caches `load_dataset(DIR)` under
+    the folder name and the README's YAML, so a rebuilt folder whose YAML did not change would be served from
+    the previous build's cache; the byte and row counts here change with the content."""
+    from datasets import DatasetInfo, SplitDict, SplitInfo
+    from datasets.info import DatasetInfosDict
+    from huggingface_hub import DatasetCardData
+
+    splits = SplitDict()
+    for name, split in builder.info.splits.items():
+        splits.add(SplitInfo(name=name, num_bytes=split.num_bytes, num_examples=split.num_examples))
+    download_size = sum(p.stat().st_size for paths in shard_files(folder).values() for p in paths)
+    info = DatasetInfo(features=builder.info.features, splits=splits, download_size=download_size,
+                       dataset_size=sum(split.num_bytes for split in splits.values()))
+    card_data = DatasetCardData()
+    DatasetInfosDict({"default": info}).to_dataset_card_data(card_data)
+    return card_data.to_dict()["dataset_info"]
+
+
+def write_card(folder: str | Path, repo_id: str | None = None) -> Path:
+    """README.md (with the `configs:` block) from the folder's manifest, through the Hub layer's card builder,
+    plus the `dataset_info` block (see dataset_info_yaml); `repo_id` makes the how-to-use snippet load from
+    that repo."""
+    from dermt2im_hub.hub.cards import build_card
+    from dermt2im_hub.manifest import read_manifest
+    from dermt2im_hub.utils.files import atomic_write_text
+
+    manifest = read_manifest(folder)
+    card = build_card(manifest, kind="dataset", repo_id=repo_id)
+    info = manifest.get("extra", {}).get("card", {}).get("dataset_info")
+    if info and getattr(card.data, "dataset_info", None) is None:
+        card.data.dataset_info = info
+    return atomic_write_text(Path(folder) / "README.md", str(card))
 
 
 def check_publishable(folder: str | Path, allow_memorized: bool = False) -> None:

@@ -1,0 +1,483 @@
+"""The dataset stage: DermT2IM builder (synthetic / a1111 / real), parquet export, card facts, push policy."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import time
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from dermt2im_hub.config import ConfigError
+from dermt2im_hub.dataset.config import DatasetConfig
+from dermt2im_hub.generation.infotext import format_infotext, pnginfo_for
+from dermt2im_hub.labels import CLASS_NAMES
+from dermt2im_hub.testing.phantoms import PhantomConfig, make_phantoms, render_phantom
+from dermt2im_hub.utils.files import atomic_save_png, read_jsonl, sha256_file, write_jsonl
+
+SAMPLERS = ("Euler", "Euler a", "PLMS")
+ADAPTER = {"id": "org/dermt2im-lora", "weight_name": "pytorch_lora_weights.safetensors", "sha256": "ab" * 32,
+           "scale": 1.0}
+
+
+# ------------------------------------------------------------------------------------------ folder writers
+
+
+def write_png(path: Path, index: int, label: str, size: int = 64, infotext: str | None = None) -> Path:
+    image = render_phantom(index, label, PhantomConfig(size=size, hair_probability=0.0))
+    return atomic_save_png(image, path, pnginfo=pnginfo_for(infotext) if infotext else None, compress_level=1)
+
+
+def generated_row(index: int, size: int = 64) -> dict[str, Any]:
+    """One contract-2 metadata row (sha256 is added once the file exists)."""
+    label = CLASS_NAMES[index % 2]
+    seed = 1000 + index
+    return {
+        "file_name": f"{label}/{index:05d}-{seed}.png", "label": label,
+        "prompt": f"{label} mole on neck" if index % 3 == 0 else f"tiny {label} mole",
+        "negative_prompt": "blurry", "sampler": SAMPLERS[index % 3], "steps": 20 + index % 4, "cfg_scale": 7.0,
+        "seed": seed, "width": size, "height": size, "base_model": "tiny-sd15", "base_model_revision": "r1",
+        "base_model_hash": "cd" * 32, "adapters": [ADAPTER],
+        "transformations": ["site:neck"] if index % 3 == 0 else ["size:tiny", "skin:fitzpatrick-5"],
+        "index": index, "package_version": "0.1.0",
+    }
+
+
+def write_generated_folder(folder: Path, n: int = 6, size: int = 64, qa: dict[int, dict] | None = None) -> Path:
+    """A generation output folder per contract 2 (PNGs with A1111 infotext + metadata.jsonl). `qa` adds keys to
+    row i; `{"rejected": True}` puts the image under rejected/ as the QA stage does."""
+    rows = []
+    for index in range(n):
+        row = generated_row(index, size)
+        row.update((qa or {}).get(index, {}))
+        if row.pop("rejected", False):
+            row["file_name"] = "rejected/" + row["file_name"]
+        params = {"Steps": row["steps"], "Sampler": row["sampler"], "CFG scale": row["cfg_scale"],
+                  "Seed": row["seed"], "Size": (size, size), "Model hash": row["base_model_hash"][:10],
+                  "Model": row["base_model"]}
+        path = write_png(folder / row["file_name"], index, row["label"], size,
+                         format_infotext(row["prompt"], row["negative_prompt"], params))
+        row["sha256"] = sha256_file(path)
+        rows.append(row)
+    write_jsonl(folder / "metadata.jsonl", rows)
+    return folder
+
+
+def build(inputs, out: Path, **config) -> Any:
+    from dermt2im_hub.dataset.export import build_dataset
+
+    return build_dataset([inputs] if isinstance(inputs, Path) else inputs, out, DatasetConfig(**config),
+                         progress=False)
+
+
+def load(folder: Path, **kwargs):
+    import datasets
+
+    return datasets.load_dataset(str(folder), **kwargs)
+
+
+class HubApiDouble:
+    """Records what push_folder asks of the Hub API; nothing leaves the machine."""
+
+    def __init__(self):
+        self.calls: list[tuple[str, dict]] = []
+
+    def create_repo(self, repo_id, **kwargs):
+        self.calls.append(("create_repo", {"repo_id": repo_id, **kwargs}))
+        return f"https://hub.invalid/datasets/{repo_id}"
+
+    def upload_folder(self, **kwargs):
+        self.calls.append(("upload_folder", kwargs))
+        return SimpleNamespace(commit_url=f"https://hub.invalid/datasets/{kwargs['repo_id']}/commit/1")
+
+
+@pytest.fixture(scope="module")
+def generated_dir(tmp_path_factory) -> Path:
+    return write_generated_folder(tmp_path_factory.mktemp("generated"), n=6)
+
+
+@pytest.fixture(scope="module")
+def built_dir(tmp_path_factory, generated_dir) -> Path:
+    """The generated folder built as ./dermt2im (so load_dataset("dermt2im") can find it)."""
+    out = tmp_path_factory.mktemp("work") / "dermt2im"
+    build(generated_dir, out, license="creativeml-openrail-m")
+    return out
+
+
+# ------------------------------------------------------------------------------------------ a1111: the real samples
+
+
+def _own_parameters(text: str) -> dict[str, Any]:
+    """The PNG's parameters read with a regex of this test's own (not the package's parser)."""
+    lines = text.strip("\n").split("\n")
+    params = lines[-1]
+    prompt_lines = [line for line in lines[:-1]]
+    if any(line.startswith("Negative prompt:") for line in prompt_lines):
+        prompt_lines = prompt_lines[:[i for i, line in enumerate(prompt_lines)
+                                      if line.startswith("Negative prompt:")][0]]
+    return {
+        "prompt": "\n".join(prompt_lines),
+        "steps": int(re.search(r"(?:^|, )Steps: (\d+)", params).group(1)),
+        "sampler": re.search(r"(?:^|, )Sampler: ([^,]+)", params).group(1),
+        "cfg_scale": float(re.search(r"(?:^|, )CFG scale: ([\d.]+)", params).group(1)),
+        "seed": int(re.search(r"(?:^|, )Seed: (\d+)", params).group(1)),
+    }
+
+
+def test_a1111_sample_rows_equal_each_png_parameters(shared_data, tmp_path):
+    from datasets import ClassLabel, Image
+    from PIL import Image as PILImage
+
+    from dataset_builder import DermT2IM
+
+    sample = shared_data / "dermt2im-sample"
+    if not sample.is_dir():
+        pytest.skip(f"{sample} is absent")
+    builder = DermT2IM(config_name="a1111", data_dir=str(sample), cache_dir=str(tmp_path / "cache"))
+    builder.download_and_prepare()
+    dataset = builder.as_dataset(split="train")
+    assert len(dataset) == 160
+    assert isinstance(dataset.features["label"], ClassLabel) and dataset.features["label"].names == list(CLASS_NAMES)
+    labels = dataset["label"]
+    assert labels.count(0) == 80 and labels.count(1) == 80
+    raw = dataset.cast_column("image", Image(decode=False))
+    for row, image in zip(dataset.remove_columns("image"), raw["image"]):
+        path = sample / row["file_name"]
+        with PILImage.open(path) as png:
+            own = _own_parameters(png.info["parameters"])
+        assert {k: row[k] for k in own} == own, row["file_name"]
+        assert CLASS_NAMES[row["label"]] == Path(row["file_name"]).parts[0]
+        assert image["bytes"] == path.read_bytes(), "PNG bytes must be stored as they are"
+    assert {"Euler a", "Euler", "Heun", "DPM++ 2M SDE Karras"} <= set(dataset["sampler"])
+    assert builder.scan.report.counts.total() == 0
+
+
+# ------------------------------------------------------------------------------------------ synthetic: build + load
+
+
+def test_generated_folder_builds_and_loads_as_dermt2im(built_dir, generated_dir, monkeypatch):
+    from datasets import ClassLabel, Image
+
+    rows = read_jsonl(generated_dir / "metadata.jsonl")
+    assert sorted(p.name for p in (built_dir / "data").iterdir()) == ["train-00000-of-00001.parquet"]
+    monkeypatch.chdir(built_dir.parent)
+    dataset = load(Path("dermt2im"), split="train")  # load_dataset("dermt2im") from the folder's parent
+    assert len(dataset) == len(rows)
+    assert isinstance(dataset.features["label"], ClassLabel) and isinstance(dataset.features["image"], Image)
+    for row, meta in zip(dataset, rows):
+        assert row["image"].size == (64, 64)
+        row["image"].load()
+        assert CLASS_NAMES[row["label"]] == meta["label"]
+        for key in ("prompt", "negative_prompt", "sampler", "steps", "seed", "transformations", "sha256"):
+            assert row[key] == meta[key], key
+        assert row["cfg_scale"] == 7.0 and row["model"] == "tiny-sd15" and row["adapter"] == ADAPTER["id"]
+        assert row["model_hash"] == meta["base_model_hash"] and row["source"] == "synthetic"
+        assert json.loads(row["extra"])["adapters"] == [ADAPTER]
+        assert row["infotext"].startswith(meta["prompt"])
+        assert row["qa_passed"] is None and row["mem_flagged"] is None  # QA columns exist before QA ran
+
+
+def test_built_folder_has_card_manifest_and_grid(built_dir):
+    manifest = json.loads((built_dir / "manifest.json").read_text())
+    assert manifest["stage"] == "build_dataset" and manifest["status"] == "complete"
+    card = manifest["extra"]["card"]
+    assert card["num_rows"] == 6 and card["per_class"] == {"benign": 3, "malignant": 3}
+    assert card["per_sampler"]["Euler"] == {"benign": 1, "malignant": 1}
+    assert card["per_steps"]["20"] == {"benign": 2, "malignant": 0}
+    assert card["transformation_counts"] == {"size:tiny": 4, "skin:fitzpatrick-5": 4, "site:neck": 2}
+    assert card["adapters"][0]["id"] == ADAPTER["id"] and card["base_models"][0]["id"] == "tiny-sd15"
+    assert card["configs"] == [{"config_name": "default", "data_files": [{"split": "train",
+                                                                          "path": "data/train-*"}]}]
+    readme = (built_dir / "README.md").read_text()
+    assert "configs:" in readme and "path: data/train-*" in readme and "creativeml-openrail-m" in readme
+    assert (built_dir / "sample_grid.png").stat().st_size > 0 and card["sample_grid"] == "sample_grid.png"
+    assert not (built_dir / ".build-staging").exists()
+
+
+def test_streaming_from_folder_and_from_builder(built_dir, generated_dir, tmp_path):
+    from dataset_builder import DermT2IM
+
+    streamed = list(load(built_dir, split="train", streaming=True))
+    assert len(streamed) == 6 and streamed[0]["image"].size == (64, 64) and streamed[0]["label"] in (0, 1)
+    builder = DermT2IM(config_name="synthetic", data_dir=str(generated_dir), cache_dir=str(tmp_path))
+    rows = list(builder.as_streaming_dataset(split="train"))
+    assert [r["sha256"] for r in rows] == [r["sha256"] for r in streamed]
+
+
+def test_same_input_gives_identical_parquet_bytes(generated_dir, tmp_path):
+    copy = tmp_path / "elsewhere"
+    shutil.copytree(generated_dir, copy)
+    first, second = tmp_path / "first", tmp_path / "second"
+    build(generated_dir, first)
+    build(copy, second, split_by="none")
+    names = sorted(p.name for p in (first / "data").iterdir())
+    assert names == sorted(p.name for p in (second / "data").iterdir())
+    for name in names:
+        assert (first / "data" / name).read_bytes() == (second / "data" / name).read_bytes()
+
+
+def test_rebuild_replaces_old_shards_and_small_shard_limit_splits(generated_dir, tmp_path):
+    out = tmp_path / "out"
+    build(generated_dir, out, max_shard_size="1MB", split_by="seed", split_fractions=[0.5, 0.25, 0.25])
+    before = sorted(p.name for p in (out / "data").iterdir())
+    assert all(re.match(r"^(train|validation|test)-\d{5}-of-\d{5}\.parquet$", n) for n in before)
+    first_load = load(out)
+    assert sum(len(split) for split in first_load.values()) == 6
+    build(generated_dir, out)
+    assert sorted(p.name for p in (out / "data").iterdir()) == ["train-00000-of-00001.parquet"]
+    reloaded = load(out)  # same folder, new content: must not come from the first build's cache
+    assert list(reloaded) == ["train"] and len(reloaded["train"]) == 6
+
+
+def test_split_by_prompt_keeps_each_prompt_in_one_split(generated_dir, tmp_path):
+    from dataset_builder import DermT2IM
+
+    builder = DermT2IM(config_name="synthetic", data_dir=str(generated_dir), cache_dir=str(tmp_path),
+                       split_by="prompt", split_fractions=[0.5, 0.25, 0.25])
+    builder.download_and_prepare()
+    splits_of_prompt: dict[str, set[str]] = {}
+    for split, dataset in builder.as_dataset().items():
+        for prompt in dataset["prompt"]:
+            splits_of_prompt.setdefault(prompt, set()).add(split)
+    assert all(len(s) == 1 for s in splits_of_prompt.values()) and len(splits_of_prompt) == 4
+
+
+# ------------------------------------------------------------------------------------------ QA columns and policy
+
+
+def test_rejected_and_failed_qa_rows_are_left_out_unless_asked(tmp_path):
+    folder = write_generated_folder(tmp_path / "gen", n=6, qa={
+        0: {"qa_passed": True, "qa_reasons": [], "qa_sharpness": 12.5, "ita": 41.2, "ita_category": "intermediate",
+            "mem_flagged": False, "mem_nearest_distance": 0.4},
+        1: {"qa_passed": False, "qa_reasons": ["blur"], "qa_sharpness": 0.1, "rejected": True},
+        2: {"qa_passed": False, "qa_reasons": ["noise"], "qa_sharpness": 3},
+    })
+    result = build(folder, tmp_path / "out")
+    assert result.num_rows == 4
+    assert result.report["counts"] == {"rejected": 1, "failed_qa": 1}
+    dataset = load(tmp_path / "out", split="train")
+    assert dataset.features["qa_sharpness"].dtype == "float64"
+    assert dataset.features["mem_nearest_distance"].dtype == "float64"
+    first = dataset[0]
+    assert first["qa_passed"] is True and first["qa_sharpness"] == 12.5 and first["ita_category"] == "intermediate"
+    card = json.loads((tmp_path / "out" / "manifest.json").read_text())["extra"]["card"]
+    assert card["qa"]["excluded_rejected"] == 1 and card["qa"]["excluded_failed_qa"] == 1
+    assert card["memorization"]["flagged"] == 0 and card["skin_tone"]["categories"] == {"intermediate": 1}
+    assert build(folder, tmp_path / "all", include_rejected=True).num_rows == 6
+
+
+def test_memorized_rows_stop_build_and_push_unless_allowed(tmp_path, run_cli):
+    from dermt2im_hub.dataset.export import push_dataset
+    from dermt2im_hub.dataset.sources import MemorizationError
+
+    folder = write_generated_folder(tmp_path / "gen", n=4, qa={3: {"mem_flagged": True, "qa_passed": True}})
+    with pytest.raises(MemorizationError, match="1 image"):
+        build(folder, tmp_path / "refused")
+    code, _, err = run_cli("build-dataset", folder, "--config", "synthetic", "-o", tmp_path / "cli",
+                           "--push-to-hub", "org/dermt2im", "--quiet")
+    assert code == 2 and "memorization" in err
+
+    out = tmp_path / "allowed"
+    build(folder, out, allow_memorized=True)
+    api = HubApiDouble()
+    with pytest.raises(MemorizationError, match="refusing to push"):
+        push_dataset(out, "org/dermt2im", api=api)
+    assert api.calls == [], "nothing may reach the Hub API before the refusal"
+    push_dataset(out, "org/dermt2im", allow_memorized=True, api=api)
+    (create, created), (upload, uploaded) = api.calls
+    assert create == "create_repo" and created["private"] is True and created["repo_type"] == "dataset"
+    assert upload == "upload_folder" and uploaded["repo_type"] == "dataset"
+    assert '"org/dermt2im"' in (out / "README.md").read_text(), "card snippet names the pushed repo"
+
+
+def test_push_is_private_unless_public(built_dir, tmp_path):
+    from dermt2im_hub.dataset.export import build_dataset
+
+    api = HubApiDouble()
+    folder = write_generated_folder(tmp_path / "gen", n=2)
+    build_dataset([folder], tmp_path / "out", DatasetConfig(push_to_hub="org/public-set", public=True),
+                  progress=False, api=api)
+    assert api.calls[0][1]["private"] is False and api.calls[1][1]["repo_id"] == "org/public-set"
+
+
+# ------------------------------------------------------------------------------------------ a1111: problem files
+
+
+def _a1111_problem_folder(root: Path) -> Path:
+    text = format_infotext("benign mole", None, {"Steps": 20, "Sampler": "Heun", "CFG scale": 7, "Seed": 5,
+                                                 "Size": (64, 64), "Hires upscale": 2, "Lora hashes": "x: 1"})
+    good = write_png(root / "benign" / "00000-5.png", 0, "benign", infotext=text)
+    shutil.copyfile(good, root / "benign" / "copy-of-00000.png")
+    truncated = write_png(root / "malignant" / "00001-6.png", 1, "malignant", infotext=text)
+    truncated.write_bytes(truncated.read_bytes()[:300])
+    write_png(root / "malignant" / "00002-7.png", 2, "malignant")  # no infotext: kept, metadata null
+    (root / "malignant" / "00003-8.png").write_bytes(b"not a png at all")
+    write_png(root / "mixed" / "00004-9.png", 4, "malignant", infotext=format_infotext(
+        "malignant mole on neck", None, {"Steps": 25, "Sampler": "Euler", "CFG scale": 7, "Seed": 9}))
+    write_png(root / "mixed" / "00005-10.png", 5, "benign")  # no folder label, no prompt: unlabeled
+    write_png(root / "rejected" / "benign" / "00006-11.png", 6, "benign", infotext=text)
+    return root
+
+
+def test_a1111_duplicates_corrupt_and_missing_infotext_are_reported(tmp_path):
+    folder = _a1111_problem_folder(tmp_path / "a1111")
+    result = build(folder, tmp_path / "out", config_name="a1111")
+    counts = result.report["counts"]
+    assert counts == {"duplicate": 1, "corrupt": 2, "unlabeled": 1, "no_infotext": 2}
+    assert any("copy-of-00000.png" in e for e in result.report["examples"]["duplicate"])
+    rows = {r["file_name"]: r for r in load(tmp_path / "out", split="train")}
+    assert set(rows) == {"benign/00000-5.png", "malignant/00002-7.png", "mixed/00004-9.png"}
+    kept = rows["benign/00000-5.png"]
+    assert kept["sampler"] == "Heun" and kept["seed"] == 5 and kept["label"] == 0
+    assert json.loads(kept["extra"]) == {"Hires upscale": "2", "Lora hashes": "x: 1", "generation_size": "64x64"}
+    bare = rows["malignant/00002-7.png"]
+    assert bare["label"] == 1 and bare["prompt"] is None and bare["sampler"] is None and bare["steps"] is None
+    from_prompt = rows["mixed/00004-9.png"]
+    assert from_prompt["label"] == 1 and from_prompt["transformations"] == ["site:neck"]
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["extra"]["build_report"]["counts"]["corrupt"] == 2
+
+
+def test_unsafe_file_names_are_never_read(tmp_path):
+    folder = write_generated_folder(tmp_path / "gen", n=2)
+    outside = write_png(tmp_path / "secret.png", 0, "benign")
+    os.symlink(outside, folder / "benign" / "link.png")
+    rows = read_jsonl(folder / "metadata.jsonl")
+    for name in ("../secret.png", str(outside), "benign/link.png", "benign/../../secret.png", "a\\b.png"):
+        rows.append({**rows[0], "file_name": name})
+    write_jsonl(folder / "metadata.jsonl", rows)
+    result = build(folder, tmp_path / "out")
+    assert result.num_rows == 2 and result.report["counts"] == {"unsafe_name": 5}
+
+
+def test_output_inside_input_or_over_another_stage_is_refused(generated_dir, tmp_path, phantom_dir):
+    from dermt2im_hub.dataset.export import build_dataset
+
+    with pytest.raises(ValueError, match="inside input"):
+        build_dataset([generated_dir], generated_dir / "dataset", progress=False)
+    other = tmp_path / "other"
+    shutil.copytree(phantom_dir, other)
+    with pytest.raises(ValueError, match="phantoms"):
+        build_dataset([generated_dir], other, progress=False)
+
+
+# ------------------------------------------------------------------------------------------ real config
+
+
+def test_real_folder_splits_become_dataset_splits(tmp_path):
+    folder = make_phantoms(tmp_path / "real", PhantomConfig(num_images=8, size=48, seed=1), progress=False)
+    rows = read_jsonl(folder / "metadata.jsonl")
+    splits = ["train", "train", "train", "train", "validation", "test", "test", None]
+    for row, split in zip(rows, splits):
+        row.update(split=split, patient_id=f"p{row['image_id'][-1]}")
+    write_jsonl(folder / "metadata.jsonl", rows)
+    result = build(folder, tmp_path / "out", config_name="real")
+    assert result.splits == {"train": 4, "validation": 1, "test": 2}
+    assert result.report["counts"] == {"unsplit": 1}
+    dataset = load(tmp_path / "out")
+    assert set(dataset) == {"train", "validation", "test"}
+    test_row = dataset["test"][0]
+    assert test_row["source"] == "phantom" and test_row["lesion_id"] == rows[5]["lesion_id"]
+    assert test_row["diagnosis"] in ("nevus", "melanoma") and test_row["patient_id"] == rows[5]["patient_id"]
+    assert "sampler" not in dataset["train"].features
+    assert json.loads(test_row["extra"])["skin_tone"] == rows[5]["extra"]["skin_tone"]
+
+
+# ------------------------------------------------------------------------------------------ units, config, CLI
+
+
+def test_prompt_labels_and_transformation_tags():
+    from dermt2im_hub.dataset.a1111 import infer_transformations, label_from_path, label_from_prompt
+
+    assert label_from_prompt("Benign skin mole on centre of right hand") == "benign"
+    assert label_from_prompt("benign or malignant?") is None and label_from_prompt(None) is None
+    assert label_from_path("x/Malignant/y/z.png") == "malignant" and label_from_path("z.png") is None
+    assert infer_transformations("small benign skin mole on centre of right hand") == [
+        "size:small", "site:centre-of-right-hand"]
+    assert infer_transformations("multiple malignant moles on dark skin, Fitzpatrick type V") == [
+        "count:multiple", "skin:fitzpatrick-5"]
+
+
+def test_hashed_split_is_stable_and_follows_fractions():
+    from dermt2im_hub.dataset.splits import hashed_split
+
+    names = [hashed_split(f"seed:{i}", [0.8, 0.1, 0.1]) for i in range(2000)]
+    assert names == [hashed_split(f"seed:{i}", [0.8, 0.1, 0.1]) for i in range(2000)]
+    assert 0.75 < names.count("train") / 2000 < 0.85
+    assert set(hashed_split(f"k{i}", [1.0, 0.0, 0.0]) for i in range(100)) == {"train"}
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({"config_name": "webui"}, "config_name"), ({"split_by": "lesion"}, "split_by"),
+    ({"config_name": "real", "split_by": "seed"}, "real config"), ({"split_fractions": [0.5, 0.5]}, "three"),
+    ({"max_shard_size": "10 parsecs"}, "size"), ({"push_to_hub": "no-slash"}, "ORG/NAME"),
+])
+def test_config_errors_name_the_problem(bad, message):
+    from dermt2im_hub.config import load_config
+
+    with pytest.raises(ConfigError, match=message):
+        load_config(DatasetConfig, overrides=bad)
+
+
+def test_paper_and_demo_recipes_load_the_dataset_section():
+    from dermt2im_hub.config import load_config
+
+    root = Path(__file__).resolve().parents[1]
+    for recipe in ("paper.yaml", "demo.yaml"):
+        config = load_config(DatasetConfig, root / "configs" / recipe, section="dataset")
+        assert config.config_name == "synthetic"
+
+
+def test_cli_build_dataset_with_recipe_section(generated_dir, tmp_path, run_cli):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("dataset:\n  split_by: seed\n  pretty_name: From a recipe\n  sample_grid_per_class: 0\n")
+    code, out, err = run_cli("build-dataset", generated_dir, "--config-file", recipe, "-o", tmp_path / "out",
+                             "--split-fractions", "[0.5, 0.5, 0.0]", "--quiet")
+    assert code == 0, err
+    assert "synthetic: 6 rows" in out
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["config"]["split_by"] == "seed" and manifest["config"]["split_fractions"] == [0.5, 0.5, 0.0]
+    assert manifest["extra"]["card"]["pretty_name"] == "From a recipe" and manifest["extra"]["card"]["sample_grid"] is None
+    assert set(manifest["extra"]["card"]["splits"]) <= {"train", "validation"}
+
+
+def test_builder_cache_follows_input_changes(tmp_path):
+    from dataset_builder import DermT2IM
+
+    folder = write_generated_folder(tmp_path / "gen", n=2)
+    first = DermT2IM(config_name="synthetic", data_dir=str(folder), cache_dir=str(tmp_path / "cache"))
+    first.download_and_prepare()
+    assert first.as_dataset(split="train").num_rows == 2
+    write_generated_folder(folder, n=4)
+    second = DermT2IM(config_name="synthetic", data_dir=str(folder), cache_dir=str(tmp_path / "cache"))
+    second.download_and_prepare()
+    assert second.as_dataset(split="train").num_rows == 4
+
+
+# ------------------------------------------------------------------------------------------ build rate (recorded)
+
+
+def test_build_rate_on_1000_small_phantoms(tmp_path):
+    """Records the build rate on 1000 small PNGs (the 512-px benchmark is bench/dataset_build.py)."""
+    from dermt2im_hub.utils.files import encode_png
+
+    folder = tmp_path / "many"
+    for label in CLASS_NAMES:
+        (folder / label).mkdir(parents=True)
+    bases = {label: render_phantom(i, label, PhantomConfig(size=64)) for i, label in enumerate(CLASS_NAMES)}
+    for index in range(1000):
+        label = CLASS_NAMES[index % 2]
+        text = format_infotext(f"{label} mole", None, {"Steps": 22, "Sampler": "Euler a", "CFG scale": 7,
+                                                         "Seed": index})
+        png = encode_png(bases[label], pnginfo=pnginfo_for(text), compress_level=1)
+        (folder / label / f"{index:05d}-{index}.png").write_bytes(png)
+    start = time.perf_counter()
+    result = build(folder, tmp_path / "out", config_name="a1111", sample_grid_per_class=0)
+    elapsed = time.perf_counter() - start
+    print(f"\nbuild rate: {result.num_rows / elapsed:.0f} images/s ({result.num_rows} 64-px PNGs in {elapsed:.2f} s)")
+    assert result.num_rows == 1000 and result.report["counts"] == {}
