@@ -143,7 +143,7 @@ def test_a1111_sample_rows_equal_each_png_parameters(shared_data, tmp_path):
     dataset = builder.as_dataset(split="train")
     assert len(dataset) == 160
     assert isinstance(dataset.features["label"], ClassLabel) and dataset.features["label"].names == list(CLASS_NAMES)
-    labels = dataset["label"]
+    labels = list(dataset["label"])
     assert labels.count(0) == 80 and labels.count(1) == 80
     raw = dataset.cast_column("image", Image(decode=False))
     for row, image in zip(dataset.remove_columns("image"), raw["image"]):
