@@ -30,14 +30,16 @@ def _scaled(pixels_at_512: int, short_side: int, minimum: int) -> int:
 
 
 def line_kernel(length: int, angle_degrees: float) -> np.ndarray:
-    """A one-pixel-wide line of `length` pixels through the centre of a square uint8 kernel."""
+    """A one-pixel-wide line through the centre of a square uint8 kernel, reaching its border at every angle
+    (so each angle's line has `length` pixels, rounded up to odd)."""
     length = length | 1  # odd, so the line has a centre pixel
     kernel = np.zeros((length, length), np.uint8)
     centre = length // 2
     theta = np.deg2rad(angle_degrees)
-    dx, dy = centre * np.cos(theta), -centre * np.sin(theta)
-    start = (int(round(centre - dx)), int(round(centre - dy)))
-    end = (int(round(centre + dx)), int(round(centre + dy)))
+    cos, sin = np.cos(theta), -np.sin(theta)  # image rows grow downwards
+    reach = centre / max(abs(cos), abs(sin))
+    start = (int(round(centre - reach * cos)), int(round(centre - reach * sin)))
+    end = (int(round(centre + reach * cos)), int(round(centre + reach * sin)))
     cv2.line(kernel, start, end, 1, thickness=1)
     return kernel
 

@@ -60,6 +60,11 @@ def pixel_limit(max_pixels: int | None):
         Image.MAX_IMAGE_PIXELS = previous
 
 
+def _os_error_reason(exc: OSError) -> str:
+    # Pillow says "image file is truncated" (pixel data cut) or "Truncated File Read" (header cut)
+    return "truncated" if "truncated" in str(exc).lower() else "unreadable"
+
+
 def _open_checked(path: str, max_pixels: int | None) -> Image.Image:
     Image.init()  # register every format plugin, or `formats=` fails on one not loaded yet (e.g. MPO)
     with warnings.catch_warnings():
@@ -73,7 +78,7 @@ def _open_checked(path: str, max_pixels: int | None) -> Image.Image:
         except UnidentifiedImageError as exc:
             raise ImageProblem("unreadable", f"not a {'/'.join(ALLOWED_FORMATS)} image") from exc
         except OSError as exc:
-            raise ImageProblem("unreadable", str(exc)) from exc
+            raise ImageProblem(_os_error_reason(exc), str(exc)) from exc
 
 
 def _to_rgb(image: Image.Image, conversions: list[tuple[str, str]]) -> Image.Image:
@@ -125,8 +130,7 @@ def load_rgb(path: str, size: int, min_side: int, max_pixels: int | None) -> tup
         try:
             image.load()
         except OSError as exc:
-            reason = "truncated" if "truncated" in str(exc).lower() else "unreadable"
-            raise ImageProblem(reason, str(exc)) from exc
+            raise ImageProblem(_os_error_reason(exc), str(exc)) from exc
         orientation = image.getexif().get(0x0112, 1)
         upright = ImageOps.exif_transpose(image) if orientation not in (None, 1) else image
         if upright is not image:

@@ -101,7 +101,7 @@ def safe_file_stem(image_id: str, max_length: int = 100) -> str:
     Ids that had to change get a short hash of the original, so two ids never collide on one file.
     """
     cleaned = _UNSAFE_CHARS.sub("_", str(image_id)).strip("._-")[:max_length]
-    if cleaned == image_id and cleaned.lower() not in _RESERVED_STEMS:
+    if cleaned and cleaned == image_id and cleaned.lower() not in _RESERVED_STEMS:
         return cleaned
     digest = hashlib.sha256(str(image_id).encode("utf-8", "surrogatepass")).hexdigest()[:10]
     return f"{cleaned or 'image'}-{digest}"
