@@ -1,0 +1,487 @@
+"""The classifier benchmark: models x mixes x seeds, each run trained, tested and written down.
+
+    run_benchmark(config)                      # the whole sweep; returns OUTPUT/results
+    train_classifier(config, model, mix, seed, data)   # one run (used by the sweep)
+
+Output (config.output_dir):
+
+    results/                       a Hub-ready dataset (stage "benchmark")
+        records/<run_id>.json      one JSON per run: config, data fingerprints, versions, metrics with CIs,
+                                   subgroups, every test image's prediction and probability
+        metrics.jsonl              one flat row per (run, test set)  -> config "metrics" of the dataset card
+        predictions.jsonl          one row per (run, test image)     -> config "predictions"
+        manifest.json, README.md
+    classifiers/<run_id>/          a Hub-ready timm model (stage "train_classifier"): model.safetensors,
+                                   config.json (timm pretrained_cfg), .eval_results/*.yaml, manifest, README.md
+
+A run whose record exists with the same settings and data is skipped, so an interrupted sweep resumes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dermt2im_hub.config import ConfigError, config_to_dict, save_config
+from dermt2im_hub.evaluation import cache
+from dermt2im_hub.evaluation.config import EvaluationConfig, TestSetConfig
+from dermt2im_hub.evaluation.data import (
+    ImageTable,
+    assert_disjoint,
+    exclusion_from_config,
+    group_holdout,
+    load_table,
+    test_exclusion,
+)
+from dermt2im_hub.evaluation.mixes import MissingSyntheticDataError, Mix, plan_mixes, select_mix
+from dermt2im_hub.evaluation.scoring import prediction_rows, score_test_set
+from dermt2im_hub.labels import CLASS_NAMES
+from dermt2im_hub.manifest import StageRun, package_versions, write_manifest
+from dermt2im_hub.utils.files import atomic_write_json, atomic_write_text, read_jsonl
+
+logger = logging.getLogger(__name__)
+
+RECORDS_DIR = "records"  # not "runs/": the Hub push layer ignores runs/ (experiment-tracker logs)
+RECORD_SCHEMA = 1
+METRICS_FILE = "metrics.jsonl"
+PREDICTIONS_FILE = "predictions.jsonl"
+# The paper's ViT weights: timm's copy of the original Google ImageNet-21k checkpoint.
+PAPER_WEIGHTS = {"vit_base_patch16_224.orig_in21k": "google/vit-base-patch16-224-in21k"}
+# Settings that change what a run computes (the rest, e.g. workers or the output folder, do not).
+_RUN_SETTINGS = ("pretrained", "pretrained_files", "model_kwargs", "image_size", "validation_split",
+                 "validation_fraction", "epochs", "batch_size", "learning_rate", "min_learning_rate",
+                 "weight_decay", "warmup_epochs", "label_smoothing", "early_stopping_patience", "mixed_precision",
+                 "augmentation", "subgroups", "age_bands", "ece_bins", "bootstrap_resamples", "confidence")
+
+
+@dataclass
+class BenchmarkData:
+    real_train: ImageTable
+    validation: ImageTable
+    synthetic: ImageTable | None
+    test_sets: list[tuple[TestSetConfig, ImageTable]]
+    training_images_checked: int = 0
+
+
+# ---------------------------------------------------------------------------------------------- data
+
+
+def _source(given, configured: str | None, what: str, option: str):
+    if given is not None:
+        return given
+    if not configured:
+        raise ConfigError(f"no {what}: set {option} to a dataset folder or Hub id")
+    return configured
+
+
+def prepare_data(config: EvaluationConfig, real=None, synthetic=None, test_sets: dict[str, Any] | None = None,
+                 needs_synthetic: bool = True) -> BenchmarkData:
+    """Load every split, hold out validation if needed, and refuse any training image that is a test image
+    (same image id, lesion, patient or bytes)."""
+    real_source = _source(real, config.real.path, "real dataset", "evaluation.real.path")
+    real_args = {"config_name": config.real.config_name, "revision": config.real.revision}
+    real_train = load_table(real_source, config.real.split, "real train", **real_args)
+    try:
+        validation = load_table(real_source, config.validation_split, "real validation", **real_args)
+    except ConfigError as exc:
+        if "has no split" not in str(exc):
+            raise
+        logger.info("no %r split: holding out %.0f%% of real train (whole patients) for early stopping",
+                    config.validation_split, 100 * config.validation_fraction)
+        train_rows, validation_rows = group_holdout(real_train, config.validation_fraction)
+        real_train, validation = (real_train.subset(train_rows, "real train"),
+                                  real_train.subset(validation_rows, "real validation"))
+
+    synthetic_table = None
+    if needs_synthetic:
+        configured = config.synthetic.path if config.synthetic is not None else None
+        if synthetic is None and not configured:
+            raise MissingSyntheticDataError(
+                "the hybrid/sweep/equal-size arms train on synthetic images, but no synthetic dataset was given: "
+                "set evaluation.synthetic.path (the dataset stage's output, config `synthetic`) or run only the "
+                "real-only arm (evaluation.arms=[real])")
+        spec = config.synthetic
+        synthetic_table = load_table(synthetic if synthetic is not None else configured, spec.split, "synthetic",
+                                     spec.config_name, spec.revision)
+
+    tests = []
+    for spec in config.test_sets:
+        given = (test_sets or {}).get(spec.name)
+        source = given if given is not None else (spec.path or real_source)
+        same_as_real = given is None and spec.path is None
+        config_name = spec.config_name or (config.real.config_name if same_as_real else None)
+        revision = spec.revision or (config.real.revision if same_as_real else None)
+        tests.append((spec, load_table(source, spec.split, spec.name, config_name, revision, spec.source)))
+
+    exclusion = test_exclusion([t for _, t in tests], exclusion_from_config(config.exclusion_file, real_source))
+    training = [real_train, validation] + ([synthetic_table] if synthetic_table is not None else [])
+    checked = assert_disjoint(training, exclusion)
+    return BenchmarkData(real_train, validation, synthetic_table, tests, checked)
+
+
+# ---------------------------------------------------------------------------------------------- one run
+
+
+def run_id_for(model_name: str, mix: Mix, seed: int) -> str:
+    safe = "".join(c if c.isalnum() or c in "._-" else "-" for c in model_name)
+    return f"{safe}__{mix.name}__seed{seed}"
+
+
+def run_fingerprint(config: EvaluationConfig, model_name: str, mix: Mix, seed: int, data: BenchmarkData) -> str:
+    settings = {k: v for k, v in config_to_dict(config).items() if k in _RUN_SETTINGS}
+    inputs = [t.origin.get("fingerprint") for t in (data.real_train, data.validation, data.synthetic) if t]
+    inputs += [t.origin.get("fingerprint") for _, t in data.test_sets]
+    blob = json.dumps([settings, model_name, mix.key, seed, inputs], sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _pretrained_weights(model, model_name: str, config: EvaluationConfig) -> str | None:
+    if model_name in config.pretrained_files:
+        return str(config.pretrained_files[model_name])
+    if not config.pretrained:
+        return None
+    return PAPER_WEIGHTS.get(model_name) or model.pretrained_cfg.get("hf_hub_id") or model_name
+
+
+def _training_pools(data: BenchmarkData, data_config: dict, config: EvaluationConfig, progress: bool):
+    def pool(table: ImageTable | None):
+        if table is None:
+            return np.zeros((0, cache.train_side(data_config), cache.train_side(data_config), 3), np.uint8)
+        return cache.cached_images(table.images, table.cache_key, data_config, "train", config.cache_dir,
+                                   config.num_workers, progress)
+
+    return pool(data.real_train), pool(data.synthetic)
+
+
+def _eval_images(table: ImageTable, data_config: dict, config: EvaluationConfig, progress: bool) -> np.ndarray:
+    return cache.cached_images(table.images, table.cache_key, data_config, "eval", config.cache_dir,
+                               config.num_workers, progress)
+
+
+def _dataset_refs(data: BenchmarkData) -> dict[str, Any]:
+    refs = {"real": data.real_train.origin, "validation": data.validation.origin,
+            "synthetic": data.synthetic.origin if data.synthetic else None}
+    refs["test_sets"] = {table.name: table.origin for _, table in data.test_sets}
+    return refs
+
+
+def _hub_dataset_ids(config: EvaluationConfig) -> list[str]:
+    from dermt2im_hub.hub.cards import looks_like_hub_id
+
+    sources = [config.real.path, config.synthetic.path if config.synthetic else None]
+    sources += [t.hub_id or t.path for t in config.test_sets]
+    return [s for s in dict.fromkeys(sources) if looks_like_hub_id(s)]
+
+
+def train_classifier(config: EvaluationConfig, model_name: str, mix: Mix, seed: int, data: BenchmarkData,
+                     output_dir: str | Path | None = None, progress: bool = True) -> dict[str, Any]:
+    """Train one classifier on one mix with one seed, test it on every test set, write its classifier
+    folder and results record; returns the record."""
+    import torch
+    from accelerate.utils import set_seed
+
+    from dermt2im_hub.evaluation.augment import Normalize
+    from dermt2im_hub.evaluation.train import (
+        CachedTrainingSet,
+        create_classifier,
+        fit,
+        get_accelerator,
+        inference_loader,
+        predict_probabilities,
+        unwrap,
+    )
+
+    accelerator = get_accelerator(config)
+    output_dir = Path(output_dir or config.output_dir)
+    run_id = run_id_for(model_name, mix, seed)
+    started = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    set_seed(seed)
+    model, data_config = create_classifier(model_name, config)
+    real_rows, synthetic_rows = select_mix(data.real_train.labels,
+                                           data.synthetic.labels if data.synthetic else None, mix, seed)
+    real_pool, synthetic_pool = _training_pools(data, data_config, config, progress)
+    train_set = CachedTrainingSet(
+        [real_pool, synthetic_pool], [real_rows, synthetic_rows],
+        [data.real_train.labels[real_rows],
+         data.synthetic.labels[synthetic_rows] if data.synthetic else np.zeros(0, np.int64)])
+    validation_images = _eval_images(data.validation, data_config, config, progress)
+    model, fitted = fit(model, data_config, train_set, validation_images, data.validation.labels, config, seed,
+                        accelerator, progress)
+
+    normalize = Normalize(data_config["mean"], data_config["std"],
+                          config.channels_last and accelerator.device.type == "cuda").to(accelerator.device)
+    results, predictions = [], []
+    for spec, table in data.test_sets:
+        loader = inference_loader(_eval_images(table, data_config, config, progress), config, accelerator)
+        probabilities = predict_probabilities(model, loader, normalize, accelerator)
+        result = score_test_set(table, probabilities, config, seed)
+        result["dataset_id"] = spec.hub_id or spec.path
+        results.append(result)
+        predictions += prediction_rows(table, probabilities)
+
+    n_real, n_synthetic = int(len(real_rows)), int(len(synthetic_rows))
+    record = {
+        "schema": RECORD_SCHEMA, "run_id": run_id,
+        "run_sha256": run_fingerprint(config, model_name, mix, seed, data),
+        "model": model_name, "pretrained_weights": _pretrained_weights(model, model_name, config),
+        "mix": mix.name, "arms": list(mix.arms), "synthetic_fraction": mix.synthetic_fraction,
+        "size_policy": mix.size_policy, "hybrid_fraction": config.hybrid_fraction, "seed": seed,
+        "training_mix": {"real_images": n_real, "synthetic_images": n_synthetic,
+                         "synthetic_fraction": n_synthetic / max(1, n_real + n_synthetic),
+                         "per_class": {name: int((train_set.labels == i).sum())
+                                       for i, name in enumerate(CLASS_NAMES)}},
+        "data_config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in data_config.items()},
+        "training": {"epochs_run": len(fitted.history), "best_epoch": fitted.best_epoch,
+                     "best_validation_balanced_accuracy": fitted.best_validation_balanced_accuracy,
+                     "stopped_early": fitted.stopped_early, "train_seconds": fitted.train_seconds,
+                     "train_images_per_second": fitted.train_images_per_second, "history": fitted.history,
+                     "num_processes": accelerator.num_processes, "mixed_precision": accelerator.mixed_precision,
+                     "device": str(accelerator.device)},
+        "datasets": _dataset_refs(data),
+        "results": results,
+        "predictions": predictions,
+        "classifier_dir": f"classifiers/{run_id}",
+        "config": config_to_dict(config),
+        "versions": package_versions(),
+        "started_at": started,
+        "ended_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    if accelerator.is_main_process:
+        save_classifier(output_dir / "classifiers" / run_id, unwrap(accelerator, model), data_config, record,
+                        config, _hub_dataset_ids(config))
+        atomic_write_json(output_dir / "results" / RECORDS_DIR / f"{run_id}.json", record)
+    accelerator.wait_for_everyone()
+    accelerator.free_memory()
+    del model
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return record
+
+
+# ---------------------------------------------------------------------------------------------- outputs
+
+
+def card_results(record: dict[str, Any]) -> list[dict[str, Any]]:
+    """Contract 4's classifier `results`: metrics without the counts, CIs as [low, high]."""
+    rows = []
+    for result in record["results"]:
+        metrics = {k: v for k, v in result["metrics"].items() if not k.startswith("n")}
+        rows.append({"test_set": result["test_set"], "split": result.get("split"), "n": result["n"],
+                     "dataset_id": result.get("dataset_id"), "metrics": metrics, "ci": result["ci"]})
+    return rows
+
+
+def eval_results_entries(dataset_id: str, metric: str, value: float, notes: str, revision: str | None = None,
+                         date: str | None = None) -> list[dict[str, Any]]:
+    """One `.eval_results/*.yaml` document (the Hub's newer format): a list with one result."""
+    dataset = {"id": dataset_id, "task_id": metric}
+    if revision:
+        dataset["revision"] = revision
+    entry: dict[str, Any] = {"dataset": dataset, "value": round(float(value), 4)}
+    if date:
+        entry["date"] = date
+    entry["notes"] = notes
+    return [entry]
+
+
+def write_eval_results(folder: Path, results: list[dict[str, Any]], notes_suffix: str,
+                       metrics=("accuracy", "balanced_accuracy", "auroc")) -> list[Path]:
+    """`.eval_results/<test set>_<metric>.yaml`, one file per score (values in percent)."""
+    import yaml
+
+    written = []
+    date = _dt.date.today().isoformat()
+    for result in results:
+        for metric in metrics:
+            value = (result.get("metrics") or {}).get(metric)
+            if value is None:
+                continue
+            name = f"{_slug(result['test_set'])}_{metric}.yaml"
+            dataset_id = str(result.get("dataset_id") or result["test_set"])
+            entries = eval_results_entries(dataset_id, metric, 100 * value,
+                                           f"{metric} (%) on {result['test_set']} ({result.get('split')}, "
+                                           f"n={result.get('n')}); {notes_suffix}", date=date)
+            written.append(atomic_write_text(folder / ".eval_results" / name,
+                                             yaml.safe_dump(entries, sort_keys=False)))
+    return written
+
+
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "-" for c in str(text)).strip("-").lower() or "test"
+
+
+def save_classifier(folder: Path, model, data_config: dict, record: dict[str, Any], config: EvaluationConfig,
+                    hub_datasets: list[str]) -> Path:
+    """A Hub-ready timm model folder: safetensors weights, timm config.json, eval results, manifest, card."""
+    from timm.models import save_for_hf
+
+    from dermt2im_hub.hub.cards import render_card
+
+    folder.mkdir(parents=True, exist_ok=True)
+    # the tag names these weights (timm would otherwise keep the tag of the architecture's default checkpoint)
+    model_config = {"label_names": list(CLASS_NAMES), "pretrained_cfg": {"tag": f"dermt2im-{record['mix']}",
+                                                                         "license": config.license}}
+    save_for_hf(model, str(folder), model_config=model_config, safe_serialization=True,
+                data_config={k: v for k, v in data_config.items() if k in ("input_size", "interpolation", "mean",
+                                                                           "std", "crop_pct", "crop_mode")})
+    mix = record["training_mix"]
+    card = {
+        "model_name": record["model"], "pretrained_weights": record["pretrained_weights"],
+        "num_labels": len(CLASS_NAMES), "labels": list(CLASS_NAMES), "weight_file": "model.safetensors",
+        "training_mix": {"real_images": mix["real_images"], "synthetic_images": mix["synthetic_images"],
+                         "synthetic_fraction": round(mix["synthetic_fraction"], 4),
+                         "datasets": hub_datasets or None},
+        "hyperparameters": _hyperparameters(config, record),
+        "seed": record["seed"], "results": card_results(record), "datasets": hub_datasets,
+        "license": config.license,
+    }
+    write_eval_results(folder, card["results"], f"seed {record['seed']}, mix {record['mix']}")
+    save_config(config, folder / "evaluation_config.yaml")
+    write_manifest(folder, "train_classifier", config, outputs={
+        "weights": "model.safetensors", "timm_config": "config.json", "run_id": record["run_id"],
+        "best_epoch": record["training"]["best_epoch"]}, started_at=record["started_at"],
+        extra={"card": card, "run_sha256": record["run_sha256"]},
+        input_fingerprints={"datasets": record["datasets"]})
+    render_card(folder)
+    return folder
+
+
+def _hyperparameters(config: EvaluationConfig, record: dict[str, Any]) -> dict[str, Any]:
+    training = record["training"]
+    return {
+        "optimizer": "AdamW", "learning_rate": config.learning_rate, "min_learning_rate": config.min_learning_rate,
+        "schedule": f"linear warmup {config.warmup_epochs} epoch(s) + cosine", "weight_decay": config.weight_decay,
+        "batch_size_per_device": config.batch_size, "num_processes": training["num_processes"],
+        "max_epochs": config.epochs, "epochs_run": training["epochs_run"], "best_epoch": training["best_epoch"],
+        "early_stopping": f"validation balanced accuracy, patience {config.early_stopping_patience}",
+        "mixed_precision": training["mixed_precision"], "sampling": "class-balanced",
+        "input_size": record["data_config"]["input_size"][-1],
+        "augmentation": config_to_dict(config.augmentation),
+    }
+
+
+def read_records(results_dir: str | Path) -> list[dict[str, Any]]:
+    folder = Path(results_dir) / RECORDS_DIR
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{results_dir} has no {RECORDS_DIR}/ folder: is it the results/ folder "
+                                "written by `dermt2im benchmark`?")
+    return [json.loads(p.read_text(encoding="utf-8")) for p in sorted(folder.glob("*.json"))]
+
+
+def _metrics_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    from dermt2im_hub.evaluation.metrics import METRIC_NAMES
+
+    rows = []
+    for record in records:
+        for result in record["results"]:
+            row = {key: record[key] for key in ("run_id", "model", "mix", "synthetic_fraction", "size_policy",
+                                                "seed")}
+            row.update(test_set=result["test_set"], split=result.get("split"), n=result["n"])
+            row.update({name: result["metrics"].get(name) for name in METRIC_NAMES})
+            for name, (low, high) in result["ci"].items():
+                row[f"{name}_ci_low"], row[f"{name}_ci_high"] = low, high
+            rows.append(row)
+    return rows
+
+
+def write_results_files(results_dir: Path, config: EvaluationConfig) -> tuple[dict[str, Any], dict[str, Any]]:
+    """metrics.jsonl + predictions.jsonl from every record; returns (manifest outputs, dataset card facts)."""
+    from dermt2im_hub.utils.files import write_jsonl
+
+    records = read_records(results_dir)
+    metrics_rows = _metrics_rows(records)
+    write_jsonl(results_dir / METRICS_FILE, metrics_rows)
+    write_jsonl(results_dir / PREDICTIONS_FILE, ({"run_id": r["run_id"], **p} for r in records
+                                                 for p in r["predictions"]))
+    card = {
+        "pretty_name": "Derm-T2IM classifier benchmark results",
+        "num_rows": len(metrics_rows),
+        "configs": [
+            {"config_name": "metrics", "data_files": [{"split": "train", "path": METRICS_FILE}], "default": True},
+            {"config_name": "predictions", "data_files": [{"split": "train", "path": PREDICTIONS_FILE}]},
+        ],
+        "license": config.license,
+        "source_datasets": _hub_dataset_ids(config),
+    }
+    outputs = {"records": len(records), "record_folder": RECORDS_DIR, "metrics": METRICS_FILE,
+               "predictions": PREDICTIONS_FILE}
+    return outputs, card
+
+
+def render_results_card(results_dir: Path) -> Path:
+    """The results folder's card: the generic stage card (the dataset card template describes the synthetic
+    image dataset), plus the `configs:` block that makes metrics.jsonl and predictions.jsonl two loadable
+    configs on the Hub."""
+    from huggingface_hub import metadata_load, metadata_save
+
+    from dermt2im_hub.hub.cards import render_card
+    from dermt2im_hub.manifest import read_manifest
+
+    path = render_card(results_dir)
+    card = read_manifest(results_dir)["extra"]["card"]
+    metadata = metadata_load(path) or {}
+    metadata.update(configs=card["configs"], pretty_name=card["pretty_name"])
+    metadata_save(path, metadata)
+    return path
+
+
+# ---------------------------------------------------------------------------------------------- the sweep
+
+
+def _done(results_dir: Path, run_id: str, fingerprint: str) -> bool:
+    path = results_dir / RECORDS_DIR / f"{run_id}.json"
+    if not path.is_file():
+        return False
+    with contextlib.suppress(json.JSONDecodeError, OSError):
+        return json.loads(path.read_text(encoding="utf-8")).get("run_sha256") == fingerprint
+    return False
+
+
+def run_benchmark(config: EvaluationConfig, *, real=None, synthetic=None, test_sets: dict[str, Any] | None = None,
+                  progress: bool = True) -> Path:
+    """Every model x mix x seed of `config`; returns the results folder. `real`, `synthetic` and
+    `test_sets` ({name: dataset}) replace the configured paths with in-memory datasets or other paths."""
+    from dermt2im_hub.evaluation.train import get_accelerator
+
+    config.validate()
+    accelerator = get_accelerator(config)
+    mixes = plan_mixes(config.arms, config.hybrid_fraction, config.synthetic_fractions)
+    data = prepare_data(config, real, synthetic, test_sets,
+                        needs_synthetic=any(m.synthetic_fraction > 0 for m in mixes))
+    output_dir = Path(config.output_dir)
+    results_dir = output_dir / "results"
+    inputs = {"real": config.real.path if real is None else None,
+              "synthetic": (config.synthetic.path if config.synthetic else None) if synthetic is None else None}
+    inputs = {k: v for k, v in inputs.items() if v}
+    plan = [(model, mix, seed) for model in config.models for mix in mixes for seed in config.seeds]
+    logger.info("%d runs: %d model(s) x %d mix(es) x %d seed(s); %d training images checked against the test sets",
+                len(plan), len(config.models), len(mixes), len(config.seeds), data.training_images_checked)
+    with StageRun(results_dir, "benchmark", config, inputs=inputs) if accelerator.is_main_process \
+            else contextlib.nullcontext() as stage:
+        for index, (model_name, mix, seed) in enumerate(plan, 1):
+            run_id = run_id_for(model_name, mix, seed)
+            if _done(results_dir, run_id, run_fingerprint(config, model_name, mix, seed, data)):
+                logger.info("[%d/%d] %s: done earlier, skipped", index, len(plan), run_id)
+                continue
+            logger.info("[%d/%d] %s", index, len(plan), run_id)
+            train_classifier(config, model_name, mix, seed, data, output_dir, progress)
+        if stage is not None:
+            save_config(config, results_dir / "evaluation_config.yaml")
+            stage.outputs, stage.extra["card"] = write_results_files(results_dir, config)
+            stage.extra["training_images_checked_against_test_sets"] = data.training_images_checked
+    if accelerator.is_main_process:
+        render_results_card(results_dir)
+    cache.clear_memory_cache()
+    return results_dir
+
+
+def load_metrics_rows(results_dir: str | Path) -> list[dict[str, Any]]:
+    return read_jsonl(Path(results_dir) / METRICS_FILE)

@@ -1,0 +1,171 @@
+"""The `evaluation:` section: what to train, on which data mixes, tested where, and how.
+
+One `EvaluationConfig` drives the whole sweep (models x mixes x seeds). A mix is a synthetic fraction r
+of the training set and a size policy:
+
+- "full": keep every real training image and add synthetic images until they are r of the set; when the
+  synthetic pool is too small, the largest set with exactly r synthetic (some real images left out, with
+  a warning). r = 0 is the real-only baseline, r = 1 synthetic-only.
+- "equal": as many images as the real-only set, r of them synthetic (the equal-size ablation, so a gain
+  cannot come only from having more images).
+
+Arms name the mixes: `real` (r = 0), `hybrid` (r = hybrid_fraction, full), `equal_size` (r =
+hybrid_fraction, equal) and `sweep` (every r in synthetic_fractions, full). Runs shared by two arms
+(hybrid and the sweep's 0.75) are trained once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from dermt2im_hub.config import ConfigError
+
+ARMS = ("real", "hybrid", "equal_size", "sweep")
+SIZE_POLICIES = ("full", "equal")
+MIXED_PRECISION = ("auto", "no", "fp16", "bf16")
+PAPER_MODELS = ("vit_base_patch16_224.orig_in21k", "mobilenetv2_100")
+
+
+@dataclass
+class DatasetSource:
+    """A `datasets` dataset: a local folder (parquet export or save_to_disk) or a Hub id."""
+
+    path: str | None = field(default=None, metadata={"help": "local folder or Hub dataset id"})
+    revision: str | None = field(default=None, metadata={"help": "Hub revision (branch, tag or commit)"})
+    config_name: str | None = field(default=None, metadata={"help": "dataset config, e.g. real or synthetic"})
+    split: str = field(default="train", metadata={"help": "split to train on"})
+
+
+@dataclass
+class TestSetConfig:
+    """One held-out test set. Without `path` it is a split of the real dataset, optionally one source."""
+
+    name: str = field(default="test", metadata={"help": "display name, e.g. ISIC or HAM10000"})
+    path: str | None = field(default=None, metadata={"help": "local folder or Hub id (default: the real dataset)"})
+    revision: str | None = field(default=None, metadata={"help": "Hub revision"})
+    config_name: str | None = field(default=None, metadata={"help": "dataset config (default: the real one's)"})
+    split: str = field(default="test", metadata={"help": "split holding the test images"})
+    source: str | None = field(default=None, metadata={"help": "keep only rows whose `source` column is this"})
+    hub_id: str | None = field(default=None, metadata={"help": "Hub dataset id named in model-index entries"})
+    __test__ = False  # not a pytest class
+
+
+@dataclass
+class AugmentationConfig:
+    """Batched augmentation on the training device (ours; the paper does not report its settings)."""
+
+    scale_min: float = field(default=0.6, metadata={"help": "smallest random crop, as a share of the image area"})
+    ratio_max: float = field(default=4 / 3, metadata={"help": "largest crop aspect ratio (and 1/this smallest)"})
+    rotation_degrees: float = field(default=180.0, metadata={"help": "rotations drawn from +-this"})
+    horizontal_flip: bool = field(default=True, metadata={"help": "random left-right flips"})
+    vertical_flip: bool = field(default=True, metadata={"help": "random up-down flips (dermoscopy has no up)"})
+    brightness: float = field(default=0.2, metadata={"help": "colour jitter: brightness factor 1+-this"})
+    contrast: float = field(default=0.2, metadata={"help": "colour jitter: contrast factor 1+-this"})
+    saturation: float = field(default=0.2, metadata={"help": "colour jitter: saturation factor 1+-this"})
+
+
+@dataclass
+class EvaluationConfig:
+    # ---- data
+    real: DatasetSource = field(default_factory=lambda: DatasetSource(config_name="real"),
+                                metadata={"help": "the real dataset (train, validation, test splits)"})
+    synthetic: DatasetSource | None = field(default_factory=lambda: DatasetSource(config_name="synthetic"),
+                                            metadata={"help": "the synthetic dataset (needed by every r > 0)"})
+    test_sets: list[TestSetConfig] = field(default_factory=lambda: [
+        TestSetConfig(name="ISIC", source="isic"), TestSetConfig(name="HAM10000", source="ham10000")],
+        metadata={"help": "held-out test sets, each disjoint from every training image"})
+    validation_split: str = field(default="validation", metadata={
+        "help": "real split for early stopping; absent -> validation_fraction of real train, grouped by patient"})
+    validation_fraction: float = field(default=0.1, metadata={"help": "share of real train held out when there "
+                                                              "is no validation split"})
+    exclusion_file: str | None = field(default=None, metadata={
+        "help": "extra test_exclusion.json to refuse (default: the one in a local real dataset folder)"})
+    # ---- models
+    models: list[str] = field(default_factory=lambda: list(PAPER_MODELS),
+                              metadata={"help": "timm model names (any timm name, or local-dir:FOLDER)"})
+    pretrained: bool = field(default=True, metadata={"help": "start from the models' pretrained weights"})
+    pretrained_files: dict[str, str] = field(default_factory=dict, metadata={
+        "help": "model name -> local .safetensors weights (instead of the Hub)"})
+    model_kwargs: dict[str, dict[str, Any]] = field(default_factory=dict, metadata={
+        "help": "model name -> extra timm.create_model arguments"})
+    image_size: int | None = field(default=None, metadata={
+        "help": "input side in pixels (default: each model's own data config)"})
+    # ---- mixes and seeds
+    arms: list[str] = field(default_factory=lambda: ["real", "hybrid"], metadata={
+        "help": f"which mixes to run: {', '.join(ARMS)}"})
+    hybrid_fraction: float = field(default=0.75, metadata={"help": "synthetic share of the hybrid set"})
+    synthetic_fractions: list[float] = field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 0.9, 1.0],
+                                             metadata={"help": "the sweep's synthetic shares"})
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4], metadata={"help": "one run per seed"})
+    # ---- training
+    epochs: int = field(default=30, metadata={"help": "most epochs per run"})
+    batch_size: int = field(default=64, metadata={"help": "images per step per device"})
+    eval_batch_size: int = field(default=256, metadata={"help": "images per evaluation step per device"})
+    learning_rate: float = field(default=1e-4, metadata={"help": "AdamW peak learning rate"})
+    min_learning_rate: float = field(default=1e-6, metadata={"help": "cosine schedule floor"})
+    weight_decay: float = field(default=0.05, metadata={"help": "AdamW weight decay (not on norms/biases)"})
+    warmup_epochs: float = field(default=1.0, metadata={"help": "linear warmup length in epochs"})
+    label_smoothing: float = field(default=0.0, metadata={"help": "cross-entropy label smoothing"})
+    early_stopping_patience: int = field(default=5, metadata={
+        "help": "stop after this many epochs without a better validation balanced accuracy"})
+    mixed_precision: str = field(default="auto", metadata={
+        "help": "auto (bf16 on a GPU that has it, else fp32), no, fp16 or bf16"})
+    channels_last: bool = field(default=True, metadata={"help": "channels-last memory format on a GPU"})
+    compile: bool = field(default=False, metadata={"help": "torch.compile the model"})
+    augmentation: AugmentationConfig = field(default_factory=AugmentationConfig,
+                                             metadata={"help": "training augmentation"})
+    # ---- data loading
+    num_workers: int = field(default=4, metadata={"help": "DataLoader worker processes (decoding and batching)"})
+    cache_dir: str | None = field(default=None, metadata={
+        "help": "folder for decoded-image caches shared between processes and re-runs (default: memory only)"})
+    # ---- metrics and statistics
+    subgroups: list[str] = field(default_factory=lambda: ["sex", "age", "site"], metadata={
+        "help": "test-set columns to report metrics per group of (age is banded)"})
+    age_bands: list[float] = field(default_factory=lambda: [30.0, 50.0, 70.0], metadata={
+        "help": "age band edges in years"})
+    ece_bins: int = field(default=10, metadata={"help": "probability bins for the expected calibration error"})
+    bootstrap_resamples: int = field(default=2000, metadata={"help": "bootstrap resamples for CIs"})
+    confidence: float = field(default=0.95, metadata={"help": "CI level"})
+    # ---- outputs
+    output_dir: str = field(default="outputs/benchmark", metadata={
+        "help": "writes results/ (the Hub-ready results dataset) and classifiers/ (one Hub-ready folder per run)"})
+    license: str = field(default="cc-by-nc-4.0", metadata={
+        "help": "licence of the classifiers and results (HAM10000 is CC BY-NC 4.0)"})
+
+    def validate(self) -> None:
+        if not self.models:
+            raise ConfigError("evaluation.models is empty: name at least one timm model")
+        if not self.seeds:
+            raise ConfigError("evaluation.seeds is empty: give at least one seed")
+        unknown = [a for a in self.arms if a not in ARMS]
+        if unknown or not self.arms:
+            raise ConfigError(f"evaluation.arms: {unknown[0] if unknown else '[]'!r} is not one of {list(ARMS)}")
+        for r in [self.hybrid_fraction, *self.synthetic_fractions]:
+            if not 0.0 <= r <= 1.0:
+                raise ConfigError(f"synthetic fractions must be within [0, 1], got {r}")
+        if "equal_size" in self.arms and self.hybrid_fraction >= 1.0:
+            raise ConfigError("equal_size needs hybrid_fraction < 1")
+        if self.mixed_precision not in MIXED_PRECISION:
+            raise ConfigError(f"evaluation.mixed_precision must be one of {list(MIXED_PRECISION)}")
+        if not self.test_sets:
+            raise ConfigError("evaluation.test_sets is empty: the benchmark needs a held-out test set")
+        names = [t.name for t in self.test_sets]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"evaluation.test_sets: names must be unique, got {names}")
+        for model, path in self.pretrained_files.items():
+            if not str(path).endswith(".safetensors"):
+                raise ConfigError(f"evaluation.pretrained_files[{model!r}]: only .safetensors weights are loaded "
+                                  f"(pickle files can run code), got {path}")
+        if self.batch_size < 2:
+            raise ConfigError("evaluation.batch_size must be at least 2 (batch norm needs two images)")
+        positive = {"epochs": self.epochs, "eval_batch_size": self.eval_batch_size, "ece_bins": self.ece_bins}
+        for name, value in positive.items():
+            if value < 1:
+                raise ConfigError(f"evaluation.{name} must be at least 1")
+        if not 0.0 < self.validation_fraction < 1.0:
+            raise ConfigError("evaluation.validation_fraction must be within (0, 1)")
+        if not 0.0 < self.confidence < 1.0:
+            raise ConfigError("evaluation.confidence must be within (0, 1)")
+        if not 0.0 < self.augmentation.scale_min <= 1.0:
+            raise ConfigError("evaluation.augmentation.scale_min must be within (0, 1]")

@@ -1,0 +1,133 @@
+"""Statistics for comparing arms: mean +- SD over seeds, bootstrap CIs, exact McNemar, Holm.
+
+The paper ran each arm once; here every arm has N seeds and each comparison of hybrid against
+real-only is paired on the same test images:
+
+- `mean_sd`: mean and sample SD (ddof=1) over seeds.
+- `bootstrap_ci`: percentile CI of a run's accuracy-type metric over test images (scipy.stats.bootstrap).
+- `paired_bootstrap_difference`: CI of (hybrid - real) where each resample draws the same test images
+  for both arms; each arm's metric is the mean over its seeds.
+- `mcnemar_exact`: exact (binomial) McNemar test on the discordant pairs of two paired predictions.
+- `holm`: Holm's step-down adjustment across the family of comparisons (models x test sets).
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import warnings
+from collections.abc import Sequence
+
+import numpy as np
+
+# Metrics that are a mean of per-image correctness within classes, so the bootstrap can be vectorized.
+BOOTSTRAP_METRICS = ("accuracy", "balanced_accuracy", "sensitivity", "specificity")
+
+
+def mean_sd(values: Sequence[float | None]) -> tuple[float | None, float | None, int]:
+    """(mean, sample SD, n) over the defined values; SD is None with fewer than two values."""
+    defined = np.array([v for v in values if v is not None and not math.isnan(v)], dtype=np.float64)
+    if defined.size == 0:
+        return None, None, 0
+    sd = float(defined.std(ddof=1)) if defined.size > 1 else None
+    return float(defined.mean()), sd, int(defined.size)
+
+
+def _class_recall(labels: np.ndarray, correct: np.ndarray, cls: int, axis: int) -> np.ndarray:
+    in_class = labels == cls
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (correct * in_class).sum(axis=axis) / in_class.sum(axis=axis)
+
+
+def correctness_metric(name: str, labels: np.ndarray, correct: np.ndarray, axis: int = -1) -> np.ndarray:
+    """An accuracy-type metric from 0/1 (or seed-averaged) correctness; vectorized along `axis`."""
+    if name == "accuracy":
+        return correct.mean(axis=axis)
+    if name == "sensitivity":
+        return _class_recall(labels, correct, 1, axis)
+    if name == "specificity":
+        return _class_recall(labels, correct, 0, axis)
+    if name == "balanced_accuracy":
+        recalls = np.stack([_class_recall(labels, correct, 0, axis), _class_recall(labels, correct, 1, axis)])
+        # a resample holding one class scores that class's recall, as sklearn does
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            return np.nanmean(recalls, axis=0)
+    raise ValueError(f"no bootstrap for metric {name!r}; choose one of {BOOTSTRAP_METRICS}")
+
+
+def _percentile_bootstrap(statistic, data: tuple[np.ndarray, ...], n_resamples: int, confidence: float,
+                          seed: int) -> tuple[float | None, float | None]:
+    from scipy import stats
+
+    if n_resamples <= 0 or data[0].size < 2:
+        return None, None
+    generator = np.random.default_rng(seed)
+    # scipy >= 1.15 names the generator `rng`; older releases call it `random_state`
+    seed_arg = {"rng": generator} if "rng" in inspect.signature(stats.bootstrap).parameters else {
+        "random_state": generator}
+    result = stats.bootstrap(data, statistic, paired=True, vectorized=True, n_resamples=n_resamples,
+                             confidence_level=confidence, method="percentile", **seed_arg)
+    low, high = result.confidence_interval
+    return (None if np.isnan(low) else float(low)), (None if np.isnan(high) else float(high))
+
+
+def bootstrap_ci(name: str, labels, predictions, n_resamples: int = 2000, confidence: float = 0.95,
+                 seed: int = 0) -> tuple[float | None, float | None]:
+    """Percentile bootstrap CI over test images of one run's accuracy-type metric."""
+    labels = np.asarray(labels, dtype=np.int64)
+    correct = (np.asarray(predictions, dtype=np.int64) == labels).astype(np.float64)
+
+    def statistic(y, c, axis=-1):
+        return correctness_metric(name, y, c, axis)
+
+    return _percentile_bootstrap(statistic, (labels, correct), n_resamples, confidence, seed)
+
+
+def paired_bootstrap_difference(name: str, labels, predictions_a, predictions_b, n_resamples: int = 2000,
+                                confidence: float = 0.95, seed: int = 0) -> dict[str, float | None]:
+    """Point estimate and percentile CI of metric(A) - metric(B) on the same test images.
+
+    `predictions_a` / `predictions_b` are (seeds, images) arrays (or one run each, (images,)); each arm's
+    metric is its mean over seeds, which for these metrics equals the metric of seed-averaged correctness.
+    """
+    labels = np.asarray(labels, dtype=np.int64)
+    correct_a = (np.atleast_2d(np.asarray(predictions_a)) == labels).mean(axis=0)
+    correct_b = (np.atleast_2d(np.asarray(predictions_b)) == labels).mean(axis=0)
+
+    def statistic(y, ca, cb, axis=-1):
+        return correctness_metric(name, y, ca, axis) - correctness_metric(name, y, cb, axis)
+
+    point = float(statistic(labels, correct_a, correct_b))
+    low, high = _percentile_bootstrap(statistic, (labels, correct_a, correct_b), n_resamples, confidence, seed)
+    return {"difference": point, "ci_low": low, "ci_high": high}
+
+
+def discordant_pairs(labels, predictions_a, predictions_b) -> tuple[int, int]:
+    """(b, c): images only A got right, and images only B got right."""
+    labels = np.asarray(labels)
+    right_a = np.asarray(predictions_a) == labels
+    right_b = np.asarray(predictions_b) == labels
+    return int((right_a & ~right_b).sum()), int((~right_a & right_b).sum())
+
+
+def mcnemar_exact(b: int, c: int) -> float:
+    """Two-sided exact McNemar p-value: a binomial test of b successes in b + c trials at p = 0.5."""
+    from scipy import stats
+
+    if b + c == 0:
+        return 1.0
+    return float(stats.binomtest(b, b + c, 0.5, alternative="two-sided").pvalue)
+
+
+def holm(pvalues: Sequence[float | None]) -> list[float | None]:
+    """Holm step-down adjusted p-values (same order as given; None stays None)."""
+    indexed = sorted((p, i) for i, p in enumerate(pvalues) if p is not None)
+    m = len(indexed)
+    adjusted: list[float | None] = [None] * len(pvalues)
+    running = 0.0
+    for rank, (p, i) in enumerate(indexed):
+        # each adjusted value is at least the previous one, so the order of decisions is kept
+        running = max(running, min(1.0, (m - rank) * p))
+        adjusted[i] = running
+    return adjusted

@@ -1,0 +1,271 @@
+"""Training and inference of one timm classifier with accelerate.
+
+AdamW (timm's optimizer factory: no weight decay on norms and biases), linear warmup then cosine decay
+(timm's scheduler, stepped per update), mixed precision and multi-GPU through accelerate, class-balanced
+sampling, batched device-side augmentation, early stopping on validation balanced accuracy with the best
+weights kept. Images come from the decoded-image cache as uint8 arrays.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from dermt2im_hub.evaluation.augment import Augment, Normalize
+from dermt2im_hub.evaluation.config import EvaluationConfig
+from dermt2im_hub.labels import CLASS_NAMES
+
+logger = logging.getLogger(__name__)
+
+
+# ------------------------------------------------------------------------------------------ data loading
+
+
+def _as_is(batch):
+    """collate_fn for datasets whose __getitems__ already returns a whole batch."""
+    return batch
+
+
+class CachedTrainingSet(torch.utils.data.Dataset):
+    """Rows drawn from several decoded pools (real, synthetic); a batch is gathered in one indexing call."""
+
+    def __init__(self, pools: list[np.ndarray], pool_rows: list[np.ndarray], labels: list[np.ndarray]):
+        self.pools = pools
+        self.pool_of = np.concatenate([np.full(len(rows), i, dtype=np.int64) for i, rows in enumerate(pool_rows)])
+        self.row_of = np.concatenate([np.asarray(rows, dtype=np.int64) for rows in pool_rows])
+        self.labels = np.concatenate([np.asarray(lab, dtype=np.int64) for lab in labels])
+
+    def __len__(self) -> int:
+        return int(self.labels.size)
+
+    def __getitems__(self, indices):
+        indices = np.asarray(indices, dtype=np.int64)
+        pool_of, row_of = self.pool_of[indices], self.row_of[indices]
+        side = self.pools[0].shape[1]
+        images = np.empty((len(indices), side, side, 3), dtype=np.uint8)
+        for pool in np.unique(pool_of):
+            in_pool = pool_of == pool
+            images[in_pool] = self.pools[pool][row_of[in_pool]]
+        return torch.from_numpy(images), torch.from_numpy(self.labels[indices])
+
+    def __getitem__(self, index):
+        images, labels = self.__getitems__([index])
+        return images[0], labels[0]
+
+
+class CachedImages(torch.utils.data.Dataset):
+    """A decoded array for inference; a batch is one slice."""
+
+    def __init__(self, images: np.ndarray):
+        self.images = images
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitems__(self, indices):
+        indices = np.asarray(indices, dtype=np.int64)
+        if indices.size and (np.diff(indices) == 1).all():
+            return torch.from_numpy(np.ascontiguousarray(self.images[indices[0]:indices[-1] + 1]))
+        return torch.from_numpy(self.images[indices])
+
+    def __getitem__(self, index):
+        return self.__getitems__([index])[0]
+
+
+def balanced_sampler(labels: np.ndarray, generator: torch.Generator) -> torch.utils.data.WeightedRandomSampler:
+    """Draws each class equally often (with replacement); one epoch = as many draws as images."""
+    counts = np.bincount(labels, minlength=len(CLASS_NAMES)).astype(np.float64)
+    weights = 1.0 / counts[labels]
+    return torch.utils.data.WeightedRandomSampler(torch.as_tensor(weights, dtype=torch.double), len(labels),
+                                                  replacement=True, generator=generator)
+
+
+def make_loader(dataset, batch_size: int, num_workers: int, pin_memory: bool, sampler=None,
+                drop_last: bool = False) -> torch.utils.data.DataLoader:
+    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=sampler, shuffle=False,
+                                       num_workers=num_workers, pin_memory=pin_memory, drop_last=drop_last,
+                                       collate_fn=_as_is, persistent_workers=num_workers > 0)
+
+
+# ------------------------------------------------------------------------------------------ model set-up
+
+
+_ACCELERATOR = None
+
+
+def resolve_mixed_precision(setting: str) -> str:
+    if setting != "auto":
+        return setting
+    return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+
+
+def get_accelerator(config: EvaluationConfig):
+    """One Accelerator per process (accelerate's state is process-wide), created on first use."""
+    global _ACCELERATOR
+    if _ACCELERATOR is None:
+        from accelerate import Accelerator
+        from accelerate.utils import DataLoaderConfiguration
+
+        # non-blocking host-to-device copies overlap with compute when the loader pins memory (GPU only)
+        loading = DataLoaderConfiguration(non_blocking=torch.cuda.is_available())
+        _ACCELERATOR = Accelerator(mixed_precision=resolve_mixed_precision(config.mixed_precision),
+                                   dataloader_config=loading)
+    return _ACCELERATOR
+
+
+def create_classifier(model_name: str, config: EvaluationConfig) -> tuple[torch.nn.Module, dict]:
+    """A 2-class timm model and its data config (size, mean/std, interpolation, crop_pct)."""
+    import timm
+    from timm.models import get_pretrained_cfg
+
+    kwargs = dict(config.model_kwargs.get(model_name, {}))
+    known_cfg = get_pretrained_cfg(model_name)
+    if config.image_size and known_cfg is not None and known_cfg.fixed_input_size:
+        kwargs.setdefault("img_size", config.image_size)  # ViTs build their position embedding for one size
+    weights_file = config.pretrained_files.get(model_name)
+    if weights_file:
+        kwargs["pretrained_cfg_overlay"] = {"file": str(weights_file)}
+    model = timm.create_model(model_name, pretrained=config.pretrained, num_classes=len(CLASS_NAMES), **kwargs)
+    data_config = dict(timm.data.resolve_model_data_config(model))
+    if config.image_size:
+        data_config["input_size"] = (3, config.image_size, config.image_size)
+    return model, data_config
+
+
+def _optimizer_and_schedule(model, config: EvaluationConfig, steps_per_epoch: int):
+    from timm.optim import create_optimizer_v2
+    from timm.scheduler import CosineLRScheduler
+
+    extra = {"fused": True} if torch.cuda.is_available() else {}
+    optimizer = create_optimizer_v2(model, opt="adamw", lr=config.learning_rate, weight_decay=config.weight_decay,
+                                    **extra)
+    total = max(1, config.epochs * steps_per_epoch)
+    warmup = min(total - 1, int(round(config.warmup_epochs * steps_per_epoch)))
+    schedule = CosineLRScheduler(optimizer, t_initial=max(1, total - warmup), lr_min=config.min_learning_rate,
+                                 warmup_t=warmup, warmup_lr_init=config.min_learning_rate, warmup_prefix=True,
+                                 t_in_epochs=False)
+    return optimizer, schedule
+
+
+# ------------------------------------------------------------------------------------------ fit / predict
+
+
+@dataclass
+class FitResult:
+    history: list[dict] = field(default_factory=list)
+    best_epoch: int = -1
+    best_validation_balanced_accuracy: float = float("nan")
+    stopped_early: bool = False
+    train_seconds: float = 0.0
+    train_images_per_second: float = 0.0
+    steps: int = 0
+    images_seen: int = 0
+
+
+def unwrap(accelerator, model) -> torch.nn.Module:
+    """The plain timm module (no DDP or torch.compile wrapper), whose state dict has timm's key names."""
+    return accelerator.unwrap_model(model, keep_torch_compile=False)
+
+
+def predict_probabilities(model, loader, normalize: Normalize, accelerator) -> np.ndarray:
+    """P(malignant) for every image of a prepared inference loader, in loader order."""
+    model.eval()
+    chunks = []
+    with torch.inference_mode():
+        for images in loader:
+            logits = model(normalize(images))
+            chunks.append(accelerator.gather_for_metrics(logits.float().softmax(dim=-1)[:, 1]).cpu())
+    return torch.cat(chunks).numpy() if chunks else np.zeros(0, dtype=np.float32)
+
+
+def inference_loader(images: np.ndarray, config: EvaluationConfig, accelerator):
+    loader = make_loader(CachedImages(images), config.eval_batch_size, config.num_workers,
+                         pin_memory=accelerator.device.type == "cuda")
+    return accelerator.prepare_data_loader(loader)
+
+
+def _balanced_accuracy(labels: np.ndarray, probabilities: np.ndarray) -> float:
+    from sklearn.metrics import balanced_accuracy_score
+
+    return float(balanced_accuracy_score(labels, (probabilities >= 0.5).astype(np.int64)))
+
+
+def fit(model, data_config: dict, train_set: CachedTrainingSet, validation_images: np.ndarray,
+        validation_labels: np.ndarray, config: EvaluationConfig, seed: int, accelerator, progress: bool = True):
+    """Train with early stopping; returns (the model with its best weights, FitResult)."""
+    from tqdm.auto import tqdm
+
+    cuda = accelerator.device.type == "cuda"
+    size = int(data_config["input_size"][-1])
+    channels_last = config.channels_last and cuda
+    augment = Augment(config.augmentation, size, data_config["mean"], data_config["std"], channels_last)
+    normalize = Normalize(data_config["mean"], data_config["std"], channels_last)
+    augment, normalize = augment.to(accelerator.device), normalize.to(accelerator.device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if config.compile:
+        model = torch.compile(model)
+
+    per_step = config.batch_size * accelerator.num_processes
+    batch_size = config.batch_size
+    if len(train_set) < per_step:  # a tiny training set: one smaller batch per device
+        batch_size = max(2, len(train_set) // accelerator.num_processes)
+    generator = torch.Generator().manual_seed(seed)
+    sampler = balanced_sampler(train_set.labels, generator)
+    loader = make_loader(train_set, batch_size, config.num_workers, cuda, sampler,
+                         drop_last=len(train_set) >= 2 * batch_size)  # never a batch of 1 (batch norm)
+    steps_per_epoch = max(1, math.floor(len(train_set) / (batch_size * accelerator.num_processes)))
+    optimizer, schedule = _optimizer_and_schedule(model, config, steps_per_epoch)
+    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+    validation_loader = inference_loader(validation_images, config, accelerator)
+
+    result, best_state, stale, step = FitResult(), None, 0, 0
+    started = time.perf_counter()
+    for epoch in range(config.epochs):
+        generator.manual_seed(seed * 100_003 + epoch)  # the same draw order in every process
+        model.train()
+        epoch_start, loss_sum, seen = time.perf_counter(), torch.zeros((), device=accelerator.device), 0
+        for images, labels in tqdm(loader, desc=f"epoch {epoch + 1}", leave=False, disable=not progress,
+                                   unit="batch"):
+            logits = model(augment(images))
+            loss = F.cross_entropy(logits.float(), labels, label_smoothing=config.label_smoothing)
+            accelerator.backward(loss)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            schedule.step_update(num_updates=step)
+            loss_sum += loss.detach()
+            seen += labels.shape[0]
+        train_time = time.perf_counter() - epoch_start
+        result.train_seconds += train_time
+        probabilities = predict_probabilities(model, validation_loader, normalize, accelerator)
+        score = _balanced_accuracy(validation_labels, probabilities)
+        images_seen = seen * accelerator.num_processes
+        result.images_seen += images_seen
+        result.history.append({
+            "epoch": epoch + 1, "train_loss": float(loss_sum.item()) / max(1, len(loader)),
+            "validation_balanced_accuracy": score, "learning_rate": optimizer.param_groups[0]["lr"],
+            "train_images_per_second": images_seen / max(train_time, 1e-9),
+        })
+        result.steps = step
+        if best_state is None or score > result.best_validation_balanced_accuracy:
+            result.best_epoch, result.best_validation_balanced_accuracy, stale = epoch + 1, score, 0
+            state = unwrap(accelerator, model).state_dict()
+            best_state = {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
+        else:
+            stale += 1
+            if stale >= config.early_stopping_patience:
+                result.stopped_early = True
+                break
+    result.train_images_per_second = result.images_seen / max(result.train_seconds, 1e-9)
+    logger.info("trained %d epochs in %.1fs (best epoch %d, validation balanced accuracy %.4f)",
+                len(result.history), time.perf_counter() - started, result.best_epoch,
+                result.best_validation_balanced_accuracy)
+    unwrap(accelerator, model).load_state_dict(best_state)
+    return model, result
