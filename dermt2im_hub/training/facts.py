@@ -1,0 +1,97 @@
+"""What a finished run records in `manifest.json`: the LoRA card facts (contract 4) and run details.
+
+The card is rendered from these facts alone (`dermt2im_hub.hub.render_card`), so everything a reader of the
+adapter's Hub page needs (base model and its hash, prompts, data and leak check, hyperparameters, loss,
+time, hardware, sample images) is written here, from the live run, once.
+"""
+
+from __future__ import annotations
+
+from dermt2im_hub.training.inputs import base_revision
+from dermt2im_hub.training.reporting import hardware_description
+
+
+def _hyperparameters(trainer) -> dict:
+    c, acc = trainer.config, trainer.accelerator
+    return {
+        "resolution": c.resolution,
+        "train_batch_size": c.train_batch_size,
+        "gradient_accumulation_steps": c.gradient_accumulation_steps,
+        "num_processes": acc.num_processes,
+        "total_batch_size": c.train_batch_size * c.gradient_accumulation_steps * acc.num_processes,
+        "max_train_steps": trainer.max_steps,
+        "learning_rate": c.learning_rate,
+        "text_encoder_lr": (c.text_encoder_lr or c.learning_rate) if c.train_text_encoder else None,
+        "lr_scheduler": c.lr_scheduler,
+        "lr_warmup_steps": c.lr_warmup_steps,
+        "optimizer": c.optimizer,
+        "adam_betas": [c.adam_beta1, c.adam_beta2],
+        "adam_weight_decay": c.adam_weight_decay,
+        "max_grad_norm": c.max_grad_norm,
+        "mixed_precision": acc.mixed_precision,
+        "noise_scheduler": "DDPMScheduler",
+        "prediction_type": trainer.prediction_type,
+        "snr_gamma": c.snr_gamma,
+        "noise_offset": c.noise_offset,
+        "random_flip": c.random_flip,
+        "lora_dropout": c.lora_dropout,
+        "target_modules": list(c.target_modules),
+        "with_prior_preservation": c.with_prior_preservation,
+        "prior_loss_weight": c.prior_loss_weight if c.with_prior_preservation else None,
+        "num_class_images": len(trainer.class_examples) or None,
+        "gradient_checkpointing": c.gradient_checkpointing,
+        "seed": c.seed,
+    }
+
+
+def _final_loss(history: list[tuple[int, float]]) -> float | None:
+    """Mean of the last logged values covering about 5% of the run (one value when the run is short)."""
+    if not history:
+        return None
+    tail = history[-max(1, len(history) // 20):]
+    return round(sum(v for _, v in tail) / len(tail), 6)
+
+
+def card_facts(trainer, files: dict[str, str], samples: list[dict]) -> dict:
+    c = trainer.config
+    base_fp = trainer.input_fingerprints.get("base_model") or {}
+    data_fp = trainer.input_fingerprints.get("train_data") or {}
+    return {
+        "base_model": c.pretrained_model_name_or_path,
+        "base_model_revision": base_revision(trainer.base_dir, c.revision),
+        "base_model_sha256": base_fp.get("sha256"),
+        "instance_prompts": trainer.data.prompts,
+        "weight_files": files or None,
+        "lora_rank": c.rank,
+        "lora_alpha": c.unet_alpha,
+        "text_encoder_lora": ({"rank": c.te_rank, "alpha": c.te_alpha, "target_modules":
+                               list(c.text_encoder_target_modules)} if c.train_text_encoder else False),
+        "hyperparameters": _hyperparameters(trainer),
+        "num_train_images": trainer.data.per_label,
+        "training_data": trainer.data.folder.name,
+        "data_manifest_sha256": data_fp.get("sha256"),
+        "test_exclusion_checked": trainer.data.test_exclusion_checked,
+        "steps": trainer.progress.global_step,
+        "epochs": round(trainer.progress.global_step / trainer.updates_per_epoch, 3),
+        "final_loss": _final_loss(trainer.progress.loss_history),
+        "training_seconds": trainer.timings.get("training_seconds"),
+        "hardware": hardware_description(trainer.accelerator),
+        "sample_images": [{"path": s["path"], "prompt": s["prompt"]} for s in samples],
+        "license": c.license,
+        "repo_id": c.hub_model_id,
+    }
+
+
+def run_facts(trainer) -> dict:
+    acc = trainer.accelerator
+    return {
+        "distributed": {"num_processes": acc.num_processes, "distributed_type": str(acc.distributed_type.value),
+                        "backend": getattr(acc.state, "backend", None), "device": str(acc.device)},
+        "data_layout": trainer.data.layout,
+        "rows_skipped_by_split": trainer.data.skipped_by_split,
+        "test_exclusion": str(trainer.data.exclusion_path) if trainer.data.exclusion_path else None,
+        "resumed_from": str(trainer.resume_from) if trainer.resume_from else None,
+        "timings": trainer.timings,
+        "epochs_planned": trainer.num_epochs,
+        "loss_history_points": len(trainer.progress.loss_history),
+    }
