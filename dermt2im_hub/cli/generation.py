@@ -1,0 +1,100 @@
+"""`dermt2im generate`: render a synthetic benign/malignant set with A1111 samplers and full provenance."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+ORDER = 30
+
+_DESCRIPTION = """\
+Render N images (split evenly over the classes and the samplers) from a Stable Diffusion base plus optional
+LoRA adapters, with the paper's settings by default (Euler, Euler a and PLMS; 20-26 steps; CFG 7; 512 px) and
+prompt "smart transformations" (lesion size, count, body site, Fitzpatrick skin type).
+
+Output: OUT/{benign,malignant}/{index:05d}-{seed}.png with A1111 infotext, OUT/metadata.jsonl (one row per
+image), OUT/contact_sheet.png, OUT/manifest.json. Re-running the same command resumes. Image i depends only
+on (seed, i): the batch size and the number of processes do not change it.
+
+Examples:
+  dermt2im generate --base stable-diffusion-v1-5/stable-diffusion-v1-5 --lora outputs/lora:0.8 \\
+      --output outputs/generated --num-images 6000 --samplers "Euler,Euler a,PLMS" --steps 20-26 --cfg 7 \\
+      --size 512 --seed 0
+  dermt2im generate --config configs/paper.yaml --base derm-t2im.safetensors --output out --num-processes 8
+  accelerate launch -m dermt2im_hub.generation --config configs/paper.yaml --base ... --output out
+"""
+
+
+def register(subparsers) -> None:
+    from dermt2im_hub.config import add_common_config_flags, add_config_arguments
+    from dermt2im_hub.generation.plan import GenerationConfig
+
+    p = subparsers.add_parser("generate", help="render a synthetic dataset (A1111 samplers, resumable, multi-GPU)",
+                              description=_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_config_flags(p)
+    p.add_argument("--lora", dest="cfg__lora", action="append", default=None, metavar="PATH_OR_ID[:SCALE]",
+                   help="LoRA adapter (diffusers or kohya .safetensors file, folder or Hub id) with an optional "
+                        "scale, e.g. outputs/lora:0.8; repeat for several")
+    p.add_argument("--num-processes", type=int, default=1, metavar="N",
+                   help="start N worker processes with `accelerate launch` (one per GPU; on a CPU-only machine "
+                        "N CPU ranks) and split the plan between them (default 1: this process)")
+    add_config_arguments(p, GenerationConfig, skip=("lora", "transformations"))
+    p.set_defaults(func=_generate)
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from dermt2im_hub.config import config_from_args
+    from dermt2im_hub.generation.plan import GenerationConfig
+
+    config = config_from_args(GenerationConfig, args, section="generation")
+    config.require_inputs()
+    if args.num_processes > 1 and "WORLD_SIZE" not in os.environ:
+        return _launch_workers(config, args.num_processes)
+    if args.num_processes < 1:
+        from dermt2im_hub.cli import UserError
+
+        raise UserError("--num-processes must be >= 1")
+
+    from dermt2im_hub.generation.runner import generate
+
+    result = generate(config)
+    if result.rank == 0:
+        print(f"{result.finished} of {result.planned} images in {result.output} (this run: {result.generated} "
+              f"on rank 0, {result.images_per_second:.2f} img/s); see metadata.jsonl, contact_sheet.png, "
+              "manifest.json")
+    return 0 if result.finished == result.planned or result.rank != 0 else 1
+
+
+def launch_command(config_path: Path, num_processes: int, cuda: bool, port: int) -> tuple[list[str], dict]:
+    """The `accelerate launch` command (and environment) that runs generation on `num_processes` ranks.
+    Without CUDA, `ACCELERATE_USE_CPU=1` plus `--multi_gpu` is what starts real CPU ranks (gloo); `--cpu`
+    alone would start one process."""
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(num_processes),
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+           "--main_process_port", str(port), "--multi_gpu",
+           "-m", "dermt2im_hub.generation", "--config", str(config_path)]
+    env = dict(os.environ)
+    if not cuda:
+        env["ACCELERATE_USE_CPU"] = "1"
+    return cmd, env
+
+
+def _launch_workers(config, num_processes: int) -> int:
+    import socket
+    import subprocess
+
+    import torch
+
+    from dermt2im_hub.config import save_config
+    from dermt2im_hub.generation.outputs import STATE_DIR
+
+    # Workers read the resolved config, so they run exactly what this command was given.
+    config_path = save_config(config, Path(config.output) / STATE_DIR / "launch_config.yaml")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    cmd, env = launch_command(config_path, num_processes, torch.cuda.is_available(), port)
+    print(f"starting {num_processes} processes: {' '.join(cmd)}", file=sys.stderr)
+    return subprocess.call(cmd, env=env)

@@ -1,0 +1,234 @@
+"""`generate(config)`: render the plan into a generated folder, batched, resumable, over any number of processes.
+
+Determinism: every image gets its own CPU `torch.Generator` seeded with its plan seed, handed to diffusers as
+one generator per sample, so its initial latents and any sampler noise (Euler a, SDE) do not depend on which
+other images share its batch, on the batch size, or on the process that renders it. On CPU, MKL/oneDNN pick
+different kernels for small or odd row counts (1-3 rows, 7 rows ...) which changes float rounding, so CPU
+batches are padded with throw-away rows to a multiple of `CPU_ROW_MULTIPLE`; with that, images are bitwise
+identical whatever the batch size (checked by the tests). On GPUs, images agree to float precision only.
+
+Processes: run under `accelerate launch` (or `dermt2im generate --num-processes N`), each rank renders a
+strided share of the unfinished images of every (sampler, steps) group; rank 0 writes the folder's config,
+plan, metadata.jsonl, contact sheet and manifest.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dermt2im_hub.generation import outputs
+from dermt2im_hub.generation.plan import GenerationConfig, PlannedImage, expand_plan
+from dermt2im_hub.utils.logging import get_logger
+
+log = get_logger(__name__)
+
+CPU_ROW_MULTIPLE = 4
+_PAD_SEED = 0
+
+
+@dataclass
+class GenerationResult:
+    output: Path
+    planned: int
+    finished: int  # images in the folder now (this rank's view after the final barrier)
+    generated: int  # images this rank rendered in this run
+    seconds: float
+    rank: int = 0
+    num_processes: int = 1
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def images_per_second(self) -> float:
+        return self.generated / self.seconds if self.seconds > 0 else 0.0
+
+
+def resolve_dtype(name: str, device):
+    import torch
+
+    if name == "auto":
+        return torch.float16 if getattr(device, "type", str(device)) == "cuda" else torch.float32
+    return getattr(torch, name)
+
+
+def load_pipeline(config: GenerationConfig, device=None, dtype=None):
+    """The base pipeline with adapters fused, on `device` in `dtype`, ready for batched sampling.
+    Returns (pipe, BaseModelInfo, [AdapterInfo])."""
+    import torch
+
+    from dermt2im_hub.generation.models import load_adapters, load_base
+
+    device = torch.device(device or "cpu")
+    pipe, base = load_base(config.base, config.base_revision, config.single_file_config)
+    adapters = load_adapters(pipe, list(config.lora), base)
+    prepare_pipeline(pipe, device, dtype or resolve_dtype(config.dtype, device), compile_unet=config.compile)
+    return pipe, base, adapters
+
+
+def prepare_pipeline(pipe, device, dtype, compile_unet: bool = False):
+    """Move to device/dtype and switch on the fast paths: SDPA attention (diffusers' default processor on
+    torch 2), channels_last convolutions on CUDA, optional torch.compile of the UNet."""
+    import torch
+
+    pipe.to(device=device)
+    if pipe.unet.dtype != dtype:  # casting to the same dtype would only print diffusers' casting warning
+        pipe.to(dtype=dtype)
+    pipe.set_progress_bar_config(disable=True)
+    if hasattr(pipe.unet, "set_attn_processor"):
+        from diffusers.models.attention_processor import AttnProcessor2_0
+
+        pipe.unet.set_attn_processor(AttnProcessor2_0())
+        pipe.vae.set_attn_processor(AttnProcessor2_0())
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        pipe.unet.to(memory_format=torch.channels_last)
+        pipe.vae.to(memory_format=torch.channels_last)
+    if compile_unet:
+        pipe.unet = torch.compile(pipe.unet)
+    return pipe
+
+
+def batches_for(pending: list[PlannedImage], batch_size: int, rank: int = 0, world: int = 1):
+    """This rank's batches: images grouped by (sampler, steps, cfg, size), each group split by rank in strides
+    and cut into batches of `batch_size`."""
+    groups: dict[tuple, list[PlannedImage]] = {}
+    for image in sorted(pending, key=lambda im: im.index):
+        groups.setdefault(image.batch_key, []).append(image)
+    batches = []
+    for key in sorted(groups, key=lambda k: (k[0], k[1:])):
+        share = groups[key][rank::world]
+        batches.extend(share[i:i + batch_size] for i in range(0, len(share), batch_size))
+    return batches
+
+
+def render_batch(pipe, batch: list[PlannedImage], device, scheduler_cache: dict) -> list:
+    """PIL images for one batch (all sharing sampler/steps/cfg/size); one seeded generator per image."""
+    import torch
+
+    from dermt2im_hub.generation.samplers import make_scheduler
+
+    first = batch[0]
+    if first.sampler not in scheduler_cache:
+        scheduler_cache[first.sampler] = make_scheduler(first.sampler, scheduler_cache["_base_config"])
+    pipe.scheduler = scheduler_cache[first.sampler]
+    generators = [torch.Generator("cpu").manual_seed(image.seed) for image in batch]
+    prompts = [image.prompt for image in batch]
+    negatives = [image.negative_prompt for image in batch]
+    padding = (-len(batch)) % CPU_ROW_MULTIPLE if device.type == "cpu" else 0
+    generators += [torch.Generator("cpu").manual_seed(_PAD_SEED) for _ in range(padding)]
+    prompts += [first.prompt] * padding
+    negatives += [first.negative_prompt] * padding
+    with torch.inference_mode():
+        result = pipe(prompt=prompts, negative_prompt=negatives, num_inference_steps=first.steps,
+                      guidance_scale=first.cfg_scale, height=first.height, width=first.width,
+                      generator=generators, output_type="pil")
+    return result.images[:len(batch)]
+
+
+def _progress(total: int, enabled: bool, rank: int, world: int):
+    from tqdm.auto import tqdm
+
+    desc = "generate" if world == 1 else f"generate (rank 0 of {world})"
+    return tqdm(total=total, desc=desc, unit="img", disable=not enabled or rank != 0, dynamic_ncols=True)
+
+
+def generate(config: GenerationConfig, after_batch: Callable[[list[PlannedImage]], None] | None = None,
+             pipeline=None) -> GenerationResult:
+    """Render every unfinished image of `config`'s plan into `config.output`.
+
+    `after_batch(batch)` runs after each batch is written (progress hooks; tests use it to interrupt a run).
+    `pipeline`, when given, is a `(pipe, BaseModelInfo, adapters)` triple to reuse instead of loading.
+    """
+    from accelerate import PartialState
+
+    config.validate()
+    config.require_inputs()
+    state = PartialState()
+    rank, world = state.process_index, state.num_processes
+    out = Path(config.output)
+    plan = expand_plan(config)
+    outputs.check_folder_matches(out, config)  # every rank checks, so every rank stops on a mismatch
+
+    t_load = time.perf_counter()
+    pipe, base, adapters = pipeline or load_pipeline(config, device=state.device)
+    device = pipe.device
+    load_seconds = time.perf_counter() - t_load
+    outputs.check_provenance_matches(out, base, adapters)
+
+    state.wait_for_everyone()
+    if state.is_main_process:
+        outputs.prepare_folder(out, config, plan, base, adapters)
+    state.wait_for_everyone()
+    done = outputs.finished_indices(out, plan)
+    state.wait_for_everyone()  # every rank has the same view of what is done before anyone writes
+
+    pending = [image for image in plan if image.index not in done]
+    batches = batches_for(pending, config.batch_size, rank, world)
+    scheduler_cache: dict[str, Any] = {"_base_config": dict(pipe.scheduler.config)}
+    generated, seconds = 0, 0.0
+    stage = _stage_run(out, config, base, adapters) if state.is_main_process else contextlib.nullcontext()
+    with stage as run:
+        t0 = time.perf_counter()
+        try:
+            with _progress(sum(len(b) for b in batches), config.progress, rank, world) as bar:
+                for batch in batches:
+                    images = render_batch(pipe, batch, device, scheduler_cache)
+                    rows = []
+                    for image, pil_image in zip(batch, images):
+                        sha = outputs.save_image(out, image, pil_image, base, adapters)
+                        rows.append(outputs.metadata_row(image, base, adapters, sha))
+                    outputs.append_rows(out, rank, rows)
+                    generated += len(batch)
+                    bar.update(len(batch))
+                    if after_batch:
+                        after_batch(batch)
+            seconds = time.perf_counter() - t0
+            state.wait_for_everyone()  # rank 0 summarises only once every rank has written its images
+        finally:
+            # also after an exception: metadata.jsonl then matches the PNGs written so far
+            if run is not None:
+                _finish(out, plan, base, adapters, run, generated, seconds or time.perf_counter() - t0,
+                        load_seconds, world)
+    finished = len(outputs.finished_indices(out, plan))
+    result = GenerationResult(out, len(plan), finished, generated, seconds, rank, world,
+                              extra={"load_seconds": load_seconds})
+    if state.is_main_process:
+        log.info("generated %d image(s) in %.1fs (%.2f img/s on rank 0); %d of %d planned are in %s",
+                 generated, seconds, result.images_per_second, finished, len(plan), out)
+    return result
+
+
+def _stage_run(out: Path, config: GenerationConfig, base, adapters):
+    from dermt2im_hub.manifest import StageRun
+
+    inputs = {"base": base.local_path if base.kind != "hub" else base.id}
+    inputs.update({f"lora_{i}": a.local_path for i, a in enumerate(adapters)})
+    return StageRun(out, "generate", config, inputs=inputs)
+
+
+def _finish(out, plan, base, adapters, run, generated, seconds, load_seconds, world) -> None:
+    """metadata.jsonl, contact sheet and manifest facts; runs at the end and after an interruption."""
+    from collections import Counter
+
+    rows = outputs.finalize_metadata(out, plan, base, adapters)
+    sheet = outputs.write_contact_sheet(out, rows)
+    run.outputs = {
+        "num_images": len(rows), "planned": len(plan), "metadata": outputs.METADATA_NAME,
+        "contact_sheet": sheet.name if sheet else None, "plan": outputs.PLAN_NAME, "config": outputs.CONFIG_NAME,
+        "per_class": dict(Counter(r["label"] for r in rows)), "per_sampler": dict(Counter(r["sampler"] for r in rows)),
+        "per_steps": {str(k): v for k, v in sorted(Counter(r["steps"] for r in rows).items())},
+        "transformation_counts": dict(sorted(Counter(t for r in rows for t in r.get("transformations", [])).items())),
+    }
+    run.extra.update({
+        "base_model": {"id": base.id, "kind": base.kind, "revision": base.revision, "sha256": base.sha256,
+                       "hashed_file": base.hashed_file},
+        "adapters": [a.to_row() for a in adapters],
+        "num_processes": world, "images_by_rank": outputs.images_by_rank(out),
+        "generated_this_run_rank0": generated, "seconds": round(seconds, 3), "load_seconds": round(load_seconds, 3),
+        "images_per_second_rank0": round(generated / seconds, 4) if seconds > 0 else None,
+    })
