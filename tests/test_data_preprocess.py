@@ -232,6 +232,7 @@ def test_identical_files_under_two_ids_keep_one(phantoms, tmp_path):
     result = run_preprocess(config, progress=False)
     assert [r.image_id for r in result.records] == ["a", "c"]
     assert result.report.skipped["duplicate_content"] == 1 and not (tmp_path / "o/benign/b.png").exists()
+    assert any("no lesion or patient ids" in note for note in result.report.notes)  # a split-leak warning
     assert run_preprocess(config, progress=False).processed == 0
 
 
@@ -265,3 +266,28 @@ def test_recipe_sections_load(tmp_path):
     assert paper.size == 512 and paper.limit_per_class == 1400 and paper.hair_removal
     demo = load_config(DataConfig, root / "demo.yaml", section="data")
     assert demo.source == "folder" and demo.size <= 128
+
+
+def test_an_interrupted_run_keeps_finished_images_and_resumes(phantoms, tmp_path, monkeypatch):
+    import dermt2im_hub.data.preprocess as preprocess
+
+    config = load_config(DataConfig, None, dict(source="folder", images=str(phantoms), output=str(tmp_path / "o"),
+                                                size=32, num_workers=1, limit_per_class=3))
+    real = preprocess.process_image
+    calls = []
+
+    def interrupted_on_third(task):
+        calls.append(task.image_id)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(task)
+
+    monkeypatch.setattr(preprocess, "process_image", interrupted_on_third)
+    with pytest.raises(KeyboardInterrupt):
+        run_preprocess(config, progress=False)
+    assert read_manifest(tmp_path / "o")["status"] == "interrupted"
+    assert not (tmp_path / "o" / "metadata.jsonl").exists()
+    monkeypatch.setattr(preprocess, "process_image", real)
+    resumed = run_preprocess(config, progress=False)
+    assert (resumed.processed, resumed.reused, len(resumed.records)) == (4, 2, 6)
+    assert read_manifest(tmp_path / "o")["status"] == "complete"

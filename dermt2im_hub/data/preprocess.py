@@ -351,6 +351,10 @@ def _finish(config: DataConfig, out: Path, selected: list[SourceRecord], journal
         record.split = name
     for note in split.notes:
         report.note(f"split: {note}")
+    if len(records) > 1 and not any(r.lesion_id or r.patient_id for r in records):
+        report.note("split: no lesion or patient ids in the inputs, so images are split one by one; images of one "
+                    "lesion may land in two splits (HAM10000: use --source ham10000; ISIC 2019: add "
+                    "ISIC_2019_Training_Metadata.csv to --metadata)")
     keep_files = {record.file_name for record in records}
     stale = _remove_stale_outputs(out, old_rows, keep_files)
     journal.compact({source.image_id for source in selected})
