@@ -1,0 +1,63 @@
+"""The benchmark's command-line entry, shared by `dermt2im benchmark` and the `accelerate launch` script.
+
+    accelerate launch training_scripts/train_classifier.py --config configs/paper.yaml [--option VALUE ...]
+    dermt2im benchmark --config configs/paper.yaml [--option VALUE ...]
+
+Both run the configured sweep (models x mixes x seeds) and then render the leaderboard. Under
+`accelerate launch` with several processes each run is data-parallel across them; every process walks
+the same sweep and only the main process writes files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from dermt2im_hub.config import add_common_config_flags, add_config_arguments, config_from_args
+from dermt2im_hub.evaluation.config import EvaluationConfig
+
+DESCRIPTION = (
+    "Train and test classifiers on real-only and hybrid (real + synthetic) data: every model x mix x seed of "
+    "the `evaluation:` config (timm models, accelerate training with early stopping, the evaluate metric module, "
+    "bootstrap CIs). Writes OUTPUT/results (one JSON per run; a Hub-ready dataset) and OUTPUT/classifiers/RUN "
+    "(Hub-ready timm models), then the leaderboard (Table IV, plot, model-index, .eval_results). Training "
+    "refuses any image whose id, lesion, patient or bytes belong to a test set. Finished runs are skipped, so "
+    "a re-run resumes.")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_common_config_flags(parser)
+    add_config_arguments(parser, EvaluationConfig)
+    parser.add_argument("--no-leaderboard", action="store_true", help="skip rendering the leaderboard at the end")
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def run_from_args(args: argparse.Namespace) -> int:
+    """Run the sweep; leakage and missing-data problems surface as errors the user can act on."""
+    from dermt2im_hub.evaluation.benchmark import run_benchmark
+    from dermt2im_hub.evaluation.leaderboard import render_leaderboard
+    from dermt2im_hub.evaluation.train import get_accelerator
+
+    config = config_from_args(EvaluationConfig, args, section="evaluation")
+    results_dir = run_benchmark(config, progress=not args.no_progress)
+    if get_accelerator(config).is_main_process:
+        print(f"results: {results_dir}")
+        if not args.no_leaderboard:
+            print(f"leaderboard: {render_leaderboard(results_dir)}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    from dermt2im_hub.config import ConfigError
+    from dermt2im_hub.records import TestLeakageError
+    from dermt2im_hub.utils.logging import configure_logging
+
+    parser = argparse.ArgumentParser(prog="train_classifier.py", description=DESCRIPTION)
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    configure_logging(None)
+    try:
+        return run_from_args(args)
+    except (ConfigError, TestLeakageError, FileNotFoundError) as error:
+        print(f"train_classifier: error: {error}", file=sys.stderr)
+        return 2

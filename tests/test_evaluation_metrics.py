@@ -1,0 +1,192 @@
+"""The evaluation stage's maths: the evaluate metric module against scikit-learn, statistics, mixes,
+augmentation and config checks. Fast: no training."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sklearn import metrics as skm
+from sklearn.calibration import calibration_curve
+
+from dermt2im_hub.config import ConfigError, load_config
+from dermt2im_hub.evaluation.config import EvaluationConfig
+from dermt2im_hub.evaluation.metrics import METRIC_MODULE_PATH, METRIC_NAMES, load_derm_metrics
+from dermt2im_hub.evaluation.mixes import MissingSyntheticDataError, Mix, plan_mixes, select_mix
+from dermt2im_hub.evaluation.stats import (
+    BOOTSTRAP_METRICS,
+    bootstrap_ci,
+    correctness_metric,
+    discordant_pairs,
+    holm,
+    mcnemar_exact,
+    mean_sd,
+    paired_bootstrap_difference,
+)
+
+# Fixed inputs: 20 images, both classes, a few confident mistakes.
+REFERENCES = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1]
+SCORES = [0.05, 0.1, 0.2, 0.3, 0.35, 0.4, 0.55, 0.6, 0.12, 0.81, 0.22,
+          0.9, 0.8, 0.7, 0.65, 0.45, 0.3, 0.95, 0.51, 0.49]
+PREDICTIONS = [int(s >= 0.5) for s in SCORES]
+
+
+@pytest.fixture(scope="module")
+def metric():
+    return load_derm_metrics()
+
+
+def _sklearn_ece(y, p, bins=10):
+    y, p = np.asarray(y), np.asarray(p)
+    frac_pos, mean_pred = calibration_curve(y, p, n_bins=bins, strategy="uniform")
+    counts = np.bincount(np.searchsorted(np.linspace(0, 1, bins + 1)[1:-1], p), minlength=bins)
+    counts = counts[counts > 0]
+    return float(np.sum(counts / len(y) * np.abs(frac_pos - mean_pred)))
+
+
+def test_every_metric_matches_scikit_learn(metric):
+    result = metric.compute(predictions=PREDICTIONS, references=REFERENCES, prediction_scores=SCORES)
+    y, yhat, p = REFERENCES, PREDICTIONS, SCORES
+    expected = {
+        "accuracy": skm.accuracy_score(y, yhat),
+        "balanced_accuracy": skm.balanced_accuracy_score(y, yhat),
+        "sensitivity": skm.recall_score(y, yhat, pos_label=1),
+        "specificity": skm.recall_score(y, yhat, pos_label=0),
+        "ppv": skm.precision_score(y, yhat, pos_label=1),
+        "npv": skm.precision_score(y, yhat, pos_label=0),
+        "f1": skm.f1_score(y, yhat, pos_label=1),
+        "mcc": skm.matthews_corrcoef(y, yhat),
+        "auroc": skm.roc_auc_score(y, p),
+        "average_precision": skm.average_precision_score(y, p),
+        "brier": skm.brier_score_loss(y, p),
+        "ece": _sklearn_ece(y, p),
+    }
+    assert set(expected) == set(METRIC_NAMES)
+    for name, value in expected.items():
+        assert result[name] == pytest.approx(value, abs=1e-12), name
+    assert (result["n"], result["n_malignant"], result["n_benign"]) == (20, 9, 11)
+
+
+def test_metric_module_loads_offline_by_path_and_labels_only_config():
+    import evaluate
+
+    assert METRIC_MODULE_PATH.is_file()
+    labels_only = evaluate.load(str(METRIC_MODULE_PATH), config_name="labels")
+    result = labels_only.compute(predictions=PREDICTIONS, references=REFERENCES)
+    assert result["accuracy"] == pytest.approx(skm.accuracy_score(REFERENCES, PREDICTIONS))
+    assert result["auroc"] is None and result["brier"] is None
+
+
+def test_single_class_test_set_reports_undefined_metrics_instead_of_crashing(metric):
+    result = metric.compute(predictions=[0, 1, 0, 0], references=[0, 0, 0, 0], prediction_scores=[.1, .7, .2, .3])
+    assert result["auroc"] is None  # undefined with one class, not a crash and not 0.5
+    assert result["average_precision"] is None  # no malignant image to rank
+    assert result["sensitivity"] is None  # no malignant image to find
+    assert result["specificity"] == pytest.approx(0.75)
+    assert result["accuracy"] == pytest.approx(0.75)
+    assert result["brier"] == pytest.approx(skm.brier_score_loss([0, 0, 0, 0], [.1, .7, .2, .3]))
+
+
+def test_bootstrap_cis_contain_the_point_estimate():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 150)
+    predictions = np.where(rng.random(150) < 0.8, labels, 1 - labels)
+    correct = (predictions == labels).astype(float)
+    for name in BOOTSTRAP_METRICS:
+        low, high = bootstrap_ci(name, labels, predictions, n_resamples=500, seed=1)
+        point = float(correctness_metric(name, labels, correct))
+        assert low <= point <= high, name
+        assert high - low < 0.3
+    assert correctness_metric("balanced_accuracy", labels, correct) == pytest.approx(
+        skm.balanced_accuracy_score(labels, predictions))
+
+    other = np.where(rng.random((3, 150)) < 0.7, labels, 1 - labels)
+    diff = paired_bootstrap_difference("accuracy", labels, predictions, other, n_resamples=500)
+    assert diff["ci_low"] <= diff["difference"] <= diff["ci_high"]
+    assert diff["difference"] == pytest.approx((predictions == labels).mean() - (other == labels).mean())
+
+
+def test_exact_mcnemar_on_known_tables():
+    # b=1, c=9: two-sided exact binomial p = 2 * (C(10,0) + C(10,1)) / 2**10
+    assert mcnemar_exact(1, 9) == pytest.approx(22 / 1024)
+    assert mcnemar_exact(9, 1) == pytest.approx(22 / 1024)
+    assert mcnemar_exact(5, 5) == pytest.approx(1.0)
+    assert mcnemar_exact(0, 0) == 1.0
+    # b=0, c=6: 2 / 2**6
+    assert mcnemar_exact(0, 6) == pytest.approx(2 / 64)
+    labels = np.array([1, 1, 0, 0, 1])
+    assert discordant_pairs(labels, [1, 0, 0, 1, 1], [0, 1, 0, 0, 1]) == (1, 2)
+
+
+def test_holm_adjustment_and_mean_sd():
+    assert holm([0.01, 0.04, 0.03, None]) == pytest.approx([0.03, 0.06, 0.06, None])
+    assert holm([0.5, 0.4]) == pytest.approx([0.8, 0.8])
+    mean, sd, n = mean_sd([0.8, 0.9, None, 1.0])
+    assert (mean, n) == (pytest.approx(0.9), 3) and sd == pytest.approx(0.1)
+    assert mean_sd([0.7]) == (pytest.approx(0.7), None, 1)
+
+
+def test_mixes_hold_the_synthetic_fraction_per_class():
+    mixes = plan_mixes(["real", "hybrid", "equal_size", "sweep"], 0.75, [0, 0.25, 0.5, 0.75, 0.9, 1.0])
+    names = [m.name for m in mixes]
+    assert names == ["real", "r0.25", "r0.50", "r0.75", "r0.90", "r1.00", "r0.75-equal"]
+    assert set(mixes[3].arms) == {"hybrid", "sweep"}  # trained once, used by both arms
+
+    real = np.array([0] * 40 + [1] * 20)
+    synthetic = np.array([0] * 300 + [1] * 300)
+    real_rows, synthetic_rows = select_mix(real, synthetic, Mix(0.75), seed=0)
+    assert len(real_rows) == 60  # every real image kept while the synthetic pool suffices
+    assert len(synthetic_rows) == 180 and (synthetic[synthetic_rows] == 0).sum() == 120
+    real_rows, synthetic_rows = select_mix(real, synthetic, Mix(0.75, "equal"), seed=0)
+    assert len(real_rows) + len(synthetic_rows) == 60 and len(synthetic_rows) == 45
+    real_rows, synthetic_rows = select_mix(real, synthetic, Mix(1.0), seed=0)
+    assert len(real_rows) == 0 and len(synthetic_rows) == 600
+    small = np.array([0] * 10 + [1] * 10)
+    real_rows, synthetic_rows = select_mix(real, small, Mix(0.5), seed=0)  # synthetic-bound: fraction kept
+    assert len(synthetic_rows) == len(real_rows) == 20
+    assert select_mix(real, None, Mix(0.0), seed=0)[0].size == 60
+
+
+def test_hybrid_mix_without_synthetic_data_is_a_clear_error():
+    real = np.array([0, 0, 1, 1])
+    with pytest.raises(MissingSyntheticDataError, match="synthetic"):
+        select_mix(real, None, Mix(0.75, arms=("hybrid",)), seed=0)
+    with pytest.raises(MissingSyntheticDataError, match="malignant"):
+        select_mix(real, np.array([0, 0, 0]), Mix(0.5), seed=0)
+    assert issubclass(MissingSyntheticDataError, ConfigError)  # the CLI prints it without a traceback
+
+
+def test_device_augmentation_gives_normalised_batches_of_the_model_size():
+    import torch
+
+    from dermt2im_hub.evaluation.augment import Augment, Normalize
+    from dermt2im_hub.evaluation.config import AugmentationConfig
+
+    images = torch.randint(0, 256, (6, 40, 40, 3), dtype=torch.uint8)
+    torch.manual_seed(0)
+    out = Augment(AugmentationConfig(), 32, (0.5,) * 3, (0.5,) * 3)(images)
+    assert out.shape == (6, 3, 32, 32) and out.dtype == torch.float32
+    assert out.min() >= -1.0 - 1e-6 and out.max() <= 1.0 + 1e-6
+    assert not torch.allclose(out[0], out[1])
+    still = AugmentationConfig(scale_min=1.0, ratio_max=1.0, rotation_degrees=0.0, horizontal_flip=False,
+                               vertical_flip=False, brightness=0.0, contrast=0.0, saturation=0.0)
+    same = Augment(still, 40, (0.0,) * 3, (1.0,) * 3)(images)
+    assert torch.allclose(same, Normalize((0.0,) * 3, (1.0,) * 3)(images), atol=1e-5)  # identity warp
+
+
+def test_config_is_validated_with_clear_errors(tmp_path):
+    config = load_config(EvaluationConfig)
+    assert config.models == ["vit_base_patch16_224.orig_in21k", "mobilenetv2_100"]
+    assert config.hybrid_fraction == 0.75 and config.seeds == [0, 1, 2, 3, 4]
+    with pytest.raises(ConfigError, match="arms"):
+        load_config(EvaluationConfig, overrides={"arms": ["hybird"]})
+    with pytest.raises(ConfigError, match="safetensors"):
+        load_config(EvaluationConfig, overrides={"pretrained_files": {"mobilenetv2_100": "w.bin"}})
+    with pytest.raises(ConfigError, match="unknown key"):
+        load_config(EvaluationConfig, overrides={"epoch": 3})
+    for recipe in ("paper", "demo"):
+        path = Path(__file__).resolve().parents[1] / "configs" / f"{recipe}.yaml"
+        loaded = load_config(EvaluationConfig, path, section="evaluation")
+        assert loaded.models and not math.isnan(loaded.hybrid_fraction)
