@@ -19,7 +19,7 @@ from dermt2im_hub.config import ConfigError
 class ArtifactConfig:
     min_sharpness: float = field(default=15.0, metadata={
         "help": "reject below this variance of the Laplacian of the grey image at analysis_size (blur); the "
-                "Derm-T2IM samples measure 19.8 at least, a Gaussian blur of 2-3% of the side gives about 5-10"})
+                "Derm-T2IM samples measure 19.8 at least, a Gaussian blur of 2-3 percent of the side gives about 5-10"})
     max_clipping: float = field(default=0.2, metadata={
         "help": "reject above this fraction of pixels inside the inscribed disc with a channel at 253+ or all "
                 "channels at 2 or less (blown out / black); samples measure 0.03 at most"})
@@ -62,12 +62,12 @@ class MemorizationConfig:
     min_match_inliers: int = field(default=15, metadata={
         "help": "flag a synthetic image when this many one-to-one SIFT matches with one training image agree on "
                 "one plausible affine map (catches crops and partial copies; 12,160 unrelated Derm-T2IM/ISIC "
-                "pairs gave 5 at most, 60% crops of ISIC images 29 at least)"})
+                "pairs gave 5 at most, 60-percent crops of ISIC images 29 at least)"})
     min_cosine: float | None = field(default=None, metadata={
         "help": "also flag when the embedding cosine similarity reaches this value; only meaningful for a "
                 "pretrained extractor and calibrated on it (the report lists real-vs-real nearest cosines); "
                 "null: cosine is recorded but never flags"})
-    candidates: int = field(default=10, metadata={
+    candidates: int = field(default=5, metadata={
         "help": "training images checked geometrically per synthetic image: the top N by local-feature votes, "
                 "by cosine and by hash distance each"})
     local_features: int = field(default=300, metadata={"help": "SIFT keypoints kept per image"})
