@@ -25,11 +25,10 @@ import datasets
 from datasets.builder import Key
 
 from dermt2im_hub.dataset.config import A1111, CONFIG_NAMES, REAL, SYNTHETIC
-from dermt2im_hub.dataset.images import read_file_bytes
 from dermt2im_hub.dataset.schema import STRING_LIST, clean_row, discover_qa_columns, features_for
 from dermt2im_hub.dataset.sources import MemorizationError, Scan, ScanOptions, input_folders, scan_inputs
 from dermt2im_hub.records import METADATA_NAME
-from dermt2im_hub.utils.files import read_jsonl, sha256_bytes
+from dermt2im_hub.utils.files import read_jsonl
 
 CITATION = """\
 @article{farooq2024dermt2im,
@@ -144,9 +143,7 @@ class DermT2IM(datasets.GeneratorBasedBuilder):
     def _generate_examples(self, entries):
         columns = column_kinds(self.info.features)  # the declared schema decides what each row holds
         for index, entry in enumerate(entries):
-            data = read_file_bytes(entry.path)
-            if sha256_bytes(data) != entry.sha256:
-                raise RuntimeError(f"{entry.path} changed while the dataset was being built; run it again")
+            data = entry.read_unchanged()
             # bytes as they are (no re-encode); the stored path is the name inside the input folder
             row = {"image": {"bytes": data, "path": entry.name}, "label": entry.label}
             row.update(clean_row(entry.values, columns))

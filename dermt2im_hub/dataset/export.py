@@ -13,7 +13,9 @@ the old ones only when the build succeeded. The same inputs give byte-identical 
 from __future__ import annotations
 
 import contextlib
+import datetime
 import shutil
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +24,7 @@ from typing import Any
 from dermt2im_hub.dataset.config import A1111, REAL, SYNTHETIC, DatasetConfig, parse_size
 from dermt2im_hub.dataset.sources import MemorizationError
 from dermt2im_hub.dataset.stats import DATA_DIR, SHARD_RE, card_facts, count_flagged, shard_files
-from dermt2im_hub.manifest import StageRun, try_read_manifest
+from dermt2im_hub.manifest import MANIFEST_NAME, fingerprint, try_read_manifest, write_manifest
 
 STAGE = "build_dataset"
 STAGING_DIR = ".build-staging"
@@ -77,30 +79,65 @@ def build_dataset(inputs: Sequence[str | Path], output_dir: str | Path, config: 
 
 
 def _build(inputs, output_dir: Path, staging: Path, config: DatasetConfig, progress: bool) -> BuildResult:
-    inputs_by_role = {f"input_{i}": str(p) for i, p in enumerate(inputs)}
-    with StageRun(output_dir, STAGE, config, inputs=inputs_by_role) as run:
-        builder = make_builder(config, inputs, cache_dir=staging / "cache")
-        with _progress_bars(progress):
-            builder.download_and_prepare(output_dir=str(staging / "parquet"), file_format="parquet",
-                                         max_shard_size=parse_size(config.max_shard_size))
-        report = builder.scan.report
-        shards = _install_shards(staging / "parquet", builder.dataset_name, output_dir / DATA_DIR)
-        grid = None
-        if config.sample_grid_per_class:
-            from dermt2im_hub.dataset.grid import render_sample_grid
+    """Run the build and leave manifest.json whatever happens (status complete, failed or interrupted)."""
+    started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    clock = time.perf_counter()
+    outputs: dict[str, Any] = {}
+    extra: dict[str, Any] = {}
+    fingerprints = {f"input_{i}": {"path": str(Path(p).resolve()), "kind": "folder", "sha256": None}
+                    for i, p in enumerate(inputs)}
+    status = "failed"
+    try:
+        result = _build_rows(inputs, output_dir, staging, config, progress, outputs, extra, fingerprints)
+        status = "complete"
+        return result
+    except KeyboardInterrupt:
+        status = "interrupted"
+        raise
+    finally:
+        extra.setdefault("elapsed_seconds", round(time.perf_counter() - clock, 3))
+        write_manifest(output_dir, STAGE, config, outputs=outputs, started_at=started, status=status, extra=extra,
+                       input_fingerprints=fingerprints)
 
-            grid = render_sample_grid(builder.scan.entries, output_dir / SAMPLE_GRID, config.sample_grid_per_class)
-        card = card_facts(output_dir, report.summary(), config_name=config.config_name,
-                          pretty_name=config.pretty_name or DEFAULT_PRETTY_NAMES[config.config_name],
-                          license=config.license, source_datasets=list(config.source_datasets),
-                          sample_grid=SAMPLE_GRID if grid else None, allow_memorized=config.allow_memorized)
-        run.outputs = {"num_rows": card["num_rows"], "splits": card["splits"], "per_class": card["per_class"],
-                       "data_files": shards, "card": "README.md", "sample_grid": card["sample_grid"]}
-        card["dataset_info"] = dataset_info_yaml(builder, output_dir)
-        run.extra["card"] = card
-        run.extra["build_report"] = report.summary()
-    return BuildResult(output_dir, card["num_rows"], card["splits"], shards, report.summary(),
-                       messages=[report.describe()])
+
+def _build_rows(inputs, output_dir: Path, staging: Path, config: DatasetConfig, progress: bool,
+                outputs: dict, extra: dict, fingerprints: dict) -> BuildResult:
+    builder = make_builder(config, inputs, cache_dir=staging / "cache")
+    with _progress_bars(progress):
+        builder.download_and_prepare(output_dir=str(staging / "parquet"), file_format="parquet",
+                                     max_shard_size=parse_size(config.max_shard_size))
+    scan = builder.scan
+    fingerprints.update(_input_fingerprints(inputs, scan))
+    shards = _install_shards(staging / "parquet", builder.dataset_name, output_dir / DATA_DIR)
+    grid = None
+    if config.sample_grid_per_class:
+        from dermt2im_hub.dataset.grid import render_sample_grid
+
+        grid = render_sample_grid(scan.entries, output_dir / SAMPLE_GRID, config.sample_grid_per_class)
+    card = card_facts(output_dir, scan.report.summary(), config_name=config.config_name,
+                      pretty_name=config.pretty_name or DEFAULT_PRETTY_NAMES[config.config_name],
+                      license=config.license, source_datasets=list(config.source_datasets),
+                      sample_grid=SAMPLE_GRID if grid else None, allow_memorized=config.allow_memorized)
+    card["dataset_info"] = dataset_info_yaml(builder, output_dir)
+    outputs.update(num_rows=card["num_rows"], splits=card["splits"], per_class=card["per_class"], data_files=shards,
+                   card="README.md", sample_grid=card["sample_grid"])
+    extra.update(card=card, build_report=scan.report.summary())
+    return BuildResult(output_dir, card["num_rows"], card["splits"], shards, scan.report.summary(),
+                       messages=[scan.report.describe()])
+
+
+def _input_fingerprints(inputs, scan) -> dict[str, Any]:
+    """A stage output is identified by its manifest (cheap); any other folder by the hashes of the files this
+    build admitted, which the scan already computed (no second pass over the images)."""
+    fingerprints = {}
+    for index, folder in enumerate(inputs):
+        role = f"input_{index}"
+        if (Path(folder) / MANIFEST_NAME).is_file():
+            fingerprints[role] = fingerprint(folder)
+        else:
+            fingerprints[role] = {"path": str(Path(folder).resolve()), "kind": "folder",
+                                  "sha256": scan.fingerprint(input_index=index)}
+    return fingerprints
 
 
 def _check_output_dir(output_dir: Path, inputs: list[Path]) -> None:

@@ -14,6 +14,7 @@ skipped is counted in a `ScanReport`, never dropped silently. Row order is input
 
 from __future__ import annotations
 
+import hashlib
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -59,6 +60,20 @@ class Entry:
     split: str
     sha256: str
     values: dict[str, Any]
+    stamp: tuple[int, int] = (0, 0)  # (size, mtime_ns) when scanned: a later read checks the file is unchanged
+    input_index: int = 0
+
+    def read_unchanged(self) -> bytes:
+        """The file's bytes, refusing a file that changed since the scan hashed it."""
+        data = read_file_bytes(self.path)
+        if file_stamp(self.path) != self.stamp or len(data) != self.stamp[0]:
+            raise RuntimeError(f"{self.path} changed while the dataset was being built; run the build again")
+        return data
+
+
+def file_stamp(path: Path) -> tuple[int, int]:
+    stat = path.stat()
+    return stat.st_size, stat.st_mtime_ns
 
 
 @dataclass
@@ -106,6 +121,15 @@ class Scan:
         grouped = {name: [e for e in self.entries if e.split == name] for name in SPLIT_NAMES}
         return {name: entries for name, entries in grouped.items() if entries}
 
+    def fingerprint(self, input_index: int | None = None) -> str:
+        """sha256 over the admitted files' names and content hashes (of one input, or all), in row order."""
+        digest = hashlib.sha256()
+        for entry in self.entries:
+            if input_index is not None and entry.input_index != input_index:
+                continue
+            digest.update(f"{entry.name}\0{entry.sha256}\n".encode())
+        return digest.hexdigest()
+
     def flagged(self) -> list[Entry]:
         """Rows the memorization audit flagged (`mem_flagged: true`)."""
         return [e for e in self.entries if e.values.get("mem_flagged") is True]
@@ -149,6 +173,7 @@ def scan_inputs(config_name: str, inputs: Sequence[str | Path], options: ScanOpt
             where = candidate.name if len(folders) == 1 else f"[input {index}] {candidate.name}"
             entry = _admit(config_name, folder, where, candidate, options, report, seen)
             if entry is not None:
+                entry.input_index = index
                 entries.append(entry)
     report.kept = len(entries)
     return Scan(entries, report)
@@ -163,6 +188,7 @@ def _admit(config_name: str, folder: Path, where: str, candidate: _Candidate, op
         report.note("unsafe_name", repr(candidate.name)[:200])
         return None
     try:
+        stamp = file_stamp(path)
         data = read_file_bytes(path)
         digest = sha256_bytes(data)
         if digest in seen:
@@ -184,7 +210,8 @@ def _admit(config_name: str, folder: Path, where: str, candidate: _Candidate, op
         return None
     values.update(file_name=candidate.name, sha256=digest, width=facts.width, height=facts.height)
     split = candidate.split or _split_for(options, values, digest)
-    return Entry(path=path, name=candidate.name, label=label, split=split, sha256=digest, values=values)
+    return Entry(path=path, name=candidate.name, label=label, split=split, sha256=digest, values=values,
+                 stamp=stamp)
 
 
 def _complete(config_name: str, candidate: _Candidate, facts: ImageFacts, where: str,
