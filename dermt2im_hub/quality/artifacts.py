@@ -25,6 +25,7 @@ from dermt2im_hub.quality.config import ArtifactConfig
 # Immerkaer's kernel: the difference of two Laplacians, zero response on locally quadratic structure.
 _NOISE_KERNEL = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], np.float32)
 _MORPH_KERNEL = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (7, 7))
+_HAIR_KERNEL = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (9, 9))
 _PERIPHERAL_RADIUS = 0.75  # a dark region whose median radius exceeds this (1 = inscribed circle) is vignette
 _VIGNETTE_LSTAR = 25.0  # corners darker than this L* outside the inscribed circle are the dermatoscope's rim
 _MIN_SKIN_PIXELS = 50
@@ -127,7 +128,8 @@ def segment_lesion(lab: np.ndarray, fov: np.ndarray, radius: np.ndarray) -> tupl
     empty = np.zeros(fov.shape, bool)
     if fov.sum() < _MIN_SKIN_PIXELS:
         return Lesion(empty, 0.0, 0.0, 0.0), fov
-    lightness = cv2.GaussianBlur(lab[..., 0], (0, 0), 2.0)
+    # closing first erases thin dark hairs, which Otsu would otherwise pick over a paler lesion
+    lightness = cv2.GaussianBlur(cv2.morphologyEx(lab[..., 0], cv2.MORPH_CLOSE, _HAIR_KERNEL), (0, 0), 2.0)
     regions = _components(_dark_regions(lightness, fov), radius)
     peripheral = [r for r in regions if r[1] > _PERIPHERAL_RADIUS]
     if peripheral:
