@@ -154,16 +154,16 @@ def _check_output_dir(output_dir: Path, inputs: list[Path]) -> None:
 
 @contextlib.contextmanager
 def _progress_bars(enabled: bool):
-    from datasets.utils import logging as ds_logging
+    import datasets
 
-    was_enabled = ds_logging.is_progress_bar_enabled()
-    if not enabled:
-        ds_logging.disable_progress_bar()
+    turn_off = not enabled and not datasets.are_progress_bars_disabled()
+    if turn_off:
+        datasets.disable_progress_bars()
     try:
         yield
     finally:
-        if was_enabled and not enabled:
-            ds_logging.enable_progress_bar()
+        if turn_off:
+            datasets.enable_progress_bars()
 
 
 def _install_shards(staging: Path, dataset_name: str, data_dir: Path) -> list[str]:
