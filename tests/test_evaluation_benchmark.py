@@ -1,0 +1,314 @@
+"""The classifier benchmark end to end on tiny random-init models: phantom images plus the real ISIC and
+HAM10000 samples in ../shared/data as `datasets` datasets with the builder's features; the leaderboard and
+its Hub metadata; leakage refusal; missing synthetic data; a real two-process `accelerate launch`."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dermt2im_hub.config import load_config
+from dermt2im_hub.evaluation.config import EvaluationConfig
+from dermt2im_hub.labels import CLASS_NAMES, binary_label
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+TINY_MODELS = ["vit_tiny_patch16_224", "mobilenetv2_050"]
+
+
+# ---------------------------------------------------------------------------------------------- datasets
+
+
+def _dataset(rows: list[dict], config_name: str):
+    """A datasets.Dataset with exactly the builder's features for `config_name` (real or synthetic)."""
+    import datasets
+
+    from dermt2im_hub.dataset.schema import features_for
+
+    features = features_for(config_name)
+    columns = {}
+    for name, feature in features.items():
+        empty = [] if isinstance(feature, datasets.List) else None
+        columns[name] = [row.get(name, empty) for row in rows]
+    return datasets.Dataset.from_dict(columns, features=features)
+
+
+def _isic_rows(shared: Path) -> list[dict]:
+    rows = []
+    with open(shared / "isic-sample" / "metadata.csv", encoding="utf-8") as handle:
+        for r in csv.DictReader(handle):
+            rows.append({"image": str(shared / "isic-sample" / "images" / f"{r['name']}.jpg"),
+                         "label": r["benign_malignant"], "image_id": r["name"], "source": "isic",
+                         "diagnosis": r["diagnosis"], "sex": r["sex"] or None,
+                         "age": float(r["age_approx"]) if r["age_approx"] else None})
+    return rows
+
+
+def _ham_rows(shared: Path) -> list[dict]:
+    rows = []
+    with open(shared / "ham10000-sample" / "metadata.csv", encoding="utf-8") as handle:
+        for r in csv.DictReader(handle):
+            rows.append({"image": str(shared / "ham10000-sample" / "images" / f"{r['image_id']}.jpg"),
+                         "label": binary_label(r["dx"]), "image_id": r["image_id"], "lesion_id": r["lesion_id"],
+                         "source": "ham10000", "diagnosis": r["dx"], "sex": r["sex"],
+                         "age": float(r["age"]) if r["age"] else None, "site": r["localization"]})
+    return rows
+
+
+def _phantom_rows(folder: Path) -> list[dict]:
+    from dermt2im_hub.records import read_records
+
+    return [{"image": str(folder / r.file_name), "label": r.label, "image_id": r.image_id, "lesion_id": r.lesion_id,
+             "source": "phantom", "diagnosis": r.diagnosis, "sha256": r.sha256} for r in read_records(folder)]
+
+
+def _phantoms(root: Path, name: str, n: int, seed: int) -> Path:
+    from dermt2im_hub.testing.phantoms import PhantomConfig, make_phantoms
+
+    return make_phantoms(root / name, PhantomConfig(num_images=n, size=48, seed=seed), progress=False)
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory, shared_data):
+    """real: train = phantoms + a third of the ISIC/HAM samples, validation = phantoms, test = the rest of the
+    samples (HAM split by lesion); synthetic: the authors' published PNGs + phantoms."""
+    import datasets
+
+    root = tmp_path_factory.mktemp("evaluation-inputs")
+    isic, ham = _isic_rows(shared_data), _ham_rows(shared_data)
+    train_lesions = {r["lesion_id"] for r in ham[::3]}
+    ham_train = [r for r in ham if r["lesion_id"] in train_lesions]
+    ham_test = [r for r in ham if r["lesion_id"] not in train_lesions]
+    real = datasets.DatasetDict(
+        train=_dataset(_phantom_rows(_phantoms(root, "p-train", 16, 10)) + isic[::3] + ham_train, "real"),
+        validation=_dataset(_phantom_rows(_phantoms(root, "p-val", 8, 11)), "real"),
+        test=_dataset([r for i, r in enumerate(isic) if i % 3] + ham_test, "real"),
+    )
+    published = shared_data / "dermt2im-sample"
+    synthetic_rows = [{"image": str(p), "label": label, "source": "dermt2im-sample"}
+                      for label in CLASS_NAMES for p in sorted((published / label).glob("*.png"))[:6]]
+    synthetic_rows += [dict(r, image_id=None, lesion_id=None, source="phantom-synthetic")
+                       for r in _phantom_rows(_phantoms(root, "p-syn", 12, 12))]
+    return {"real": real, "synthetic": _dataset(synthetic_rows, "synthetic"), "root": root,
+            "test_rows": [r for i, r in enumerate(isic) if i % 3] + ham_test}
+
+
+def _config(output_dir: Path, **overrides) -> EvaluationConfig:
+    settings = {"models": TINY_MODELS, "pretrained": False, "image_size": 32, "seeds": [0, 1], "epochs": 1,
+                "batch_size": 8, "eval_batch_size": 32, "num_workers": 0, "bootstrap_resamples": 200,
+                "arms": ["real", "hybrid"], "output_dir": str(output_dir), "real": {"path": None},
+                "synthetic": {"path": None}}
+    settings.update(overrides)
+    return load_config(EvaluationConfig, overrides=settings)
+
+
+@pytest.fixture(scope="module")
+def benchmark(inputs, tmp_path_factory):
+    from dermt2im_hub.evaluation.benchmark import run_benchmark
+    from dermt2im_hub.evaluation.leaderboard import render_leaderboard
+
+    config = _config(tmp_path_factory.mktemp("benchmark"))
+    results_dir = run_benchmark(config, real=inputs["real"], synthetic=inputs["synthetic"], progress=False)
+    return {"config": config, "results": results_dir, "leaderboard": render_leaderboard(results_dir)}
+
+
+# ---------------------------------------------------------------------------------------------- end to end
+
+
+def test_benchmark_writes_one_record_per_run_with_metrics_cis_and_predictions(benchmark, inputs):
+    from dermt2im_hub.evaluation.benchmark import read_records
+    from dermt2im_hub.evaluation.metrics import METRIC_NAMES
+
+    records = read_records(benchmark["results"])
+    assert len(records) == 2 * 2 * 2  # models x (real, hybrid) x seeds
+    assert {r["mix"] for r in records} == {"real", "r0.75"}
+    test = inputs["real"]["test"]
+    for record in records:
+        assert [res["test_set"] for res in record["results"]] == ["ISIC", "HAM10000"]
+        for result in record["results"]:
+            assert set(METRIC_NAMES) <= set(result["metrics"])
+            low, high = result["ci"]["accuracy"]
+            assert low <= result["metrics"]["accuracy"] <= high
+            assert {s["attribute"] for s in result["subgroups"]} >= {"sex", "age_band"}
+        assert len(record["predictions"]) == len(test)
+        assert all(0.0 <= p["prob_malignant"] <= 1.0 for p in record["predictions"])
+        assert record["versions"]["timm"] and record["training"]["epochs_run"] == 1
+    hybrid = next(r for r in records if r["mix"] == "r0.75")
+    assert hybrid["training_mix"]["synthetic_fraction"] == pytest.approx(0.75, abs=0.05)
+    assert hybrid["training_mix"]["synthetic_images"] > 0
+
+
+def test_results_folder_is_a_hub_ready_dataset(benchmark):
+    import datasets
+    from huggingface_hub import metadata_load
+
+    from dermt2im_hub.manifest import read_manifest
+
+    results = benchmark["results"]
+    assert read_manifest(results)["stage"] == "benchmark"
+    metadata = metadata_load(results / "README.md")
+    assert [c["config_name"] for c in metadata["configs"]] == ["metrics", "predictions"]
+    metrics = datasets.load_dataset(str(results), "metrics", split="train")
+    assert len(metrics) == 8 * 2 and "balanced_accuracy_ci_low" in metrics.column_names
+    predictions = datasets.load_dataset(str(results), "predictions", split="train")
+    assert set(predictions.column_names) >= {"run_id", "image_id", "label", "prob_malignant", "prediction"}
+
+
+def test_classifier_folders_are_hub_ready_timm_models(benchmark):
+    import timm
+    import torch
+    from huggingface_hub import ModelCard
+
+    from dermt2im_hub.manifest import read_manifest
+
+    folder = Path(benchmark["config"].output_dir) / "classifiers" / "mobilenetv2_050__r0.75__seed1"
+    assert (folder / "model.safetensors").is_file()
+    assert not any(folder.glob("*.bin")) and not any(folder.glob("*.pt"))
+    manifest = read_manifest(folder)
+    assert manifest["stage"] == "train_classifier"
+    card = manifest["extra"]["card"]
+    assert card["model_name"] == "mobilenetv2_050" and card["labels"] == list(CLASS_NAMES)
+    assert card["training_mix"]["synthetic_images"] > 0 and card["seed"] == 1
+    assert [r["test_set"] for r in card["results"]] == ["ISIC", "HAM10000"]
+    config = json.loads((folder / "config.json").read_text())
+    assert config["pretrained_cfg"]["input_size"] == [3, 32, 32] and config["label_names"] == list(CLASS_NAMES)
+    model = timm.create_model(f"local-dir:{folder}", pretrained=True).eval()
+    with torch.no_grad():
+        assert model(torch.zeros(1, 3, 32, 32)).shape == (1, 2)
+    readme = ModelCard.load(folder / "README.md")
+    assert readme.data.eval_results and readme.data.library_name == "timm"
+    assert (folder / ".eval_results" / "isic_accuracy.yaml").is_file()
+
+
+def test_leaderboard_table_plot_and_hub_metadata_parse_back(benchmark):
+    import yaml
+    from huggingface_hub import ModelCard, metadata_load
+    from huggingface_hub.repocard_data import model_index_to_eval_results
+
+    from dermt2im_hub.manifest import read_manifest
+
+    board = benchmark["leaderboard"]
+    table = (board / "leaderboard.md").read_text()
+    assert "Table IV" in table and "ISIC real-only" in table and "HAM10000 hybrid" in table
+    assert "78.89" in table  # the paper's MobileNetV2 number beside ours
+    assert "McNemar" in table and "Holm" in table and " ± " in table
+    assert (board / "synthetic_fraction.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    summary = json.loads((board / "leaderboard.json").read_text())
+    assert len(summary["comparisons"]) == 2 * 2  # models x test sets
+    for comparison in summary["comparisons"]:
+        d = comparison["accuracy"]
+        assert d["ci_low"] <= d["difference"] <= d["ci_high"]
+        assert 0.0 <= comparison["mcnemar"]["p_value"] <= comparison["mcnemar"]["p_holm"] <= 1.0
+
+    index_files = sorted(board.glob("classifiers/*/model-index.md"))
+    assert len(index_files) == 2 * 2  # models x mixes
+    for path in index_files:
+        card = ModelCard.load(path)
+        names = {(r.dataset_name, r.metric_type) for r in card.data.eval_results}
+        assert {("ISIC", "accuracy"), ("HAM10000", "balanced_accuracy")} <= names
+        model_name, results = model_index_to_eval_results(metadata_load(path)["model-index"])
+        assert model_name == path.parent.name and all(0.0 <= r.metric_value <= 1.0 for r in results)
+    eval_file = board / "classifiers" / "vit_tiny_patch16_224__real" / ".eval_results" / "isic_accuracy.yaml"
+    entries = yaml.safe_load(eval_file.read_text())
+    assert entries[0]["dataset"]["id"] == "ISIC" and entries[0]["dataset"]["task_id"] == "accuracy"
+    assert 0.0 <= entries[0]["value"] <= 100.0 and "2 seed(s)" in entries[0]["notes"]
+
+    manifest = read_manifest(board)
+    assert manifest["stage"] == "leaderboard"
+    assert set(manifest["extra"]["card"]) >= {"table_markdown", "plot", "paper_table", "runs", "models", "test_sets"}
+    assert "Derm-T2IM classifier benchmark results" in (board / "README.md").read_text()
+
+
+def test_rerun_skips_finished_runs(benchmark, inputs):
+    from dermt2im_hub.evaluation.benchmark import RECORDS_DIR, run_benchmark
+
+    records = sorted((benchmark["results"] / RECORDS_DIR).glob("*.json"))
+    before = {p.name: p.stat().st_mtime_ns for p in records}
+    run_benchmark(benchmark["config"], real=inputs["real"], synthetic=inputs["synthetic"], progress=False)
+    assert {p.name: p.stat().st_mtime_ns for p in records} == before
+
+
+def test_leaderboard_cli(benchmark, run_cli, tmp_path):
+    code, out, _ = run_cli("leaderboard", benchmark["results"], "--output", tmp_path / "board",
+                           "--bootstrap-resamples", "50")
+    assert code == 0 and "leaderboard written" in out
+    assert (tmp_path / "board" / "leaderboard.md").is_file()
+
+
+# ---------------------------------------------------------------------------------------------- refusals
+
+
+def test_training_refuses_a_test_image_in_the_training_mix(inputs):
+    import datasets
+
+    from dermt2im_hub.evaluation.benchmark import prepare_data
+    from dermt2im_hub.records import TestLeakageError
+
+    real, config = inputs["real"], _config(inputs["root"] / "unused")
+    leaked = datasets.concatenate_datasets([real["train"], real["test"].select([0])])
+    with pytest.raises(TestLeakageError, match=real["test"][0]["image_id"]):
+        prepare_data(config, real=datasets.DatasetDict(train=leaked, validation=real["validation"], test=real["test"]),
+                     synthetic=inputs["synthetic"])
+
+    # the same bytes under a synthetic name (e.g. a memorised test image) are caught by their sha256
+    copy = dict(inputs["test_rows"][0], source="generated")  # synthetic rows carry no image id
+    synthetic = datasets.concatenate_datasets([inputs["synthetic"], _dataset([copy], "synthetic")])
+    with pytest.raises(TestLeakageError, match="same bytes"):
+        prepare_data(config, real=real, synthetic=synthetic)
+
+    # a HAM10000 training image of a lesion that is in the test set
+    lesion = next(v for v in real["test"]["lesion_id"] if v)
+    sibling = {"image": real["train"][0]["image"], "label": "benign", "image_id": "other-image",
+               "lesion_id": lesion, "source": "ham10000"}
+    train = datasets.concatenate_datasets([real["train"], _dataset([sibling], "real")])
+    with pytest.raises(TestLeakageError, match=f"lesion {lesion!r}"):
+        prepare_data(config, real=datasets.DatasetDict(train=train, validation=real["validation"], test=real["test"]),
+                     synthetic=inputs["synthetic"])
+
+
+def test_hybrid_without_synthetic_data_is_a_clear_error(inputs, tmp_path, run_cli):
+    from dermt2im_hub.evaluation.benchmark import run_benchmark
+    from dermt2im_hub.evaluation.mixes import MissingSyntheticDataError
+
+    config = _config(tmp_path / "out")
+    with pytest.raises(MissingSyntheticDataError, match="evaluation.synthetic.path"):
+        run_benchmark(config, real=inputs["real"], progress=False)
+
+    real_dir = tmp_path / "real"
+    inputs["real"].save_to_disk(str(real_dir))
+    code, _, err = run_cli("benchmark", "--real.path", real_dir, "--arms", "real,hybrid",
+                           "--output-dir", tmp_path / "cli", "--no-progress")
+    assert code == 2 and "synthetic" in err and "Traceback" not in err
+
+
+# ---------------------------------------------------------------------------------------------- launch
+
+
+@pytest.mark.integration
+def test_accelerate_launch_two_processes(inputs, tmp_path):
+    """`accelerate launch training_scripts/train_classifier.py` as a real 2-process (gloo, CPU) DDP job."""
+    from dermt2im_hub.evaluation.benchmark import read_records
+
+    real_dir = tmp_path / "real"
+    inputs["real"].save_to_disk(str(real_dir))
+    env = dict(os.environ, ACCELERATE_USE_CPU="1", OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+               str(REPO_ROOT / "training_scripts" / "train_classifier.py"),
+               "--config", str(REPO_ROOT / "configs" / "demo.yaml"), "--real.path", str(real_dir),
+               "--test-sets", "[{name: ISIC, source: isic}]", "--models", "mobilenetv2_050", "--seeds", "[0]",
+               "--arms", "real", "--epochs", "1", "--batch-size", "4", "--output-dir", str(tmp_path / "out"),
+               "--no-progress", "--no-leaderboard"]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, cwd=REPO_ROOT)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    (record,) = read_records(tmp_path / "out" / "results")
+    assert record["training"]["num_processes"] == 2  # a real distributed run, not two independent ones
+    assert len(record["predictions"]) == sum(1 for s in inputs["real"]["test"]["source"] if s == "isic")
+    assert np.isfinite(record["results"][0]["metrics"]["accuracy"])
+    assert (tmp_path / "out" / "classifiers" / record["run_id"] / "model.safetensors").is_file()
