@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dermt2im_hub.config import save_config
 from dermt2im_hub.dataset.config import A1111, REAL, SYNTHETIC, DatasetConfig, parse_size
 from dermt2im_hub.dataset.sources import MemorizationError
 from dermt2im_hub.dataset.stats import DATA_DIR, SHARD_RE, card_facts, count_flagged, shard_files
@@ -29,6 +30,7 @@ from dermt2im_hub.manifest import MANIFEST_NAME, fingerprint, try_read_manifest,
 STAGE = "build_dataset"
 STAGING_DIR = ".build-staging"
 SAMPLE_GRID = "sample_grid.png"
+CONFIG_NAME = "config.yaml"
 DEFAULT_PRETTY_NAMES = {
     SYNTHETIC: "Derm-T2IM synthetic skin lesions",
     A1111: "Derm-T2IM skin lesions (AUTOMATIC1111 images)",
@@ -119,8 +121,9 @@ def _build_rows(inputs, output_dir: Path, staging: Path, config: DatasetConfig, 
                       license=config.license, source_datasets=list(config.source_datasets),
                       sample_grid=SAMPLE_GRID if grid else None, allow_memorized=config.allow_memorized)
     card["dataset_info"] = dataset_info_yaml(builder, output_dir)
+    save_config(config, output_dir / CONFIG_NAME)
     outputs.update(num_rows=card["num_rows"], splits=card["splits"], per_class=card["per_class"], data_files=shards,
-                   card="README.md", sample_grid=card["sample_grid"])
+                   card="README.md", sample_grid=card["sample_grid"], config=CONFIG_NAME)
     extra.update(card=card, build_report=scan.report.summary())
     return BuildResult(output_dir, card["num_rows"], card["splits"], shards, scan.report.summary(),
                        messages=[scan.report.describe()])
@@ -233,6 +236,8 @@ def check_publishable(folder: str | Path, allow_memorized: bool = False) -> None
         raise ValueError(f"{folder} is not a finished build-dataset output (manifest.json stage {STAGE!r})")
     if not shard_files(folder):
         raise ValueError(f"{folder}/{DATA_DIR} holds no parquet shards")
+    if (folder / STAGING_DIR).exists():
+        raise ValueError(f"{folder} holds {STAGING_DIR}/ from an interrupted build; run build-dataset again")
     flagged = count_flagged(folder)
     if flagged and not allow_memorized:
         raise MemorizationError(f"refusing to push {folder}: {flagged} row(s) were flagged by the memorization "

@@ -167,14 +167,19 @@ def scan_inputs(config_name: str, inputs: Sequence[str | Path], options: ScanOpt
     report = ScanReport(config_name, [str(f) for f in folders])
     entries: list[Entry] = []
     seen: dict[str, str] = {}
-    for index, folder in enumerate(folders):
-        for candidate in readers[config_name](folder, options, report):
-            report.candidates += 1
-            where = candidate.name if len(folders) == 1 else f"[input {index}] {candidate.name}"
-            entry = _admit(config_name, folder, where, candidate, options, report, seen)
-            if entry is not None:
-                entry.input_index = index
-                entries.append(entry)
+    # datasets' tqdm follows its global switch, so `build-dataset --quiet` silences this bar too
+    from datasets.utils.tqdm import tqdm
+
+    with tqdm(desc=f"Checking {config_name} images", unit=" images") as progress:
+        for index, folder in enumerate(folders):
+            for candidate in readers[config_name](folder, options, report):
+                report.candidates += 1
+                where = candidate.name if len(folders) == 1 else f"[input {index}] {candidate.name}"
+                entry = _admit(config_name, folder, where, candidate, options, report, seen)
+                if entry is not None:
+                    entry.input_index = index
+                    entries.append(entry)
+                progress.update()
     report.kept = len(entries)
     return Scan(entries, report)
 
