@@ -321,6 +321,8 @@ def _a1111_problem_folder(root: Path) -> Path:
         "malignant mole on neck", None, {"Steps": 25, "Sampler": "Euler", "CFG scale": 7, "Seed": 9}))
     write_png(root / "mixed" / "00005-10.png", 5, "benign")  # no folder label, no prompt: unlabeled
     write_png(root / "rejected" / "benign" / "00006-11.png", 6, "benign", infotext=text)
+    unlabeled_first = write_png(root / "a-unsorted" / "00007-12.png", 7, "benign")  # walked before benign/
+    shutil.copyfile(unlabeled_first, root / "benign" / "00007-12-copy.png")  # its labelled copy is kept
     return root
 
 
@@ -328,10 +330,11 @@ def test_a1111_duplicates_corrupt_and_missing_infotext_are_reported(tmp_path):
     folder = _a1111_problem_folder(tmp_path / "a1111")
     result = build(folder, tmp_path / "out", config_name="a1111")
     counts = result.report["counts"]
-    assert counts == {"duplicate": 1, "corrupt": 2, "unlabeled": 1, "no_infotext": 2}
+    assert counts == {"duplicate": 1, "corrupt": 2, "unlabeled": 2, "no_infotext": 4}
     assert any("copy-of-00000.png" in e for e in result.report["examples"]["duplicate"])
     rows = {r["file_name"]: r for r in load(tmp_path / "out", split="train")}
-    assert set(rows) == {"benign/00000-5.png", "malignant/00002-7.png", "mixed/00004-9.png"}
+    assert set(rows) == {"benign/00000-5.png", "benign/00007-12-copy.png", "malignant/00002-7.png",
+                         "mixed/00004-9.png"}
     kept = rows["benign/00000-5.png"]
     assert kept["sampler"] == "Heun" and kept["seed"] == 5 and kept["label"] == 0
     assert json.loads(kept["extra"]) == {"Hires upscale": "2", "Lora hashes": "x: 1", "generation_size": "64x64"}

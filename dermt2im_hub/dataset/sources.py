@@ -41,8 +41,8 @@ REJECTED_DIR = "rejected"
 _MAX_EXAMPLES = 20  # per kind of problem, in the report
 
 # Report kinds, in the order a summary lists them.
-PROBLEM_KINDS = ("duplicate", "corrupt", "missing", "unsafe_name", "invalid_row", "unlabeled", "rejected",
-                 "failed_qa", "unsplit", "sha256_mismatch", "no_infotext", "oversized_infotext",
+PROBLEM_KINDS = ("duplicate", "corrupt", "unreadable", "missing", "unsafe_name", "invalid_row", "unlabeled",
+                 "rejected", "failed_qa", "unsplit", "sha256_mismatch", "no_infotext", "oversized_infotext",
                  "label_conflict")
 
 
@@ -206,13 +206,16 @@ def _admit(config_name: str, folder: Path, where: str, candidate: _Candidate, op
     except CorruptImage as exc:
         report.note("corrupt", f"{where}: {exc}")
         return None
-    seen[digest] = where
+    except OSError as exc:  # permissions, I/O errors: the file is skipped, the build goes on
+        report.note("unreadable", f"{where}: {type(exc).__name__}: {exc}"[:300])
+        return None
     if candidate.expected_sha256 and candidate.expected_sha256 != digest:
         report.note("sha256_mismatch", where)
     label, values = _complete(config_name, candidate, facts, where, report)
     if label is None:
         report.note("unlabeled", where)
         return None
+    seen[digest] = where  # only admitted files count as originals: a labelled copy of a skipped file stays
     values.update(file_name=candidate.name, sha256=digest, width=facts.width, height=facts.height)
     split = candidate.split or _split_for(options, values, digest)
     return Entry(path=path, name=candidate.name, label=label, split=split, sha256=digest, values=values,
