@@ -215,16 +215,9 @@ def write_card(folder: str | Path, repo_id: str | None = None) -> Path:
     """README.md (with the `configs:` block) from the folder's manifest, through the Hub layer's card builder,
     plus the `dataset_info` block (see dataset_info_yaml); `repo_id` makes the how-to-use snippet load from
     that repo."""
-    from dermt2im_hub.hub.cards import build_card
-    from dermt2im_hub.manifest import read_manifest
-    from dermt2im_hub.utils.files import atomic_write_text
+    from dermt2im_hub.hub.cards import render_card
 
-    manifest = read_manifest(folder)
-    card = build_card(manifest, kind="dataset", repo_id=repo_id)
-    info = manifest.get("extra", {}).get("card", {}).get("dataset_info")
-    if info and getattr(card.data, "dataset_info", None) is None:
-        card.data.dataset_info = info
-    return atomic_write_text(Path(folder) / "README.md", str(card))
+    return render_card(folder, kind="dataset", repo_id=repo_id)
 
 
 def check_publishable(folder: str | Path, allow_memorized: bool = False) -> None:

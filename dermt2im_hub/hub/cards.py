@@ -15,6 +15,7 @@ wheel renders the same cards as a source checkout.
 from __future__ import annotations
 
 import importlib
+import json
 import os
 import re
 from collections.abc import Mapping
@@ -44,6 +45,7 @@ LORA_TAGS = ["lora", "diffusers", "text-to-image", "stable-diffusion", "dermatol
              "template:sd-lora"]
 CLASSIFIER_TAGS = ["image-classification", "timm", "dermatology", "medical", "skin-lesion"]
 DATASET_TAGS = ["dermatology", "medical", "skin-lesion", "dermoscopy", "synthetic", "stable-diffusion", "lora"]
+SYNTHETIC_ONLY_TAGS = {"synthetic", "stable-diffusion", "lora"}
 RESULTS_TAGS = ["dermatology", "medical", "leaderboard", "image-classification"]
 DATASET_TASKS = ["image-classification", "text-to-image"]
 
@@ -386,10 +388,13 @@ def _dataset_card_data(ctx: dict[str, Any]):
         task_categories=list(DATASET_TASKS),
         size_categories=[size] if size else None,
         pretty_name=f.get("pretty_name") or "Derm-T2IM synthetic skin lesions",
-        tags=list(DATASET_TAGS),
-        annotations_creators=["machine-generated"],
+        annotations_creators=["expert-generated"] if f.get("builder_config") == "real" else ["machine-generated"],
+        tags=[t for t in DATASET_TAGS if t not in SYNTHETIC_ONLY_TAGS] if f.get("builder_config") == "real"
+        else list(DATASET_TAGS),
         source_datasets=_hub_ids(f.get("source_datasets")) or None,
         configs=_clean_configs(ctx["configs"]) or None,
+        # `datasets` keys its cache of a local folder on this block; keep it when a card is re-rendered
+        dataset_info=json.loads(json.dumps(f.get("dataset_info"))) if f.get("dataset_info") else None,
     )
 
 
