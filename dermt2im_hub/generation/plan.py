@@ -98,10 +98,13 @@ class GenerationConfig:
     dtype: str = field(default="auto", metadata={
         "help": "auto (float16 on CUDA, float32 on CPU), float32, float16 or bfloat16"})
     compile: bool = field(default=False, metadata={"help": "torch.compile the UNet (GPU; worth it for long runs)"})
+    cpu_threads: int = field(default=0, metadata={
+        "help": "torch CPU threads per process (0: leave as is). CPU float rounding depends on it, so pin it "
+                "(e.g. 1) when runs with different process counts must give bitwise-identical images"})
     progress: bool = field(default=True, metadata={"help": "show a progress bar with images/s and ETA"})
 
     # Settings that do not change any image: a folder may be resumed with other values of these.
-    RUNTIME_FIELDS = ("batch_size", "compile", "progress", "output")
+    RUNTIME_FIELDS = ("batch_size", "compile", "progress", "output", "cpu_threads")
 
     def validate(self) -> None:
         self.samplers = [_canonical_sampler(name) for name in self.samplers]
@@ -124,6 +127,8 @@ class GenerationConfig:
             raise ConfigError(f"num_images must be >= 1, got {self.num_images}")
         if self.batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.cpu_threads < 0:
+            raise ConfigError(f"cpu_threads must be >= 0, got {self.cpu_threads}")
         bad = [c for c in self.classes if c not in CLASS_NAMES]
         if bad or not self.classes or len(set(self.classes)) != len(self.classes):
             raise ConfigError(f"classes must be distinct labels among {list(CLASS_NAMES)}, got {self.classes}")

@@ -2,10 +2,14 @@
 
 Determinism: every image gets its own CPU `torch.Generator` seeded with its plan seed, handed to diffusers as
 one generator per sample, so its initial latents and any sampler noise (Euler a, SDE) do not depend on which
-other images share its batch, on the batch size, or on the process that renders it. On CPU, MKL/oneDNN pick
-different kernels for small or odd row counts (1-3 rows, 7 rows ...) which changes float rounding, so CPU
-batches are padded with throw-away rows to a multiple of `CPU_ROW_MULTIPLE`; with that, images are bitwise
-identical whatever the batch size (checked by the tests). On GPUs, images agree to float precision only.
+other images share its batch, on the batch size, or on the process that renders it. Float rounding is the
+remaining source of difference, and on CPU it is pinned down too:
+- MKL/oneDNN pick different kernels for small or odd row counts (1-3 rows, 7 rows ...), so CPU batches are
+  padded with throw-away rows to a multiple of `CPU_ROW_MULTIPLE`: images are then bitwise identical whatever
+  the batch size (checked by the tests);
+- the number of torch threads changes how reductions are split: `cpu_threads` pins it (accelerate gives each
+  of N CPU ranks cores/N threads), and with the same threads per process, 1 and N processes give the same bytes.
+On GPUs, images agree to float precision only (cuBLAS/cuDNN choose kernels by shape).
 
 Processes: run under `accelerate launch` (or `dermt2im generate --num-processes N`), each rank renders a
 strided share of the unfinished images of every (sampler, steps) group; rank 0 writes the folder's config,
@@ -144,11 +148,9 @@ def generate(config: GenerationConfig, after_batch: Callable[[list[PlannedImage]
     `after_batch(batch)` runs after each batch is written (progress hooks; tests use it to interrupt a run).
     `pipeline`, when given, is a `(pipe, BaseModelInfo, adapters)` triple to reuse instead of loading.
     """
-    from accelerate import PartialState
-
     config.validate()
     config.require_inputs()
-    state = PartialState()
+    state = _process_state()
     rank, world = state.process_index, state.num_processes
     out = Path(config.output)
     plan = expand_plan(config)
@@ -172,7 +174,7 @@ def generate(config: GenerationConfig, after_batch: Callable[[list[PlannedImage]
     scheduler_cache: dict[str, Any] = {"_base_config": dict(pipe.scheduler.config)}
     generated, seconds = 0, 0.0
     stage = _stage_run(out, config, base, adapters) if state.is_main_process else contextlib.nullcontext()
-    with stage as run:
+    with stage as run, _cpu_threads(config.cpu_threads):
         t0 = time.perf_counter()
         try:
             with _progress(sum(len(b) for b in batches), config.progress, rank, world) as bar:
@@ -203,6 +205,37 @@ def generate(config: GenerationConfig, after_batch: Callable[[list[PlannedImage]
     return result
 
 
+@contextlib.contextmanager
+def _cpu_threads(count: int):
+    """Pin torch's intra-op threads for the run (0: unchanged), restoring the caller's setting afterwards."""
+    import torch
+
+    previous = torch.get_num_threads()
+    if count:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _process_state():
+    """accelerate's view of the launch. PartialState only forms CPU ranks (gloo) when told `cpu=True`, which
+    `accelerate launch` signals with ACCELERATE_USE_CPU (Accelerator reads it; PartialState does not)."""
+
+    import torch
+    from accelerate import PartialState
+    from accelerate.utils import parse_flag_from_env
+
+    return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU") or not torch.cuda.is_available())
+
+
+def _threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
 def _stage_run(out: Path, config: GenerationConfig, base, adapters):
     from dermt2im_hub.manifest import StageRun
 
@@ -228,7 +261,7 @@ def _finish(out, plan, base, adapters, run, generated, seconds, load_seconds, wo
         "base_model": {"id": base.id, "kind": base.kind, "revision": base.revision, "sha256": base.sha256,
                        "hashed_file": base.hashed_file},
         "adapters": [a.to_row() for a in adapters],
-        "num_processes": world, "images_by_rank": outputs.images_by_rank(out),
+        "num_processes": world, "images_by_rank": outputs.images_by_rank(out), "cpu_threads": _threads(),
         "generated_this_run_rank0": generated, "seconds": round(seconds, 3), "load_seconds": round(load_seconds, 3),
         "images_per_second_rank0": round(generated / seconds, 4) if seconds > 0 else None,
     })

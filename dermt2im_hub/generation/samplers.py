@@ -76,8 +76,9 @@ _REGISTRY: dict[str, SamplerSpec] = {
                     "CompVis PLMS (first step by improved Euler, as diffusers' PNDM without PRK steps)"),
         SamplerSpec("UniPC", "UniPCMultistepScheduler",
                     {**_K_DIFFUSION, "solver_order": 3, "solver_type": "bh1", "predict_x0": True,
-                     "lower_order_final": True, "use_karras_sigmas": False},
-                    "A1111 defaults: order 3, variant bh1, time-uniform skip"),
+                     "lower_order_final": True, "use_karras_sigmas": False, "final_sigmas_type": "sigma_min"},
+                    "A1111 defaults: order 3, variant bh1, time-uniform skip; like A1111 it stops at the model's "
+                    "smallest sigma (diffusers' bh1 step to sigma 0 gives NaN)"),
     )
 }
 
