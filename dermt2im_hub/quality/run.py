@@ -319,6 +319,8 @@ def run_qa(generated_dir: str | Path, real_dir: str | Path | None = None, config
     config = config or QualityConfig()
     config.validate()
     generated_dir = Path(generated_dir)
+    if not generated_dir.is_dir():
+        raise FolderError(f"generated folder not found: {generated_dir}")
     writable = has_metadata(generated_dir)
     if output_dir is None and not writable:
         raise FolderError(f"{generated_dir} has no {METADATA_NAME}: it is treated as read-only, so give an "
