@@ -48,12 +48,7 @@ class TimmFeatureExtractor:
         try:
             if weights is None:
                 torch.manual_seed(seed)  # the random init is part of the extractor's identity
-                net = timm.create_model(model, pretrained=False, num_classes=0)
-            elif weights == "hub":
-                net = timm.create_model(model, pretrained=True, num_classes=0)
-            else:
-                net = timm.create_model(model, pretrained=True, num_classes=0,
-                                        pretrained_cfg_overlay={"file": str(weights)})
+            net = _create_model(timm, model, weights, image_size)
         except RuntimeError as exc:  # timm: unknown model name
             raise ConfigError(f"quality.features.model {model!r}: {exc}") from exc
         except OSError as exc:  # huggingface_hub: offline and not cached
@@ -88,6 +83,20 @@ class TimmFeatureExtractor:
         with self._torch.inference_mode():
             features = self.model(tensor)
         return features.float().cpu().numpy().reshape(len(images), -1)
+
+
+def _create_model(timm, model: str, weights: str | None, image_size: int | None):
+    kwargs: dict = {"pretrained": weights is not None, "num_classes": 0}
+    if weights not in (None, "hub"):
+        kwargs["pretrained_cfg_overlay"] = {"file": str(weights)}
+    if image_size:
+        # vision transformers fix their input size at creation (timm resamples the position embeddings of
+        # pretrained weights to it); convolutional networks take any size and do not accept the argument
+        try:
+            return timm.create_model(model, img_size=image_size, **kwargs)
+        except TypeError:
+            pass
+    return timm.create_model(model, **kwargs)
 
 
 def _describe_weights(weights: str | None, seed: int) -> tuple[str, str | None]:
