@@ -69,6 +69,22 @@ def canonical_text_encoder_name(name: str) -> str:
     return "text_model." + name if name.startswith(_TEXT_MODEL_CHILDREN) else name
 
 
+def uniform_lora_names(state_dict: dict[str, torch.Tensor], infix: str) -> dict[str, torch.Tensor]:
+    """Give every module the diffusers naming (`<module><infix>.down.weight` / `.up.weight`).
+
+    convert_state_dict_to_diffusers renames only attention projections and leaves other targets (conv_in,
+    proj_in, ff, ...) as peft `lora_A`/`lora_B`. diffusers' loader decides the format from the first key, so
+    such a mixed file silently loses every module of the other naming: keep one naming throughout.
+    """
+    renamed = {}
+    for key, tensor in state_dict.items():
+        for peft_part, diffusers_part in ((".lora_A.weight", ".down.weight"), (".lora_B.weight", ".up.weight")):
+            if key.endswith(peft_part):
+                key = key[: -len(peft_part)] + infix + diffusers_part
+        renamed[key] = tensor
+    return renamed
+
+
 def _cast(state_dict: dict[str, torch.Tensor], dtype: torch.dtype) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu", dtype).contiguous() for k, v in state_dict.items()}
 
@@ -130,9 +146,11 @@ def save_adapter_files(out_dir: str | Path, unet, unet_config, text_encoder=None
         tmp_dir = Path(tmp)
         te_layers = None
         if te_sd:
-            te_layers = {canonical_text_encoder_name(k): v for k, v in convert_state_dict_to_diffusers(te_sd).items()}
+            te_layers = {canonical_text_encoder_name(k): v for k, v in
+                         uniform_lora_names(convert_state_dict_to_diffusers(te_sd), ".lora_linear_layer").items()}
+        unet_layers = uniform_lora_names(convert_state_dict_to_diffusers(unet_sd), ".lora")
         StableDiffusionPipeline.save_lora_weights(
-            tmp_dir, unet_lora_layers=convert_state_dict_to_diffusers(unet_sd), text_encoder_lora_layers=te_layers,
+            tmp_dir, unet_lora_layers=unet_layers, text_encoder_lora_layers=te_layers,
             weight_name=DIFFUSERS_WEIGHT_NAME, safe_serialization=True,
             unet_lora_adapter_metadata=unet_config.to_dict(),
             text_encoder_lora_adapter_metadata=te_config.to_dict() if te_config is not None else None)
