@@ -247,3 +247,19 @@ def test_config_rejects_unknown_keys_and_bad_values(tmp_path):
     path.write_text("memorization:\n  min_cosine: 0.97\nfeatures:\n  model: resnet34\n")
     config = load_config(QualityConfig, path, section="quality")
     assert config.memorization.min_cosine == 0.97 and config.features.model == "resnet34"
+
+
+def test_extractor_errors_are_config_errors():
+    from dermt2im_hub.quality.features import TimmFeatureExtractor
+
+    with pytest.raises(ConfigError, match="resnet_does_not_exist"):
+        TimmFeatureExtractor("resnet_does_not_exist")
+    with pytest.raises(ConfigError, match="cannot load pretrained weights"):  # tests run with HF_HUB_OFFLINE=1
+        TimmFeatureExtractor("resnet18", weights="hub")
+
+
+def test_vision_transformer_extractor_takes_the_configured_input_size():
+    from dermt2im_hub.quality.features import TimmFeatureExtractor
+
+    vit = TimmFeatureExtractor("vit_tiny_patch16_224", image_size=32)
+    assert vit.embed([phantom(0, size=64)]).shape == (1, 192) and vit.describe()["image_size"] == 32

@@ -19,7 +19,7 @@ from dermt2im_hub.config import ConfigError
 class ArtifactConfig:
     min_sharpness: float = field(default=15.0, metadata={
         "help": "reject below this variance of the Laplacian of the grey image at analysis_size (blur); the "
-                "Derm-T2IM samples measure 19.8 at least, a Gaussian blur of 2-3 percent of the side gives about 5-10"})
+                "Derm-T2IM samples measure 19.8 at least, a Gaussian blur of 2.3 percent of the side 12.6 at most"})
     max_clipping: float = field(default=0.2, metadata={
         "help": "reject above this fraction of pixels inside the inscribed disc with a channel at 253+ or all "
                 "channels at 2 or less (blown out / black); samples measure 0.03 at most"})
