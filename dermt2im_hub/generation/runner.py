@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -174,24 +175,27 @@ def generate(config: GenerationConfig, after_batch: Callable[[list[PlannedImage]
     scheduler_cache: dict[str, Any] = {"_base_config": dict(pipe.scheduler.config)}
     generated, seconds = 0, 0.0
     stage = _stage_run(out, config, base, adapters) if state.is_main_process else contextlib.nullcontext()
-    with stage as run, _cpu_threads(config.cpu_threads):
+    with stage as run, _cpu_threads(config.cpu_threads), _ImageWriter(out, rank, base, adapters) as writer:
         t0 = time.perf_counter()
         try:
             with _progress(sum(len(b) for b in batches), config.progress, rank, world) as bar:
                 for batch in batches:
-                    images = render_batch(pipe, batch, device, scheduler_cache)
-                    rows = []
-                    for image, pil_image in zip(batch, images):
-                        sha = outputs.save_image(out, image, pil_image, base, adapters)
-                        rows.append(outputs.metadata_row(image, base, adapters, sha))
-                    outputs.append_rows(out, rank, rows)
-                    generated += len(batch)
-                    bar.update(len(batch))
+                    writer.submit(batch, render_batch(pipe, batch, device, scheduler_cache))
+                    # PNG encoding of this batch overlaps the next batch's sampling
+                    for written in writer.completed(keep=1):
+                        generated += len(written)
+                        bar.update(len(written))
+                        if after_batch:
+                            after_batch(written)
+                for written in writer.completed(keep=0):
+                    generated += len(written)
+                    bar.update(len(written))
                     if after_batch:
-                        after_batch(batch)
+                        after_batch(written)
             seconds = time.perf_counter() - t0
             state.wait_for_everyone()  # rank 0 summarises only once every rank has written its images
         finally:
+            writer.close()  # images already rendered are written and logged even when interrupted
             # also after an exception: metadata.jsonl then matches the PNGs written so far
             if run is not None:
                 _finish(out, plan, base, adapters, run, generated, seconds or time.perf_counter() - t0,
@@ -203,6 +207,45 @@ def generate(config: GenerationConfig, after_batch: Callable[[list[PlannedImage]
         log.info("generated %d image(s) in %.1fs (%.2f img/s on rank 0); %d of %d planned are in %s",
                  generated, seconds, result.images_per_second, finished, len(plan), out)
     return result
+
+
+class _ImageWriter:
+    """Writes PNGs (encode + atomic rename) on a few threads, so encoding overlaps sampling, and appends each
+    batch's metadata rows to the rank's log in batch order once all its files are in place."""
+
+    def __init__(self, out: Path, rank: int, base, adapters, workers: int = 4):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.out, self.rank, self.base, self.adapters = out, rank, base, adapters
+        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="png-writer")
+        self.pending: deque = deque()
+
+    def __enter__(self) -> _ImageWriter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def submit(self, batch: list[PlannedImage], images: list) -> None:
+        futures = [self.pool.submit(outputs.save_image, self.out, image, pil, self.base, self.adapters)
+                   for image, pil in zip(batch, images)]
+        self.pending.append((batch, futures))
+
+    def completed(self, keep: int):
+        """Finish the oldest batches until at most `keep` are in flight; yields each finished batch."""
+        while len(self.pending) > keep:
+            batch, futures = self.pending.popleft()
+            shas = [future.result() for future in futures]
+            outputs.append_rows(self.out, self.rank, [outputs.metadata_row(image, self.base, self.adapters, sha)
+                                                      for image, sha in zip(batch, shas)])
+            yield batch
+
+    def close(self) -> None:
+        try:
+            for _ in self.completed(keep=0):
+                pass
+        finally:
+            self.pool.shutdown(wait=True)
 
 
 @contextlib.contextmanager
