@@ -102,10 +102,10 @@ def _degraded(image: np.ndarray) -> dict[str, np.ndarray]:
 def test_filter_rejects_blank_noise_and_blur_of_phantoms(index):
     image = phantom(index)
     config = ArtifactConfig()
-    assert artifact_reasons(analyze_image(image), config) == []
+    assert artifact_reasons(analyze_image(image).scores(), config) == []
     expected = {"blank": "no_lesion", "noise": "noisy", "blur": "blurry", "black": "clipped", "white": "clipped"}
     for kind, degraded in _degraded(image).items():
-        reasons = artifact_reasons(analyze_image(degraded), config)
+        reasons = artifact_reasons(analyze_image(degraded).scores(), config)
         assert expected[kind] in reasons, (kind, reasons)
 
 
@@ -114,14 +114,14 @@ def test_filter_rejects_degraded_real_samples(shared_data):
     for path in sorted(folder.glob("*/*.png"))[::40]:
         image = load_rgb(path)
         for kind, degraded in _degraded(image).items():
-            assert artifact_reasons(analyze_image(degraded), ArtifactConfig()), (path.name, kind)
+            assert artifact_reasons(analyze_image(degraded).scores(), ArtifactConfig()), (path.name, kind)
 
 
 def test_at_least_95_percent_of_real_derm_t2im_samples_pass(shared_data):
     folder = sample_folder(shared_data, "dermt2im-sample")
     paths = sorted(folder.glob("*/*.png"))
     assert len(paths) >= 100
-    failures = {p.name: artifact_reasons(analyze_image(load_rgb(p)), ArtifactConfig()) for p in paths}
+    failures = {p.name: artifact_reasons(analyze_image(load_rgb(p)).scores(), ArtifactConfig()) for p in paths}
     failures = {name: reasons for name, reasons in failures.items() if reasons}
     pass_rate = 1 - len(failures) / len(paths)
     print(f"artifact filter pass rate on {len(paths)} Derm-T2IM samples: {pass_rate:.3f}; failures: {failures}")
@@ -132,10 +132,10 @@ def test_lesion_found_on_phantoms_and_not_on_noise():
     config = ArtifactConfig()
     for index in range(6):
         analysis = analyze_image(phantom(index, seed=5))
-        assert lesion_found(analysis.lesion, config), index
+        assert lesion_found(analysis.scores(), config), index
         assert 0.02 < analysis.lesion.area < 0.6
     noise = analyze_image(RNG.integers(0, 256, (256, 256, 3), dtype=np.uint8))
-    assert not lesion_found(noise.lesion, config)
+    assert not lesion_found(noise.scores(), config)
 
 
 # ---------------------------------------------------------------- perceptual hash
@@ -235,7 +235,11 @@ def test_extractor_loads_local_safetensors_and_refuses_pickles(tmp_path):
 @pytest.mark.parametrize("recipe", ["paper.yaml", "demo.yaml"])
 def test_recipe_quality_sections_load(recipe):
     config = load_config(QualityConfig, REPO_ROOT / "configs" / recipe, section="quality")
-    assert config.artifacts.min_sharpness > 0
+    if recipe == "paper.yaml":
+        assert config.features.model.startswith("vit_small_patch14_dinov2") and config.features.weights == "hub"
+        assert config.artifacts == ArtifactConfig()  # the recipe spells out the tuned defaults
+    else:
+        assert config.features.weights is None and not config.artifacts.require_lesion
 
 
 def test_config_rejects_unknown_keys_and_bad_values(tmp_path):

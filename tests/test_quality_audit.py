@@ -240,3 +240,49 @@ def test_cli_reads_the_quality_section_of_a_recipe(real_phantoms, tmp_path, run_
     saved = (folder / "qa" / "config.yaml").read_text()
     assert "image_size: 48" in saved
     shutil.rmtree(folder / "qa")
+
+
+class CountingExtractor:
+    """A FeatureExtractor wrapper that counts embedded images and can fail on a given call (a crash mid-run)."""
+
+    def __init__(self, inner, fail_on_call: int | None = None):
+        self.inner, self.fail_on_call, self.calls, self.embedded = inner, fail_on_call, 0, 0
+        self.name = inner.name
+
+    def describe(self) -> dict:
+        return self.inner.describe()
+
+    def embed(self, images):
+        self.calls += 1
+        if self.calls == self.fail_on_call:
+            raise KeyboardInterrupt
+        self.embedded += len(images)
+        return self.inner.embed(images)
+
+
+def test_an_interrupted_run_resumes_from_saved_measurements(real_phantoms, tmp_path):
+    from dermt2im_hub.quality.features import build_extractor
+
+    inner = build_extractor(FeatureConfig(model="resnet18", image_size=64))
+    images = [(("benign", "malignant")[i % 2], np.asarray(render_phantom(i, ("benign", "malignant")[i % 2],
+                                                                      PhantomConfig(size=256, seed=8))))
+              for i in range(6)]
+    folder = write_generated_folder(tmp_path / "gen", images)
+    config = fast_config(batch_size=2)
+    # 10 training images = 5 batches, then the 2nd synthetic batch is interrupted
+    with pytest.raises(KeyboardInterrupt):
+        run_qa(folder, real_phantoms, config, extractor=CountingExtractor(inner, fail_on_call=7))
+    assert json.loads((folder / "qa" / "manifest.json").read_text())["status"] == "interrupted"
+    assert "qa_passed" not in read_jsonl(folder / "metadata.jsonl")[0]  # the folder is updated only at the end
+
+    resumed = CountingExtractor(inner)
+    first = run_qa(folder, real_phantoms, config, extractor=resumed)
+    assert resumed.embedded == 4  # the training images and the first synthetic batch came from the cache
+
+    again = CountingExtractor(inner)
+    config.artifacts.min_sharpness = 1e9  # new thresholds: judged again, nothing measured again
+    second = run_qa(folder, real_phantoms, config, extractor=again)
+    assert again.embedded == 0
+    assert all(r["qa_reasons"] == ["blurry"] for r in second.rows)
+    assert [r["qa_sharpness"] for r in second.rows] == [r["qa_sharpness"] for r in first.rows]
+    assert [r["mem_cosine"] for r in second.rows] == [r["mem_cosine"] for r in first.rows]

@@ -164,22 +164,23 @@ def analyze_image(rgb: np.ndarray, analysis_size: int = 256) -> ImageAnalysis:
     return ImageAnalysis(sharpness(gray), clipping_fraction(rgb, disc), noise_sigma(gray), lesion, lab, skin)
 
 
-def lesion_found(lesion: Lesion, config: ArtifactConfig) -> bool:
+def lesion_found(scores: dict, config: ArtifactConfig) -> bool:
     """A compact pigmented region of plausible area that is clearly darker than the skin around it."""
-    return (config.min_lesion_area <= lesion.area <= config.max_lesion_area
-            and lesion.contrast >= config.min_lesion_contrast
-            and lesion.solidity >= config.min_lesion_solidity)
+    return (config.min_lesion_area <= scores["qa_lesion_area"] <= config.max_lesion_area
+            and scores["qa_lesion_contrast"] >= config.min_lesion_contrast
+            and scores["qa_lesion_solidity"] >= config.min_lesion_solidity)
 
 
-def artifact_reasons(analysis: ImageAnalysis, config: ArtifactConfig) -> list[str]:
-    """Why the filter rejects the image (empty: it passes). Near-duplicates are judged over the whole set."""
+def artifact_reasons(scores: dict, config: ArtifactConfig) -> list[str]:
+    """Why the filter rejects an image, judged from its recorded scores (`ImageAnalysis.scores()`), so a re-run
+    with other thresholds needs no pixels. Empty: it passes. Near-duplicates are judged over the whole set."""
     reasons = []
-    if analysis.sharpness < config.min_sharpness:
+    if scores["qa_sharpness"] < config.min_sharpness:
         reasons.append("blurry")
-    if analysis.clipping > config.max_clipping:
+    if scores["qa_clipping"] > config.max_clipping:
         reasons.append("clipped")
-    if analysis.noise > config.max_noise:
+    if scores["qa_noise"] > config.max_noise:
         reasons.append("noisy")
-    if config.require_lesion and not lesion_found(analysis.lesion, config):
+    if config.require_lesion and not lesion_found(scores, config):
         reasons.append("no_lesion")
     return reasons

@@ -129,6 +129,9 @@ class QualityConfig:
         "help": "exit 0 even when images that would be published are flagged as memorized (a warning instead)"})
     top_k_pairs: int = field(default=8, metadata={"help": "closest synthetic/real pairs saved as side-by-side PNGs"})
     progress: bool = field(default=True, metadata={"help": "show progress bars"})
+    cache: bool = field(default=True, metadata={
+        "help": "reuse the measurements an interrupted or earlier run saved in the QA folder's .cache/ (thresholds "
+                "are always applied afresh); false: measure every image again"})
     artifacts: ArtifactConfig = field(default_factory=ArtifactConfig)
     memorization: MemorizationConfig = field(default_factory=MemorizationConfig)
     features: FeatureConfig = field(default_factory=FeatureConfig)

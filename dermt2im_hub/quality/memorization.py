@@ -17,6 +17,7 @@ by hash distance.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -101,23 +102,41 @@ def _unit(vectors: np.ndarray) -> np.ndarray:
 
 
 @dataclass
-class MemorizationResult:
-    nearest_id: str | None
-    nearest_index: int | None
-    phash_distance: int | None
-    cosine: float | None
+class Nearest:
+    """The closest training image by each kind of evidence (indices into the reference), before any threshold:
+    verdicts come from `evidence(config)`, so stored measurements can be judged again with other thresholds."""
+
+    hash_index: int
+    hash_distance: int  # bits of 256
+    cosine_index: int
+    cosine: float
+    match_index: int | None  # the shortlisted image with the most verified matches
     match_inliers: int
-    evidence: list[str]
 
-    @property
-    def flagged(self) -> bool:
-        return bool(self.evidence)
+    def evidence(self, config: MemorizationConfig) -> list[str]:
+        found = []
+        if self.match_index is not None and self.match_inliers >= config.min_match_inliers:
+            found.append("local_match")
+        if self.hash_distance <= config.max_phash_distance:
+            found.append("phash")
+        if config.min_cosine is not None and self.cosine >= config.min_cosine:
+            found.append("cosine")
+        return found
 
-    def row(self) -> dict:
-        return {"mem_nearest_id": self.nearest_id, "mem_phash_distance": self.phash_distance,
-                "mem_cosine": None if self.cosine is None else round(self.cosine, 5),
-                "mem_match_inliers": self.match_inliers, "mem_evidence": self.evidence,
-                "mem_flagged": self.flagged}
+    def partner(self, config: MemorizationConfig) -> int:
+        """The training image behind the strongest evidence (match > hash > cosine); the cosine-nearest when none."""
+        evidence = self.evidence(config)
+        if "local_match" in evidence:
+            return int(self.match_index)
+        if "phash" in evidence:
+            return self.hash_index
+        return self.cosine_index
+
+    def row(self, ids: Sequence[str], config: MemorizationConfig) -> dict:
+        evidence = self.evidence(config)
+        return {"mem_nearest_id": ids[self.partner(config)], "mem_phash_distance": self.hash_distance,
+                "mem_cosine": round(self.cosine, 5), "mem_match_inliers": self.match_inliers,
+                "mem_evidence": evidence, "mem_flagged": bool(evidence)}
 
 
 class TrainingReference:
@@ -158,33 +177,27 @@ class TrainingReference:
         by_hash = np.argsort(distances, kind="stable")[:k]
         return list(dict.fromkeys(int(i) for i in [*by_votes, *by_cosine, *by_hash]))
 
-    def audit(self, hashes: np.ndarray, embeddings: np.ndarray,
-              features: Sequence[LocalFeatures]) -> list[MemorizationResult]:
-        """One result per synthetic image of a batch."""
-        if not len(self.ids):
-            return [MemorizationResult(None, None, None, None, 0, []) for _ in features]
+    def audit(self, hashes: np.ndarray, embeddings: np.ndarray, features: Sequence[LocalFeatures]) -> list[Nearest]:
+        """The nearest training images of each synthetic image of a batch."""
         distances = hamming_matrix(hashes, self.hashes)
         cosines = _unit(embeddings) @ self.embeddings.T
-        return [self._audit_one(distances[i], cosines[i], features[i]) for i in range(len(features))]
+        return [self._nearest(distances[i], cosines[i], features[i]) for i in range(len(features))]
 
-    def _audit_one(self, distances: np.ndarray, cosines: np.ndarray, query: LocalFeatures) -> MemorizationResult:
-        config = self.config
+    def _nearest(self, distances: np.ndarray, cosines: np.ndarray, query: LocalFeatures) -> Nearest:
         inliers = {i: matching_inliers(query, self.features[i])
                    for i in self._shortlist(self._votes(query), cosines, distances)}
         best_match = max(inliers, key=inliers.get) if inliers else None
         nearest_hash, nearest_cosine = int(np.argmin(distances)), int(np.argmax(cosines))
-        # the partner shown in the report is the one behind the strongest evidence: match > hash > cosine
-        evidence, partner = [], nearest_cosine
-        if config.min_cosine is not None and cosines[nearest_cosine] >= config.min_cosine:
-            evidence.append("cosine")
-        if distances[nearest_hash] <= config.max_phash_distance:
-            evidence.append("phash")
-            partner = nearest_hash
-        if best_match is not None and inliers[best_match] >= config.min_match_inliers:
-            evidence.append("local_match")
-            partner = best_match
-        return MemorizationResult(self.ids[partner], partner, int(distances[nearest_hash]),
-                                  float(cosines[nearest_cosine]), int(inliers.get(best_match, 0)), evidence)
+        return Nearest(nearest_hash, int(distances[nearest_hash]), nearest_cosine, float(cosines[nearest_cosine]),
+                       best_match, int(inliers.get(best_match, 0)))
+
+    def digest(self) -> str:
+        """Identifies the reference's content (for caching audit results against it)."""
+        digest = hashlib.sha256("\n".join(self.ids).encode())
+        digest.update(self.hashes.tobytes())
+        digest.update(np.ascontiguousarray(self.embeddings, np.float32).tobytes())
+        digest.update(str(self.config.local_features).encode())
+        return digest.hexdigest()
 
     def nearest_real_cosines(self) -> np.ndarray:
         """Each training image's cosine to its nearest other training image (calibration for min_cosine)."""

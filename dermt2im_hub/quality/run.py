@@ -7,7 +7,8 @@ Passes: (1) the training images -> hashes, local features, embeddings, skin tone
 batches -> artifact scores, skin tone, memorization audit against (1); then near-duplicates over the whole
 synthetic set, fidelity of the kept images, the report, and finally the folder update: per-image keys into
 `metadata.jsonl` (atomically) and rejected images moved to `rejected/{label}/`. Nothing is deleted; a re-run
-with other thresholds moves images back and forth and rewrites the keys.
+with other thresholds moves images back and forth and rewrites the keys. Measurements are saved batch by batch
+(`qa/.cache/`), so an interrupted run resumes and a re-run with other thresholds measures nothing again.
 
 A folder without `metadata.jsonl` (e.g. the authors' A1111 samples) is read-only: scores go to the QA output
 folder's `scores.jsonl` only, and an explicit output folder is required.
@@ -15,6 +16,7 @@ folder's `scores.jsonl` only, and an explicit output folder is required.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from collections import Counter
@@ -25,7 +27,8 @@ import numpy as np
 
 from dermt2im_hub.config import config_to_dict, save_config
 from dermt2im_hub.manifest import StageRun
-from dermt2im_hub.quality.artifacts import ImageAnalysis, analyze_image, artifact_reasons, lesion_found
+from dermt2im_hub.quality.artifacts import analyze_image, artifact_reasons, lesion_found
+from dermt2im_hub.quality.cache import CACHE_DIR, ResultCache, decode_array, encode_array
 from dermt2im_hub.quality.config import QualityConfig
 from dermt2im_hub.quality.features import FeatureExtractor, build_extractor
 from dermt2im_hub.quality.fidelity import fidelity_by_class
@@ -36,13 +39,13 @@ from dermt2im_hub.quality.images import (
     FolderError,
     ImageItem,
     alternative_location,
-    batches,
     generated_items,
     has_metadata,
+    load_rgb,
     real_items,
     safe_relative,
 )
-from dermt2im_hub.quality.memorization import LocalFeatures, MemorizationResult, TrainingReference, local_features
+from dermt2im_hub.quality.memorization import LocalFeatures, Nearest, TrainingReference, local_features
 from dermt2im_hub.quality.phash import HASH_BYTES, hamming_matrix, phash
 from dermt2im_hub.quality.report import card_summaries, plot_ita_histograms, safe_name, save_pair
 from dermt2im_hub.quality.skin_tone import ITA_CATEGORIES, category_histogram, image_ita, ita_category
@@ -60,16 +63,32 @@ ITA_PLOT = "ita_histogram.png"
 
 @dataclass
 class Described:
-    """One image after its pass: None fields when the file could not be read."""
+    """The measurements of one image (no verdicts: thresholds are applied later). `scores` None: unreadable."""
 
-    analysis: ImageAnalysis | None = None
+    scores: dict | None = None
     hash: np.ndarray | None = None
-    local: LocalFeatures | None = None
-    embedding: np.ndarray | None = None
     ita: float | None = None
-    memorization: MemorizationResult | None = None
+    embedding: np.ndarray | None = None
+    nearest: Nearest | None = None  # synthetic side, when audited
+    local: LocalFeatures | None = None  # training side only (kept for the reference)
     reasons: list[str] = field(default_factory=list)
     duplicate_of: str | None = None
+
+    @property
+    def readable(self) -> bool:
+        return self.scores is not None
+
+    def to_record(self) -> dict:
+        return {"scores": self.scores, "hash": None if self.hash is None else self.hash.tobytes().hex(),
+                "ita": self.ita, "embedding": encode_array(self.embedding),
+                "nearest": None if self.nearest is None else dataclasses.asdict(self.nearest)}
+
+    @classmethod
+    def from_record(cls, record: dict) -> Described:
+        return cls(scores=record["scores"],
+                   hash=None if record["hash"] is None else np.frombuffer(bytes.fromhex(record["hash"]), np.uint8),
+                   ita=record["ita"], embedding=decode_array(record["embedding"]),
+                   nearest=None if record["nearest"] is None else Nearest(**record["nearest"]))
 
 
 @dataclass
@@ -90,17 +109,18 @@ def _progress(total: int, desc: str, enabled: bool):
     return tqdm(total=total, desc=desc, unit="img", disable=not enabled)
 
 
-def _describe_batch(images, config: QualityConfig, extractor: FeatureExtractor | None) -> list[Described]:
+def _measure(images: list[np.ndarray | None], config: QualityConfig, extractor: FeatureExtractor | None,
+             with_local: bool) -> list[Described]:
+    """Fresh measurements of a batch of decoded images (None: unreadable)."""
     described = []
     for rgb in images:
         if rgb is None:
-            described.append(Described(reasons=["unreadable"]))
+            described.append(Described())
             continue
         analysis = analyze_image(rgb, config.analysis_size)
         described.append(Described(
-            analysis=analysis, hash=phash(rgb), ita=image_ita(analysis.lab, analysis.skin_mask),
-            local=local_features(rgb, config.memorization.local_features) if extractor is not None else None,
-        ))
+            scores=analysis.scores(), hash=phash(rgb), ita=image_ita(analysis.lab, analysis.skin_mask),
+            local=local_features(rgb, config.memorization.local_features) if with_local else None))
     readable = [i for i, rgb in enumerate(images) if rgb is not None]
     if extractor is not None and readable:
         embeddings = extractor.embed([images[i] for i in readable])
@@ -109,28 +129,43 @@ def _describe_batch(images, config: QualityConfig, extractor: FeatureExtractor |
     return described
 
 
-def _describe_all(items: list[ImageItem], config: QualityConfig, extractor, desc: str,
-                  reference: TrainingReference | None = None) -> list[Described]:
+def _describe_all(items: list[ImageItem], config: QualityConfig, extractor, desc: str, cache: ResultCache,
+                  reference: TrainingReference | None = None, keep_local: bool = False) -> list[Described]:
+    """Measure every image in batches, reusing the cache; audit fresh synthetic images against `reference`.
+    `keep_local`: the training side, whose local features are recomputed even for cached images."""
     out: list[Described] = []
     with _progress(len(items), desc, config.progress) as bar:
-        for chunk, images in batches(items, config.batch_size):
-            described = _describe_batch(images, config, extractor)
+        for start in range(0, len(items), config.batch_size):
+            chunk = items[start:start + config.batch_size]
+            cached = [cache.get(item.path) for item in chunk]
+            fresh_at = [i for i, record in enumerate(cached) if record is None]
+            fresh = _measure([load_rgb(chunk[i].path) for i in fresh_at], config, extractor,
+                             with_local=keep_local or reference is not None)
             if reference is not None:
-                _audit(reference, described)
+                _audit(reference, fresh)
+            cache.put([(chunk[i].path, d.to_record()) for i, d in zip(fresh_at, fresh)])
+            described = [None if record is None else Described.from_record(record) for record in cached]
+            for i, d in zip(fresh_at, fresh):
+                described[i] = d
+            if keep_local:
+                for item, d in zip(chunk, described):
+                    if d.readable and d.local is None:
+                        rgb = load_rgb(item.path)
+                        d.local = local_features(rgb, config.memorization.local_features) if rgb is not None else None
             out.extend(described)
             bar.update(len(chunk))
     return out
 
 
 def _audit(reference: TrainingReference, described: list[Described]) -> None:
-    readable = [d for d in described if d.analysis is not None]
+    readable = [d for d in described if d.readable]
     if not readable:
         return
     results = reference.audit(np.stack([d.hash for d in readable]), np.stack([d.embedding for d in readable]),
                               [d.local for d in readable])
     for item, result in zip(readable, results):
-        item.memorization = result
-        item.local = None  # free the descriptors: only the training side is kept
+        item.nearest = result
+        item.local = None  # free the descriptors: only the training side keeps them
 
 
 def _mark_near_duplicates(items: list[ImageItem], described: list[Described], max_distance: int) -> None:
@@ -152,19 +187,20 @@ def _mark_near_duplicates(items: list[ImageItem], described: list[Described], ma
         kept_names.append(item.file_name)
 
 
-def _row_keys(d: Described, config: QualityConfig, audited: bool) -> dict:
+def _row_keys(d: Described, config: QualityConfig, ids: list[str] | None) -> dict:
+    """The per-image keys written into metadata.jsonl; `ids` are the training ids (None: not audited)."""
     keys: dict = {"qa_sharpness": None, "qa_clipping": None, "qa_noise": None, "qa_lesion_area": None,
                   "qa_lesion_contrast": None, "qa_lesion_solidity": None, "qa_lesion_found": None}
-    if d.analysis is not None:
-        keys.update(d.analysis.scores())
-        keys["qa_lesion_found"] = lesion_found(d.analysis.lesion, config.artifacts)
+    if d.readable:
+        keys.update(d.scores)
+        keys["qa_lesion_found"] = lesion_found(d.scores, config.artifacts)
     keys.update({"qa_near_duplicate_of": d.duplicate_of, "qa_passed": not d.reasons, "qa_reasons": list(d.reasons)})
-    if d.memorization is not None:
-        keys.update(d.memorization.row())
+    if d.nearest is not None and ids is not None:
+        keys.update(d.nearest.row(ids, config.memorization))
     else:
         keys.update({"mem_nearest_id": None, "mem_phash_distance": None, "mem_cosine": None,
                      "mem_match_inliers": None, "mem_evidence": [],
-                     "mem_flagged": None if not audited or d.analysis is None else False})
+                     "mem_flagged": None if ids is None or not d.readable else False})
     keys["ita"] = None if d.ita is None else round(d.ita, 3)
     keys["ita_category"] = ita_category(d.ita)
     return keys
@@ -204,30 +240,29 @@ def _artifact_report(items: list[ImageItem], rows: list[dict], config: QualityCo
     }
 
 
-def _closest_pairs(items, described, real, out_dir: Path, top_k: int) -> list[dict]:
+def _closest_pairs(items, rows, described, reals, out_dir: Path, config: QualityConfig) -> list[dict]:
     """Side-by-side PNGs of the synthetic images closest to a training image (flagged ones first)."""
-    from dermt2im_hub.quality.images import load_rgb
-
     pairs_dir = out_dir / PAIRS_DIR
     if pairs_dir.is_dir():
         for stale in pairs_dir.glob("*.png"):  # our own previous output, not data
             stale.unlink()
-    scored = [(i, d.memorization) for i, d in enumerate(described) if d.memorization is not None
-              and d.memorization.nearest_index is not None]
-    scored.sort(key=lambda p: (not p[1].flagged, -p[1].match_inliers, p[1].phash_distance, -p[1].cosine))
+    audited = [i for i, d in enumerate(described) if d.nearest is not None]
+    audited.sort(key=lambda i: (not rows[i]["mem_flagged"], -described[i].nearest.match_inliers,
+                                described[i].nearest.hash_distance, -described[i].nearest.cosine))
     pairs = []
-    for rank, (index, memo) in enumerate(scored[:top_k], start=1):
-        synthetic, partner = load_rgb(items[index].path), load_rgb(real[memo.nearest_index].path)
-        if synthetic is None or partner is None:
+    for rank, index in enumerate(audited[:config.top_k_pairs], start=1):
+        row, partner = rows[index], described[index].nearest.partner(config.memorization)
+        synthetic, real = load_rgb(items[index].path), load_rgb(reals[partner].path)
+        if synthetic is None or real is None:
             continue
-        caption = (f"{'FLAGGED ' if memo.flagged else ''}inliers {memo.match_inliers}  "
-                   f"hash {memo.phash_distance}/256  cos {memo.cosine:.3f}")
-        name = f"{rank:02d}-{safe_name(items[index].image_id)}--{safe_name(memo.nearest_id or '')}.png"
-        save_pair(pairs_dir / name, synthetic, partner, caption)
+        caption = (f"{'FLAGGED ' if row['mem_flagged'] else ''}inliers {row['mem_match_inliers']}  "
+                   f"hash {row['mem_phash_distance']}/256  cos {row['mem_cosine']:.3f}")
+        name = f"{rank:02d}-{safe_name(items[index].image_id)}--{safe_name(reals[partner].image_id)}.png"
+        save_pair(pairs_dir / name, synthetic, real, caption)
         pairs.append({"rank": rank, "png": f"{PAIRS_DIR}/{name}", "synthetic": items[index].file_name,
-                      "real_id": memo.nearest_id, "flagged": memo.flagged, "evidence": memo.evidence,
-                      "match_inliers": memo.match_inliers, "phash_distance": memo.phash_distance,
-                      "cosine": memo.cosine})
+                      "real_id": reals[partner].image_id, "flagged": row["mem_flagged"],
+                      "evidence": row["mem_evidence"], "match_inliers": row["mem_match_inliers"],
+                      "phash_distance": row["mem_phash_distance"], "cosine": row["mem_cosine"]})
     return pairs
 
 
@@ -244,7 +279,7 @@ def _memorization_report(items, rows, described, reference, config: QualityConfi
     published = [pair for pair in flagged if pair[1]["qa_passed"]]
     result = ("no synthetic image matches a training image" if not flagged else
               f"{len(flagged)} synthetic image(s) match a training image ({len(published)} among the kept ones)")
-    cosines = [d.memorization.cosine for d in described if d.memorization is not None]
+    nearest = [d.nearest for d in described if d.nearest is not None]
     return {
         "audited": True, "num_training_images": len(reference), "flagged": len(flagged),
         "flagged_published": len(published), "result": result, "methods": methods,
@@ -256,11 +291,9 @@ def _memorization_report(items, rows, described, reference, config: QualityConfi
         "closest_pairs": pairs,
         # to choose min_cosine for a pretrained extractor: copies sit far above the real-to-real neighbours
         "cosine_calibration": {"real_to_nearest_real": _stats(reference.nearest_real_cosines()),
-                               "synthetic_to_nearest_real": _stats(cosines)},
-        "hash_distance_distribution": _stats(d.memorization.phash_distance for d in described
-                                             if d.memorization is not None),
-        "match_inliers_distribution": _stats(d.memorization.match_inliers for d in described
-                                             if d.memorization is not None),
+                               "synthetic_to_nearest_real": _stats(n.cosine for n in nearest)},
+        "hash_distance_distribution": _stats(n.hash_distance for n in nearest),
+        "match_inliers_distribution": _stats(n.match_inliers for n in nearest),
     }
 
 
@@ -338,30 +371,20 @@ def run_qa(generated_dir: str | Path, real_dir: str | Path | None = None, config
         started = time.perf_counter()
         reference, real_described = None, []
         if reals:
-            real_described = _describe_all(reals, config, extractor, "qa: training images")
-            known = [(item, d) for item, d in zip(reals, real_described) if d.analysis is not None]
-            if not known:
-                raise FolderError(f"no readable image in the real training folder {real_dir}")
-            reference = TrainingReference([i.image_id for i, _ in known],
-                                          np.stack([d.hash for _, d in known]).reshape(-1, HASH_BYTES),
-                                          np.stack([d.embedding for _, d in known]), [d.local for _, d in known],
-                                          config.memorization)
-            real_keep = [i for i, (item, d) in enumerate(zip(reals, real_described)) if d.analysis is not None]
-            reals = [reals[i] for i in real_keep]
-            real_described = [real_described[i] for i in real_keep]
+            reference, reals, real_described = _training_reference(reals, config, extractor, out_dir)
         timings["training_images_seconds"] = time.perf_counter() - started
 
         started = time.perf_counter()
-        described = _describe_all(items, config, extractor if reals else None, "qa: synthetic images", reference)
-        for d in described:
-            if d.analysis is not None:
-                d.reasons.extend(artifact_reasons(d.analysis, config.artifacts))
-        _mark_near_duplicates(items, described, config.artifacts.max_duplicate_distance)
-        if config.quarantine_memorized:
-            for d in described:
-                if d.memorization is not None and d.memorization.flagged:
-                    d.reasons.append("memorized")
-        rows = [_row_keys(d, config, audited=reference is not None) for d in described]
+        cache = ResultCache(out_dir / CACHE_DIR / "synthetic.jsonl", {
+            "side": "synthetic", "analysis_size": config.analysis_size,
+            "extractor": extractor.describe() if reference is not None else None,
+            "reference": reference.digest() if reference is not None else None,
+            "candidates": config.memorization.candidates}, enabled=config.cache)
+        described = _describe_all(items, config, extractor if reference else None, "qa: synthetic images", cache,
+                                  reference)
+        _judge(items, described, config)
+        ids = reference.ids if reference is not None else None
+        rows = [_row_keys(d, config, ids) for d in described]
         timings["synthetic_images_seconds"] = time.perf_counter() - started
 
         started = time.perf_counter()
@@ -387,13 +410,43 @@ def run_qa(generated_dir: str | Path, real_dir: str | Path | None = None, config
     return QAResult(out_dir, report, rows, blocked)
 
 
+def _training_reference(reals: list[ImageItem], config: QualityConfig, extractor, out_dir: Path):
+    """(reference, readable training items, their measurements)."""
+    cache = ResultCache(out_dir / CACHE_DIR / "training.jsonl", {
+        "side": "training", "analysis_size": config.analysis_size, "extractor": extractor.describe()},
+        enabled=config.cache)
+    described = _describe_all(reals, config, extractor, "qa: training images", cache, keep_local=True)
+    known = [(item, d) for item, d in zip(reals, described) if d.readable and d.local is not None]
+    if not known:
+        raise FolderError("no readable image in the real training folder")
+    if len(known) < len(reals):
+        log.warning("%d training image(s) could not be read and are left out", len(reals) - len(known))
+    reference = TrainingReference([item.image_id for item, _ in known],
+                                  np.stack([d.hash for _, d in known]).reshape(-1, HASH_BYTES),
+                                  np.stack([d.embedding for _, d in known]), [d.local for _, d in known],
+                                  config.memorization)
+    return reference, [item for item, _ in known], [d for _, d in known]
+
+
+def _judge(items: list[ImageItem], described: list[Described], config: QualityConfig) -> None:
+    """Apply the thresholds: artifact reasons, quarantined copies, then near-duplicates among the rest."""
+    for d in described:
+        if not d.readable:
+            d.reasons.append("unreadable")
+            continue
+        d.reasons.extend(artifact_reasons(d.scores, config.artifacts))
+        if config.quarantine_memorized and d.nearest is not None and d.nearest.evidence(config.memorization):
+            d.reasons.append("memorized")
+    _mark_near_duplicates(items, described, config.artifacts.max_duplicate_distance)
+
+
 def _build_report(items, rows, described, reals, real_described, reference, config, extractor, out_dir) -> dict:
     real_pass_rate = None
     if real_described:
-        real_pass_rate = float(np.mean([not artifact_reasons(d.analysis, config.artifacts) for d in real_described]))
+        real_pass_rate = float(np.mean([not artifact_reasons(d.scores, config.artifacts) for d in real_described]))
     report: dict = {"stage": "qa", "feature_extractor": extractor.describe() if extractor is not None else None}
     report["artifacts"] = _artifact_report(items, rows, config, real_pass_rate)
-    pairs = _closest_pairs(items, described, reals, out_dir, config.top_k_pairs) if reference else []
+    pairs = _closest_pairs(items, rows, described, reals, out_dir, config) if reference else []
     report["memorization"] = _memorization_report(items, rows, described, reference, config, pairs)
     kept = [d for d, r in zip(described, rows) if r["qa_passed"]]
     report["skin_tone"] = _skin_tone_report([d.ita for d in real_described], [d.ita for d in kept], out_dir)
