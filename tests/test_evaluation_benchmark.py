@@ -312,3 +312,26 @@ def test_accelerate_launch_two_processes(inputs, tmp_path):
     assert len(record["predictions"]) == sum(1 for s in inputs["real"]["test"]["source"] if s == "isic")
     assert np.isfinite(record["results"][0]["metrics"]["accuracy"])
     assert (tmp_path / "out" / "classifiers" / record["run_id"] / "model.safetensors").is_file()
+
+
+def test_reads_the_dataset_stage_parquet_export(tmp_path):
+    """A `real` folder written by `dermt2im build-dataset` loads by path with its splits and ids."""
+    from dermt2im_hub.dataset.config import DatasetConfig
+    from dermt2im_hub.dataset.export import build_dataset
+    from dermt2im_hub.evaluation.benchmark import prepare_data
+    from dermt2im_hub.utils.files import read_jsonl, write_jsonl
+
+    folder = _phantoms(tmp_path, "real", 16, 3)
+    rows = read_jsonl(folder / "metadata.jsonl")
+    for i, row in enumerate(rows):
+        row.update(split=("train", "train", "validation", "test")[i % 4], patient_id=f"patient-{i}")
+    write_jsonl(folder / "metadata.jsonl", rows)
+    build_dataset([folder], tmp_path / "dataset", DatasetConfig(config_name="real"), progress=False)
+    config = _config(tmp_path / "out", real={"path": str(tmp_path / "dataset")}, arms=["real"],
+                     test_sets=[{"name": "phantom-test", "source": "phantom"}])
+    data = prepare_data(config, needs_synthetic=False)
+    assert (len(data.real_train), len(data.validation)) == (8, 4)
+    (_, test), = data.test_sets
+    assert len(test) == 4 and test.columns["patient_id"][0].startswith("patient-")
+    assert data.training_images_checked == 12
+    assert test.origin["input_fingerprint"]["kind"] == "stage_output"
