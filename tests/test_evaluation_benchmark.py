@@ -292,7 +292,8 @@ def test_hybrid_without_synthetic_data_is_a_clear_error(inputs, tmp_path, run_cl
 
 @pytest.mark.integration
 def test_accelerate_launch_two_processes(inputs, tmp_path):
-    """`accelerate launch training_scripts/train_classifier.py` as a real 2-process (gloo, CPU) DDP job."""
+    """`accelerate launch training_scripts/train_classifier.py` as a real 2-process (gloo, CPU) DDP job, sharing
+    one decoded-image cache folder."""
     from dermt2im_hub.evaluation.benchmark import read_records
 
     real_dir = tmp_path / "real"
@@ -304,6 +305,7 @@ def test_accelerate_launch_two_processes(inputs, tmp_path):
                "--config", str(REPO_ROOT / "configs" / "demo.yaml"), "--real.path", str(real_dir),
                "--test-sets", "[{name: ISIC, source: isic}]", "--models", "mobilenetv2_050", "--seeds", "[0]",
                "--arms", "real", "--epochs", "1", "--batch-size", "4", "--output-dir", str(tmp_path / "out"),
+               "--cache-dir", str(tmp_path / "cache"),
                "--no-progress", "--no-leaderboard"]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, cwd=REPO_ROOT)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
@@ -312,6 +314,8 @@ def test_accelerate_launch_two_processes(inputs, tmp_path):
     assert len(record["predictions"]) == sum(1 for s in inputs["real"]["test"]["source"] if s == "isic")
     assert np.isfinite(record["results"][0]["metrics"]["accuracy"])
     assert (tmp_path / "out" / "classifiers" / record["run_id"] / "model.safetensors").is_file()
+    # decoded once by the main process (train, validation and test caches), then mapped by the other
+    assert len(list((tmp_path / "cache").glob("images-*.npy"))) == 3
 
 
 def test_reads_the_dataset_stage_parquet_export(tmp_path):

@@ -151,19 +151,26 @@ def _pretrained_weights(model, model_name: str, config: EvaluationConfig) -> str
     return PAPER_WEIGHTS.get(model_name) or model.pretrained_cfg.get("hf_hub_id") or model_name
 
 
-def _training_pools(data: BenchmarkData, data_config: dict, config: EvaluationConfig, progress: bool):
-    def pool(table: ImageTable | None):
-        if table is None:
-            return np.zeros((0, cache.train_side(data_config), cache.train_side(data_config), 3), np.uint8)
-        return cache.cached_images(table.images, table.cache_key, data_config, "train", config.cache_dir,
+def _cached(table: ImageTable, data_config: dict, mode: str, config: EvaluationConfig, progress: bool) -> np.ndarray:
+    from dermt2im_hub.evaluation.train import get_accelerator
+
+    # with a cache folder the main process decodes and writes the file; the other processes then map it
+    first = get_accelerator(config).main_process_first() if config.cache_dir else contextlib.nullcontext()
+    with first:
+        return cache.cached_images(table.images, table.cache_key, data_config, mode, config.cache_dir,
                                    config.num_workers, progress)
 
-    return pool(data.real_train), pool(data.synthetic)
+
+def _training_pools(data: BenchmarkData, data_config: dict, config: EvaluationConfig, progress: bool):
+    side = cache.train_side(data_config)
+    real = _cached(data.real_train, data_config, "train", config, progress)
+    if data.synthetic is None:
+        return real, np.zeros((0, side, side, 3), np.uint8)
+    return real, _cached(data.synthetic, data_config, "train", config, progress)
 
 
 def _eval_images(table: ImageTable, data_config: dict, config: EvaluationConfig, progress: bool) -> np.ndarray:
-    return cache.cached_images(table.images, table.cache_key, data_config, "eval", config.cache_dir,
-                               config.num_workers, progress)
+    return _cached(table, data_config, "eval", config, progress)
 
 
 def _dataset_refs(data: BenchmarkData) -> dict[str, Any]:
