@@ -20,7 +20,7 @@ from dermt2im_hub.utils.files import atomic_save_png, read_jsonl, sha256_file
 
 RNG = np.random.default_rng(0)
 TEST_SPLIT_IDS = ("phantom-0-00010", "phantom-0-00011")
-COPY_KINDS = ("exact", "resized", "noised", "jpeg", "crop80", "crop65")
+COPY_KINDS = ("exact", "resized", "noised", "jpeg", "crop80", "crop65", "mirrored")
 
 
 def fast_config(**overrides) -> QualityConfig:
@@ -61,6 +61,7 @@ def planted_copies(source: np.ndarray) -> dict[str, np.ndarray]:
         "jpeg": np.ascontiguousarray(cv2.imdecode(jpeg, cv2.IMREAD_COLOR)[..., ::-1]),
         "crop80": cv2.resize(crop80, (256, 256), interpolation=cv2.INTER_CUBIC),
         "crop65": cv2.resize(crop65, (256, 256), interpolation=cv2.INTER_CUBIC),
+        "mirrored": np.ascontiguousarray(source[:, ::-1]),
     }
 
 
@@ -87,7 +88,7 @@ def test_planted_copies_are_flagged_and_unrelated_images_are_not(real_phantoms, 
         label = ("benign", "malignant")[index % 2]
         images.append((label, np.asarray(render_phantom(index, label, PhantomConfig(size=256, seed=1)))))
     sources = ["phantom-0-00000", "phantom-0-00003", "phantom-0-00004", "phantom-0-00007", "phantom-0-00008",
-               "phantom-0-00009"]
+               "phantom-0-00009", "phantom-0-00001"]
     for source_id, kind in zip(sources, COPY_KINDS):
         expected[len(images)] = (source_id, kind)
         images.append(("benign", planted_copies(_real_image(real_phantoms, source_id))[kind]))
@@ -114,7 +115,7 @@ def test_copies_of_real_isic_images_among_real_derm_t2im_samples(shared_data, tm
     synthetic_folder, isic = shared_data / "dermt2im-sample", shared_data / "isic-sample" / "images"
     if not synthetic_folder.is_dir() or not isic.is_dir():
         pytest.skip("needs ../shared/data/dermt2im-sample and ../shared/data/isic-sample")
-    real_paths = sorted(isic.glob("*.jpg"))[:16]
+    real_paths = sorted(isic.glob("*.jpg"))[:14]
     real_dir = tmp_path / "real"
     real_dir.mkdir()
     for path in real_paths:  # a plain image folder is a valid real input; link rather than copy the samples

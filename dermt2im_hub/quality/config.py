@@ -71,6 +71,9 @@ class MemorizationConfig:
         "help": "training images checked geometrically per synthetic image: the top N by local-feature votes, "
                 "by cosine and by hash distance each"})
     local_features: int = field(default=300, metadata={"help": "SIFT keypoints kept per image"})
+    check_mirrored: bool = field(default=True, metadata={
+        "help": "also compare each synthetic image's mirror image (fine-tuning with random flips can memorize "
+                "mirrored copies); costs about a third more audit time"})
 
     def validate(self) -> None:
         if not 0 <= self.max_phash_distance <= 256:

@@ -25,7 +25,7 @@ import cv2
 import numpy as np
 
 from dermt2im_hub.quality.config import MemorizationConfig
-from dermt2im_hub.quality.phash import hamming_matrix
+from dermt2im_hub.quality.phash import hamming_matrix, phash
 
 _LOCAL_SIDE = 320  # local features are found on the image rescaled to this longer side
 _RATIO = 0.75  # Lowe's ratio test
@@ -94,6 +94,22 @@ def matching_inliers(query: LocalFeatures, train: LocalFeatures) -> int:
     if affine is None or inliers is None or not _plausible_copy_map(affine):
         return 0
     return int(inliers.sum())
+
+
+@dataclass
+class Query:
+    """A synthetic image as the audit sees it: the image and, optionally, its mirror image. Fine-tuning often
+    flips training images at random, so a memorized image may come back mirrored; SIFT descriptors and the hash
+    are not mirror-invariant, hence a second view."""
+
+    hashes: np.ndarray  # (views, HASH_BYTES)
+    features: list[LocalFeatures]
+
+
+def make_query(rgb: np.ndarray, config: MemorizationConfig) -> Query:
+    views = [rgb, np.ascontiguousarray(rgb[:, ::-1])] if config.check_mirrored else [rgb]
+    return Query(np.stack([phash(view) for view in views]), [local_features(view, config.local_features)
+                                                           for view in views])
 
 
 def _unit(vectors: np.ndarray) -> np.ndarray:
@@ -177,15 +193,16 @@ class TrainingReference:
         by_hash = np.argsort(distances, kind="stable")[:k]
         return list(dict.fromkeys(int(i) for i in [*by_votes, *by_cosine, *by_hash]))
 
-    def audit(self, hashes: np.ndarray, embeddings: np.ndarray, features: Sequence[LocalFeatures]) -> list[Nearest]:
-        """The nearest training images of each synthetic image of a batch."""
-        distances = hamming_matrix(hashes, self.hashes)
+    def audit(self, queries: Sequence[Query], embeddings: np.ndarray) -> list[Nearest]:
+        """The nearest training images of each synthetic image of a batch (over all its views)."""
         cosines = _unit(embeddings) @ self.embeddings.T
-        return [self._nearest(distances[i], cosines[i], features[i]) for i in range(len(features))]
+        return [self._nearest(query, cosines[i]) for i, query in enumerate(queries)]
 
-    def _nearest(self, distances: np.ndarray, cosines: np.ndarray, query: LocalFeatures) -> Nearest:
-        inliers = {i: matching_inliers(query, self.features[i])
-                   for i in self._shortlist(self._votes(query), cosines, distances)}
+    def _nearest(self, query: Query, cosines: np.ndarray) -> Nearest:
+        distances = hamming_matrix(query.hashes, self.hashes).min(axis=0)
+        votes = sum(self._votes(view) for view in query.features)
+        inliers = {i: max(matching_inliers(view, self.features[i]) for view in query.features)
+                   for i in self._shortlist(votes, cosines, distances)}
         best_match = max(inliers, key=inliers.get) if inliers else None
         nearest_hash, nearest_cosine = int(np.argmin(distances)), int(np.argmax(cosines))
         return Nearest(nearest_hash, int(distances[nearest_hash]), nearest_cosine, float(cosines[nearest_cosine]),
@@ -196,7 +213,7 @@ class TrainingReference:
         digest = hashlib.sha256("\n".join(self.ids).encode())
         digest.update(self.hashes.tobytes())
         digest.update(np.ascontiguousarray(self.embeddings, np.float32).tobytes())
-        digest.update(str(self.config.local_features).encode())
+        digest.update(f"{self.config.local_features} {self.config.candidates} {self.config.check_mirrored}".encode())
         return digest.hexdigest()
 
     def nearest_real_cosines(self) -> np.ndarray:

@@ -45,7 +45,14 @@ from dermt2im_hub.quality.images import (
     real_items,
     safe_relative,
 )
-from dermt2im_hub.quality.memorization import LocalFeatures, Nearest, TrainingReference, local_features
+from dermt2im_hub.quality.memorization import (
+    LocalFeatures,
+    Nearest,
+    Query,
+    TrainingReference,
+    local_features,
+    make_query,
+)
 from dermt2im_hub.quality.phash import HASH_BYTES, hamming_matrix, phash
 from dermt2im_hub.quality.report import card_summaries, plot_ita_histograms, safe_name, save_pair
 from dermt2im_hub.quality.skin_tone import ITA_CATEGORIES, category_histogram, image_ita, ita_category
@@ -70,7 +77,8 @@ class Described:
     ita: float | None = None
     embedding: np.ndarray | None = None
     nearest: Nearest | None = None  # synthetic side, when audited
-    local: LocalFeatures | None = None  # training side only (kept for the reference)
+    local: LocalFeatures | None = None  # training side: kept for the reference
+    query: Query | None = None  # synthetic side: what the audit compares, freed after it
     reasons: list[str] = field(default_factory=list)
     duplicate_of: str | None = None
 
@@ -110,17 +118,21 @@ def _progress(total: int, desc: str, enabled: bool):
 
 
 def _measure(images: list[np.ndarray | None], config: QualityConfig, extractor: FeatureExtractor | None,
-             with_local: bool) -> list[Described]:
-    """Fresh measurements of a batch of decoded images (None: unreadable)."""
+             side: str | None) -> list[Described]:
+    """Fresh measurements of a batch of decoded images (None: unreadable). `side`: "training" keeps local
+    features for the reference, "synthetic" prepares the audit's query, None neither."""
     described = []
     for rgb in images:
         if rgb is None:
             described.append(Described())
             continue
         analysis = analyze_image(rgb, config.analysis_size)
-        described.append(Described(
-            scores=analysis.scores(), hash=phash(rgb), ita=image_ita(analysis.lab, analysis.skin_mask),
-            local=local_features(rgb, config.memorization.local_features) if with_local else None))
+        d = Described(scores=analysis.scores(), hash=phash(rgb), ita=image_ita(analysis.lab, analysis.skin_mask))
+        if side == "training":
+            d.local = local_features(rgb, config.memorization.local_features)
+        elif side == "synthetic":
+            d.query = make_query(rgb, config.memorization)
+        described.append(d)
     readable = [i for i, rgb in enumerate(images) if rgb is not None]
     if extractor is not None and readable:
         embeddings = extractor.embed([images[i] for i in readable])
@@ -139,8 +151,8 @@ def _describe_all(items: list[ImageItem], config: QualityConfig, extractor, desc
             chunk = items[start:start + config.batch_size]
             cached = [cache.get(item.path) for item in chunk]
             fresh_at = [i for i, record in enumerate(cached) if record is None]
-            fresh = _measure([load_rgb(chunk[i].path) for i in fresh_at], config, extractor,
-                             with_local=keep_local or reference is not None)
+            side = "training" if keep_local else ("synthetic" if reference is not None else None)
+            fresh = _measure([load_rgb(chunk[i].path) for i in fresh_at], config, extractor, side)
             if reference is not None:
                 _audit(reference, fresh)
             cache.put([(chunk[i].path, d.to_record()) for i, d in zip(fresh_at, fresh)])
@@ -161,11 +173,10 @@ def _audit(reference: TrainingReference, described: list[Described]) -> None:
     readable = [d for d in described if d.readable]
     if not readable:
         return
-    results = reference.audit(np.stack([d.hash for d in readable]), np.stack([d.embedding for d in readable]),
-                              [d.local for d in readable])
+    results = reference.audit([d.query for d in readable], np.stack([d.embedding for d in readable]))
     for item, result in zip(readable, results):
         item.nearest = result
-        item.local = None  # free the descriptors: only the training side keeps them
+        item.query = None  # free the descriptors: only the training side keeps them
 
 
 def _mark_near_duplicates(items: list[ImageItem], described: list[Described], max_distance: int) -> None:
@@ -271,6 +282,8 @@ def _memorization_report(items, rows, described, reference, config: QualityConfi
     methods = ["perceptual hash (256-bit DCT)", "SIFT + RANSAC affine verification"]
     if memo_config.min_cosine is not None:
         methods.append("embedding cosine")
+    if memo_config.check_mirrored:
+        methods.append("hash and SIFT also on the mirror image")
     if reference is None:
         return {"audited": False, "num_training_images": 0, "flagged": None, "flagged_published": None,
                 "result": "not audited (no real training folder given)", "methods": methods,
@@ -379,7 +392,8 @@ def run_qa(generated_dir: str | Path, real_dir: str | Path | None = None, config
             "side": "synthetic", "analysis_size": config.analysis_size,
             "extractor": extractor.describe() if reference is not None else None,
             "reference": reference.digest() if reference is not None else None,
-            "candidates": config.memorization.candidates}, enabled=config.cache)
+            "candidates": config.memorization.candidates, "mirrored": config.memorization.check_mirrored},
+            enabled=config.cache)
         described = _describe_all(items, config, extractor if reference else None, "qa: synthetic images", cache,
                                   reference)
         _judge(items, described, config)
