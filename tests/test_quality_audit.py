@@ -204,6 +204,10 @@ def test_plain_folder_is_read_only(real_phantoms, tmp_path):
     scores = read_jsonl(tmp_path / "out" / "scores.jsonl")
     assert [s["qa_passed"] for s in scores] == [False, True] and scores[0]["label"] == "benign"
     assert result.report["mode"].startswith("read-only")
+    for _ in range(2):  # a report folder inside the image folder: its pair PNGs are not taken for inputs
+        inside = run_qa(tmp_path / "a1111", real_phantoms, fast_config(), output_dir=tmp_path / "a1111" / "my-qa")
+        assert len(inside.rows) == 2
+    assert list((tmp_path / "a1111" / "my-qa" / "closest_pairs").glob("*.png"))
 
 
 def test_cli_exit_status_follows_the_memorization_audit(real_phantoms, tmp_path, run_cli):

@@ -11,7 +11,7 @@ already moved by an interrupted earlier run is found at its other location (`{la
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
@@ -57,11 +57,12 @@ def _label_from_path(rel: PurePosixPath) -> str | None:
     return None
 
 
-def _plain_images(folder: Path, skip: Sequence[str] = ()) -> list[ImageItem]:
+def _plain_images(folder: Path, skip: Sequence[Path] = ()) -> list[ImageItem]:
     items = []
+    skip = [s.resolve() for s in skip]
     for path in sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()):
         rel = PurePosixPath(path.relative_to(folder).as_posix())
-        if rel.parts[0] in skip or any(part.startswith(".") for part in rel.parts):
+        if any(part.startswith(".") for part in rel.parts) or any(path.resolve().is_relative_to(s) for s in skip):
             continue
         items.append(ImageItem(str(rel.with_suffix("")), path, _label_from_path(rel), str(rel)))
     if not items:
@@ -81,13 +82,14 @@ def alternative_location(file_name: str, label: str | None) -> str:
     return str(PurePosixPath(REJECTED_DIR, label or UNLABELLED, rel.name))
 
 
-def generated_items(folder: str | Path) -> list[ImageItem]:
-    """The synthetic images: metadata rows when the folder has them, else every image below it."""
+def generated_items(folder: str | Path, output_dir: str | Path | None = None) -> list[ImageItem]:
+    """The synthetic images: metadata rows when the folder has them, else every image below it except the QA
+    output folder's own pictures."""
     folder = Path(folder)
     if not folder.is_dir():
         raise FolderError(f"generated folder not found: {folder}")
     if not has_metadata(folder):
-        return _plain_images(folder, skip=(QA_DIR,))
+        return _plain_images(folder, skip=(folder / QA_DIR, Path(output_dir or folder / QA_DIR)))
     items = []
     for number, row in enumerate(read_jsonl(folder / METADATA_NAME)):
         file_name = row.get("file_name")
@@ -139,9 +141,3 @@ def load_rgb(path: Path, max_side: int = LOAD_MAX_SIDE) -> np.ndarray | None:
             return np.asarray(image)
     except (OSError, ValueError, Image.DecompressionBombError):
         return None
-
-
-def batches(items: Sequence[ImageItem], size: int) -> Iterator[tuple[list[ImageItem], list[np.ndarray | None]]]:
-    for start in range(0, len(items), size):
-        chunk = list(items[start:start + size])
-        yield chunk, [load_rgb(item.path) for item in chunk]

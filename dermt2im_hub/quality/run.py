@@ -374,7 +374,7 @@ def run_qa(generated_dir: str | Path, real_dir: str | Path | None = None, config
     out_dir = Path(output_dir) if output_dir is not None else generated_dir / QA_DIR
     if out_dir.resolve() == generated_dir.resolve():
         raise FolderError("the QA output folder must differ from the generated folder (default: GENERATED/qa)")
-    items = generated_items(generated_dir)
+    items = generated_items(generated_dir, out_dir)
     reals = real_items(real_dir) if real_dir is not None else []
     timings: dict[str, float] = {}
     inputs = {"generated": generated_dir} | ({"real": Path(real_dir)} if real_dir is not None else {})
