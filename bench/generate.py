@@ -1,0 +1,191 @@
+"""Generation throughput (issue 11, item 2): our generator vs calling the plain diffusers pipeline once per image.
+
+    python bench/generate.py                                   # CPU, tiny SD1.5-shaped base, 64 px
+    python bench/generate.py --full-size --device cuda          # SD1.5's architecture, 512 px, fp16
+    python bench/generate.py --full-size --device cuda --batch-sizes 16,32 --compile
+
+Both rows use the same in-memory components (random weights from dermt2im_hub.testing.tiny_base), the same
+sampler (Euler a, A1111's linspace schedule), steps, CFG, size and precision, and both write one PNG per image:
+- per-image: `pipe(prompt, generator=...)` once per image with diffusers' defaults, then `image.save(png)`;
+- ours: `dermt2im_hub.generation.generate()` end to end (plan, batches of images sharing sampler/steps, one
+  generator per image, SDPA, channels_last on CUDA, optional torch.compile, PNGs with infotext written on
+  threads while the next batch samples, metadata.jsonl, contact sheet and manifest).
+Timings exclude model building and one warm-up pass per row. MFU (CUDA) counts the UNet at 677 GFLOPs per
+forward at a 64x64 latent (two forwards per step with CFG) plus 2.48 TFLOPs per VAE decode at 512 px, both
+scaled by pixel area, against --peak-tflops.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run from a source tree that is not installed (the GPU machine)
+    sys.path.insert(0, str(ROOT))
+
+UNET_GFLOPS_512 = 677.0  # SD1.5 UNet forward at a 64x64 latent (DESIGN.md)
+VAE_DECODE_GFLOPS_512 = 2480.0  # SD1.5 VAE decode of one 512 px image
+PROMPT = "a dermoscopic image of a {label} skin lesion"
+
+
+def flops_per_image(steps: int, cfg: float, size: int) -> float:
+    area = (size / 512) ** 2
+    unet_calls = steps * (2 if cfg > 1 else 1)
+    return (unet_calls * UNET_GFLOPS_512 + VAE_DECODE_GFLOPS_512) * area * 1e9
+
+
+def build_pipeline(full_size: bool, device: str, dtype):
+    import torch
+    from diffusers import StableDiffusionPipeline
+
+    from dermt2im_hub.testing.tiny_base import build_tiny_components
+
+    with tempfile.TemporaryDirectory() as tok:
+        components = build_tiny_components(full_size=full_size, seed=0, tokenizer_dir=tok)
+    pipe = StableDiffusionPipeline(**components, requires_safety_checker=False)
+    pipe.to(torch.device(device))
+    if dtype != torch.float32:
+        pipe.to(dtype=dtype)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _sync(device: str) -> None:
+    import torch
+
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def run_per_image(pipe, args, out: Path, count: int, first_seed: int = 0) -> float:
+    """The plain pipeline, once per image, as a script or a web UI's simple loop would call it."""
+    import torch
+
+    from dermt2im_hub.generation.samplers import make_scheduler
+
+    pipe.scheduler = make_scheduler(args.sampler, pipe.scheduler.config)
+    out.mkdir(parents=True, exist_ok=True)
+    _sync(args.device)
+    t0 = time.perf_counter()
+    for i in range(count):
+        label = ("benign", "malignant")[i % 2]
+        image = pipe(PROMPT.format(label=label), num_inference_steps=args.steps, guidance_scale=args.cfg,
+                     height=args.size, width=args.size,
+                     generator=torch.Generator("cpu").manual_seed(first_seed + i)).images[0]
+        image.save(out / f"{i:05d}.png")
+    _sync(args.device)
+    return time.perf_counter() - t0
+
+
+def run_ours(pipe, args, out: Path, count: int, batch_size: int) -> float:
+    from dermt2im_hub.config import load_config
+    from dermt2im_hub.generation.models import BaseModelInfo
+    from dermt2im_hub.generation.plan import GenerationConfig
+    from dermt2im_hub.generation.runner import generate
+
+    config = load_config(GenerationConfig, overrides={
+        "base": "in-memory/sd15-shaped-random", "output": str(out), "num_images": count, "samplers": [args.sampler],
+        "steps": str(args.steps), "cfg": args.cfg, "size": args.size, "batch_size": batch_size, "progress": False,
+        "transformations": {}, "prompt_template": "a dermoscopic image of a {label} skin lesion",
+        "dtype": "float16" if args.dtype == "fp16" else "bfloat16" if args.dtype == "bf16" else "float32"})
+    base = BaseModelInfo(id="in-memory/sd15-shaped-random", kind="memory", revision=None, sha256="0" * 64,
+                         hashed_file="(in memory)", name="sd15-shaped-random", local_path="")
+    _sync(args.device)
+    t0 = time.perf_counter()
+    result = generate(config, pipeline=(pipe, base, []))
+    _sync(args.device)
+    seconds = time.perf_counter() - t0
+    assert result.finished == count, result
+    return seconds
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--full-size", action="store_true", help="SD1.5's real architecture (random weights), 512 px")
+    p.add_argument("--size", type=int, default=None, help="image side (default 64, or 512 with --full-size)")
+    p.add_argument("--steps", type=int, default=25)
+    p.add_argument("--cfg", type=float, default=7.0)
+    p.add_argument("--sampler", default="Euler a")
+    p.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], default=None,
+                   help="precision of both rows (default fp16 on CUDA, fp32 on CPU)")
+    p.add_argument("--images", type=int, default=None, help="images timed for our row (default 32; 128 on CUDA)")
+    p.add_argument("--baseline-images", type=int, default=None, help="images timed per image (default 16)")
+    p.add_argument("--batch-sizes", default=None, help="comma-separated batch sizes for our rows (default 8; 32 CUDA)")
+    p.add_argument("--compile", action="store_true", help="add a row with torch.compile of the UNet")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--peak-tflops", type=float, default=989.0, help="dense fp16/bf16 peak for MFU (H100/H200 SXM)")
+    p.add_argument("--json", type=Path, default=None, help="also write the results here")
+    args = p.parse_args(argv)
+
+    import torch
+
+    cuda = args.device == "cuda"
+    args.size = args.size or (512 if args.full_size else 64)
+    args.dtype = args.dtype or ("fp16" if cuda else "fp32")
+    dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[args.dtype]
+    ours_images = args.images or (128 if cuda else 32)
+    baseline_images = args.baseline_images or 16
+    batch_sizes = [int(b) for b in (args.batch_sizes or ("32" if cuda else "8")).split(",")]
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    t_build = time.perf_counter()
+    pipe = build_pipeline(args.full_size, args.device, dtype)
+    build_seconds = time.perf_counter() - t_build
+    work = Path(tempfile.mkdtemp(prefix="bench-generate-"))
+    rows = []
+
+    def record(name: str, images: int, seconds: float) -> None:
+        per_s = images / seconds
+        mfu = per_s * flops_per_image(args.steps, args.cfg, args.size) / (args.peak_tflops * 1e12) if cuda else None
+        peak_gb = torch.cuda.max_memory_allocated() / 2**30 if cuda else None
+        rows.append({"row": name, "images": images, "seconds": round(seconds, 3), "images_per_s": round(per_s, 3),
+                     "mfu": round(mfu, 4) if mfu is not None else None,
+                     "peak_gb": round(peak_gb, 1) if peak_gb is not None else None})
+        print(f"  {name}: {images} images in {seconds:.2f}s = {per_s:.2f} img/s", flush=True)
+
+    run_per_image(pipe, args, work / "warm-per-image", 1, first_seed=10_000)  # warm-up
+    record("per-image pipeline", baseline_images, run_per_image(pipe, args, work / "per-image", baseline_images))
+
+    from dermt2im_hub.generation.runner import prepare_pipeline
+
+    prepare_pipeline(pipe, torch.device(args.device), dtype)
+    variants = [(f"ours (batch {b})", b, False) for b in batch_sizes]
+    if args.compile:
+        variants.append((f"ours + torch.compile (batch {batch_sizes[-1]})", batch_sizes[-1], True))
+    for name, batch, compiled in variants:
+        if compiled:
+            pipe.unet = torch.compile(pipe.unet)
+        if cuda:
+            torch.cuda.reset_peak_memory_stats()
+        run_ours(pipe, args, work / f"warm-{len(rows)}", batch, batch)  # warm-up (and compilation)
+        record(name, ours_images, run_ours(pipe, args, work / f"ours-{len(rows)}", ours_images, batch))
+
+    baseline = rows[0]["images_per_s"]
+    device_name = torch.cuda.get_device_name() if cuda else f"CPU ({platform.processor() or platform.machine()}, " \
+                                                            f"{torch.get_num_threads()} threads)"
+    print(f"\nGeneration throughput on {device_name}: {'full-size SD1.5' if args.full_size else 'tiny base'}, "
+          f"{args.size} px, {args.steps} steps, CFG {args.cfg:g}, {args.sampler}, {args.dtype}; "
+          f"model build {build_seconds:.1f}s (excluded)\n")
+    print("| row | images | seconds | images/s | vs per-image | MFU | peak GiB |")
+    print("|---|---|---|---|---|---|---|")
+    for row in rows:
+        mfu = f"{row['mfu'] * 100:.1f}%" if row["mfu"] is not None else "-"
+        peak = f"{row['peak_gb']}" if row["peak_gb"] is not None else "-"
+        print(f"| {row['row']} | {row['images']} | {row['seconds']} | {row['images_per_s']} | "
+              f"{row['images_per_s'] / baseline:.2f}x | {mfu} | {peak} |")
+    if args.json:
+        args.json.write_text(json.dumps({"device": device_name, "args": {k: str(v) for k, v in vars(args).items()},
+                                         "rows": rows}, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
