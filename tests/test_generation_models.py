@@ -222,3 +222,28 @@ def test_default_single_file_config_is_sd15(tmp_path):
     assert sum(p.numel() for p in text.parameters()) == 123_060_480
     tokenizer = CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer")
     assert tokenizer("a photo of a cat").input_ids == [49406, 320, 1125, 539, 320, 2368, 49407]
+
+
+_GENERATE_FROM_HUB = """
+import sys
+from dermt2im_hub.cli import main
+sys.exit(main(["generate", "--base", "org/tiny-sd", "--lora", "org/derm-lora:0.7", "--output", sys.argv[1],
+               "--num-images", "2", "--steps", "1", "--size", "64", "--samplers", "Euler", "--no-progress"]))
+"""
+
+
+@pytest.mark.integration
+def test_base_and_adapter_from_the_hub(local_hub, tiny_base, lora_files, tmp_path):
+    """Hub ids through a real Hub read API: the base as a snapshot (its commit recorded as the revision) and
+    the LoRA as a file of a repo, both hashed like local files."""
+    base_commit = local_hub.publish(tiny_base, "org/tiny-sd")
+    local_hub.publish(lora_files["diffusers"], "org/derm-lora")
+    out = tmp_path / "out"
+    result = local_hub.run_python(_GENERATE_FROM_HUB, str(out), timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    row = read_jsonl(out / "metadata.jsonl")[0]
+    assert (row["base_model"], row["base_model_revision"]) == ("org/tiny-sd", base_commit)
+    assert row["base_model_hash"] == sha256_file(tiny_base / "unet" / "diffusion_pytorch_model.safetensors")
+    lora_sha = sha256_file(lora_files["diffusers"] / "pytorch_lora_weights.safetensors")
+    assert row["adapters"] == [{"id": "org/derm-lora", "weight_name": "pytorch_lora_weights.safetensors",
+                                "sha256": lora_sha, "scale": 0.7}]
