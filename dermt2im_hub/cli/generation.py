@@ -16,7 +16,8 @@ prompt "smart transformations" (lesion size, count, body site, Fitzpatrick skin 
 
 Output: OUT/{benign,malignant}/{index:05d}-{seed}.png with A1111 infotext, OUT/metadata.jsonl (one row per
 image), OUT/contact_sheet.png, OUT/manifest.json. Re-running the same command resumes. Image i depends only
-on (seed, i): the batch size and the number of processes do not change it.
+on (seed, i): the batch size and the number of processes do not change it (bitwise on CPU, given the same
+--cpu-threads per process; to float precision on GPUs).
 
 Examples:
   dermt2im generate --base stable-diffusion-v1-5/stable-diffusion-v1-5 --lora outputs/lora:0.8 \\
