@@ -189,3 +189,16 @@ def test_package_data_paths_exist():
     root = Path(__file__).resolve().parents[1]
     for folder in ("dermt2im_hub", "training_scripts", "dataset_builder", "model_cards", "configs", "bench"):
         assert (root / folder).is_dir(), folder
+
+
+def test_phantom_skin_tones_fall_in_their_ita_category():
+    import math
+
+    from dermt2im_hub.testing.phantoms import SKIN_TONES
+
+    bounds = {"very_light": (55, 90), "light": (41, 55), "intermediate": (28, 41), "tan": (10, 28),
+              "brown": (-30, 10), "dark": (-90, -30)}
+    for name, (lightness, b) in SKIN_TONES.items():
+        ita = math.degrees(math.atan((lightness - 50) / b))
+        low, high = bounds[name]
+        assert low < ita <= high, (name, ita)

@@ -27,14 +27,15 @@ from dermt2im_hub.manifest import StageRun
 from dermt2im_hub.records import ImageRecord, write_records
 from dermt2im_hub.utils.files import atomic_save_png, sha256_file
 
-# Skin tones as (L*, b*) pairs spanning ITA categories very light ... dark; a* fixed-ish for skin.
+# Skin tones as (L*, b*) pairs, each inside the Individual Typology Angle category it is named after
+# (ITA = atan((L* - 50) / b*): very light > 55 deg, light 41-55, intermediate 28-41, tan 10-28, brown -30-10, dark < -30).
 SKIN_TONES = {
-    "very_light": (78.0, 14.0),
-    "light": (68.0, 17.0),
-    "intermediate": (58.0, 20.0),
-    "tan": (50.0, 22.0),
-    "brown": (40.0, 20.0),
-    "dark": (28.0, 14.0),
+    "very_light": (78.0, 14.0),  # 63 deg
+    "light": (68.0, 17.0),  # 47 deg
+    "intermediate": (62.0, 18.0),  # 34 deg
+    "tan": (55.0, 20.0),  # 14 deg
+    "brown": (42.0, 20.0),  # -22 deg
+    "dark": (28.0, 14.0),  # -58 deg
 }
 
 _LESION_COLOURS_LAB = {
