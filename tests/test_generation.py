@@ -17,7 +17,7 @@ from dermt2im_hub.generation.outputs import FolderMismatchError
 from dermt2im_hub.generation.plan import GenerationConfig
 from dermt2im_hub.generation.runner import generate
 from dermt2im_hub.generation.samplers import known_samplers
-from dermt2im_hub.utils.files import read_jsonl, sha256_file
+from dermt2im_hub.utils.files import read_jsonl, sha256_file, write_jsonl
 
 CONTRACT_KEYS = {"file_name", "label", "prompt", "negative_prompt", "sampler", "steps", "cfg_scale", "seed", "width",
                  "height", "base_model", "base_model_revision", "base_model_hash", "adapters", "transformations",
@@ -190,3 +190,21 @@ def test_two_cpu_processes_split_the_plan(tiny_base, tmp_path):
     single = generate(make_config(tiny_base, tmp_path / "one", num_images=8, steps="1-2", samplers="Euler,Euler a",
                                   cpu_threads=1))
     assert png_bytes(out) == png_bytes(single.output)
+
+
+def test_resume_respects_the_qa_stage(tiny_base, tmp_path):
+    """QA moves rejected images to rejected/{label}/ and adds keys to their rows: a later generate run neither
+    renders them again nor drops those rows."""
+    out = tmp_path / "out"
+    config = make_config(tiny_base, out, num_images=2, steps="1")
+    generate(config)
+    rows = read_jsonl(out / "metadata.jsonl")
+    moved = f"rejected/{rows[0]['file_name']}"
+    (out / moved).parent.mkdir(parents=True)
+    (out / rows[0]["file_name"]).rename(out / moved)
+    rows[0].update(file_name=moved, qa_passed=False, qa_reasons=["blurry"])
+    rows[1].update(qa_passed=True, qa_reasons=[])
+    write_jsonl(out / "metadata.jsonl", rows)
+
+    assert generate(config).generated == 0
+    assert read_jsonl(out / "metadata.jsonl") == rows
