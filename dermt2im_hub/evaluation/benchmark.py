@@ -37,9 +37,9 @@ from dermt2im_hub.evaluation.data import (
     ImageTable,
     assert_disjoint,
     exclusion_from_config,
+    exclusion_of,
     group_holdout,
     load_table,
-    test_exclusion,
 )
 from dermt2im_hub.evaluation.mixes import MissingSyntheticDataError, Mix, plan_mixes, select_mix
 from dermt2im_hub.evaluation.scoring import prediction_rows, score_test_set
@@ -121,7 +121,7 @@ def prepare_data(config: EvaluationConfig, real=None, synthetic=None, test_sets:
         revision = spec.revision or (config.real.revision if same_as_real else None)
         tests.append((spec, load_table(source, spec.split, spec.name, config_name, revision, spec.source)))
 
-    exclusion = test_exclusion([t for _, t in tests], exclusion_from_config(config.exclusion_file, real_source))
+    exclusion = exclusion_of([t for _, t in tests], exclusion_from_config(config.exclusion_file, real_source))
     training = [real_train, validation] + ([synthetic_table] if synthetic_table is not None else [])
     checked = assert_disjoint(training, exclusion)
     return BenchmarkData(real_train, validation, synthetic_table, tests, checked)
@@ -188,43 +188,30 @@ def _hub_dataset_ids(config: EvaluationConfig) -> list[str]:
     return [s for s in dict.fromkeys(sources) if looks_like_hub_id(s)]
 
 
-def train_classifier(config: EvaluationConfig, model_name: str, mix: Mix, seed: int, data: BenchmarkData,
-                     output_dir: str | Path | None = None, progress: bool = True) -> dict[str, Any]:
-    """Train one classifier on one mix with one seed, test it on every test set, write its classifier
-    folder and results record; returns the record."""
-    import torch
-    from accelerate.utils import set_seed
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
-    from dermt2im_hub.evaluation.augment import Normalize
-    from dermt2im_hub.evaluation.train import (
-        CachedTrainingSet,
-        create_classifier,
-        fit,
-        get_accelerator,
-        inference_loader,
-        predict_probabilities,
-        unwrap,
-    )
 
-    accelerator = get_accelerator(config)
-    output_dir = Path(output_dir or config.output_dir)
-    run_id = run_id_for(model_name, mix, seed)
-    started = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-    set_seed(seed)
-    model, data_config = create_classifier(model_name, config)
-    real_rows, synthetic_rows = select_mix(data.real_train.labels,
-                                           data.synthetic.labels if data.synthetic else None, mix, seed)
+def _training_set(data: BenchmarkData, mix: Mix, seed: int, data_config: dict, config: EvaluationConfig,
+                  progress: bool):
+    """The mix's rows of the decoded real and synthetic pools, as one training set."""
+    from dermt2im_hub.evaluation.train import CachedTrainingSet
+
+    synthetic_labels = data.synthetic.labels if data.synthetic else np.zeros(0, np.int64)
+    real_rows, synthetic_rows = select_mix(data.real_train.labels, synthetic_labels, mix, seed)
     real_pool, synthetic_pool = _training_pools(data, data_config, config, progress)
-    train_set = CachedTrainingSet(
-        [real_pool, synthetic_pool], [real_rows, synthetic_rows],
-        [data.real_train.labels[real_rows],
-         data.synthetic.labels[synthetic_rows] if data.synthetic else np.zeros(0, np.int64)])
-    validation_images = _eval_images(data.validation, data_config, config, progress)
-    model, fitted = fit(model, data_config, train_set, validation_images, data.validation.labels, config, seed,
-                        accelerator, progress)
+    return CachedTrainingSet([real_pool, synthetic_pool], [real_rows, synthetic_rows],
+                             [data.real_train.labels[real_rows], synthetic_labels[synthetic_rows]])
 
-    normalize = Normalize(data_config["mean"], data_config["std"],
-                          config.channels_last and accelerator.device.type == "cuda").to(accelerator.device)
+
+def _test(model, data: BenchmarkData, data_config: dict, config: EvaluationConfig, seed: int, accelerator,
+          progress: bool) -> tuple[list[dict], list[dict]]:
+    """(results per test set, one prediction row per test image)."""
+    from dermt2im_hub.evaluation.augment import Normalize
+    from dermt2im_hub.evaluation.train import inference_loader, predict_probabilities
+
+    channels_last = config.channels_last and accelerator.device.type == "cuda"
+    normalize = Normalize(data_config["mean"], data_config["std"], channels_last).to(accelerator.device)
     results, predictions = [], []
     for spec, table in data.test_sets:
         loader = inference_loader(_eval_images(table, data_config, config, progress), config, accelerator)
@@ -233,25 +220,54 @@ def train_classifier(config: EvaluationConfig, model_name: str, mix: Mix, seed: 
         result["dataset_id"] = spec.hub_id or spec.path
         results.append(result)
         predictions += prediction_rows(table, probabilities)
+    return results, predictions
 
-    n_real, n_synthetic = int(len(real_rows)), int(len(synthetic_rows))
+
+def _training_summary(fitted, accelerator) -> dict[str, Any]:
+    return {"epochs_run": len(fitted.history), "best_epoch": fitted.best_epoch,
+            "best_validation_balanced_accuracy": fitted.best_validation_balanced_accuracy,
+            "stopped_early": fitted.stopped_early, "train_seconds": fitted.train_seconds,
+            "train_images_per_second": fitted.train_images_per_second, "history": fitted.history,
+            "num_processes": accelerator.num_processes, "mixed_precision": accelerator.mixed_precision,
+            "device": str(accelerator.device)}
+
+
+def _mix_summary(train_set) -> dict[str, Any]:
+    n_real, n_synthetic = (int(len(rows)) for rows in (train_set.row_of[train_set.pool_of == 0],
+                                                       train_set.row_of[train_set.pool_of == 1]))
+    return {"real_images": n_real, "synthetic_images": n_synthetic,
+            "synthetic_fraction": n_synthetic / max(1, n_real + n_synthetic),
+            "per_class": {name: int((train_set.labels == i).sum()) for i, name in enumerate(CLASS_NAMES)}}
+
+
+def train_classifier(config: EvaluationConfig, model_name: str, mix: Mix, seed: int, data: BenchmarkData,
+                     output_dir: str | Path | None = None, progress: bool = True) -> dict[str, Any]:
+    """Train one classifier on one mix with one seed, test it on every test set, write its classifier
+    folder and results record; returns the record."""
+    import torch
+    from accelerate.utils import set_seed
+
+    from dermt2im_hub.evaluation.train import create_classifier, fit, get_accelerator, unwrap
+
+    accelerator = get_accelerator(config)
+    output_dir = Path(output_dir or config.output_dir)
+    run_id, started = run_id_for(model_name, mix, seed), _now()
+    set_seed(seed)
+    model, data_config = create_classifier(model_name, config)
+    train_set = _training_set(data, mix, seed, data_config, config, progress)
+    validation_images = _eval_images(data.validation, data_config, config, progress)
+    model, fitted = fit(model, data_config, train_set, validation_images, data.validation.labels, config, seed,
+                        accelerator, progress)
+    results, predictions = _test(model, data, data_config, config, seed, accelerator, progress)
     record = {
         "schema": RECORD_SCHEMA, "run_id": run_id,
         "run_sha256": run_fingerprint(config, model_name, mix, seed, data),
         "model": model_name, "pretrained_weights": _pretrained_weights(model, model_name, config),
         "mix": mix.name, "arms": list(mix.arms), "synthetic_fraction": mix.synthetic_fraction,
         "size_policy": mix.size_policy, "hybrid_fraction": config.hybrid_fraction, "seed": seed,
-        "training_mix": {"real_images": n_real, "synthetic_images": n_synthetic,
-                         "synthetic_fraction": n_synthetic / max(1, n_real + n_synthetic),
-                         "per_class": {name: int((train_set.labels == i).sum())
-                                       for i, name in enumerate(CLASS_NAMES)}},
+        "training_mix": _mix_summary(train_set),
         "data_config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in data_config.items()},
-        "training": {"epochs_run": len(fitted.history), "best_epoch": fitted.best_epoch,
-                     "best_validation_balanced_accuracy": fitted.best_validation_balanced_accuracy,
-                     "stopped_early": fitted.stopped_early, "train_seconds": fitted.train_seconds,
-                     "train_images_per_second": fitted.train_images_per_second, "history": fitted.history,
-                     "num_processes": accelerator.num_processes, "mixed_precision": accelerator.mixed_precision,
-                     "device": str(accelerator.device)},
+        "training": _training_summary(fitted, accelerator),
         "datasets": _dataset_refs(data),
         "results": results,
         "predictions": predictions,
@@ -259,7 +275,7 @@ def train_classifier(config: EvaluationConfig, model_name: str, mix: Mix, seed: 
         "config": config_to_dict(config),
         "versions": package_versions(),
         "started_at": started,
-        "ended_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "ended_at": _now(),
     }
     if accelerator.is_main_process:
         save_classifier(output_dir / "classifiers" / run_id, unwrap(accelerator, model), data_config, record,
@@ -311,7 +327,7 @@ def write_eval_results(folder: Path, results: list[dict[str, Any]], notes_suffix
             value = (result.get("metrics") or {}).get(metric)
             if value is None:
                 continue
-            name = f"{_slug(result['test_set'])}_{metric}.yaml"
+            name = f"{slug(result['test_set'])}_{metric}.yaml"
             dataset_id = str(result.get("dataset_id") or result["test_set"])
             entries = eval_results_entries(dataset_id, metric, 100 * value,
                                            f"{metric} (%) on {result['test_set']} ({result.get('split')}, "
@@ -321,7 +337,7 @@ def write_eval_results(folder: Path, results: list[dict[str, Any]], notes_suffix
     return written
 
 
-def _slug(text: str) -> str:
+def slug(text: str) -> str:
     return "".join(c if c.isalnum() or c in "-_" else "-" for c in str(text)).strip("-").lower() or "test"
 
 

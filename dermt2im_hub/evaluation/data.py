@@ -191,15 +191,12 @@ def _records(table: ImageTable, with_hashes: bool) -> list[ImageRecord]:
     return rows
 
 
-def test_exclusion(test_tables: list[ImageTable], extra: TestExclusion | None = None) -> TestExclusion:
+def exclusion_of(test_tables: list[ImageTable], extra: TestExclusion | None = None) -> TestExclusion:
     """Image, lesion and patient ids and file hashes of every test image (plus an exclusion file's)."""
     exclusion = TestExclusion(source="benchmark test sets")
     for table in test_tables:
         exclusion = exclusion.merge(TestExclusion.from_records(_records(table, with_hashes=True)))
     return exclusion.merge(extra) if extra is not None else exclusion
-
-
-test_exclusion.__test__ = False  # not a pytest test despite the name
 
 
 def exclusion_from_config(exclusion_file: str | None, real_path) -> TestExclusion | None:

@@ -23,8 +23,14 @@ from typing import Any
 
 import numpy as np
 
-from dermt2im_hub.evaluation.benchmark import _slug, eval_results_entries, read_records
-from dermt2im_hub.evaluation.stats import holm, mcnemar_exact, mean_sd, paired_bootstrap_difference
+from dermt2im_hub.evaluation.benchmark import eval_results_entries, read_records, slug
+from dermt2im_hub.evaluation.stats import (
+    discordant_pairs,
+    holm,
+    mcnemar_exact,
+    mean_sd,
+    paired_bootstrap_difference,
+)
 from dermt2im_hub.manifest import StageRun
 from dermt2im_hub.utils.files import atomic_write_json, atomic_write_text
 
@@ -176,7 +182,7 @@ def compare_arms(records: list[dict], n_resamples: int = 2000, confidence: float
             # McNemar needs one prediction per image and arm: the seeds' mean probability, thresholded
             ensemble_hybrid = (hybrid_prob.mean(axis=0) >= 0.5).astype(int)
             ensemble_real = (real_prob.mean(axis=0) >= 0.5).astype(int)
-            only_hybrid, only_real = _discordant(labels, ensemble_hybrid, ensemble_real)
+            only_hybrid, only_real = discordant_pairs(labels, ensemble_hybrid, ensemble_real)
             entry["mcnemar"] = {"hybrid_only_correct": only_hybrid, "real_only_correct": only_real,
                                 "p_value": mcnemar_exact(only_hybrid, only_real)}
             comparisons.append(entry)
@@ -184,12 +190,6 @@ def compare_arms(records: list[dict], n_resamples: int = 2000, confidence: float
     for comparison, p in zip(comparisons, adjusted):
         comparison["mcnemar"]["p_holm"] = p
     return comparisons
-
-
-def _discordant(labels, predictions_a, predictions_b) -> tuple[int, int]:
-    from dermt2im_hub.evaluation.stats import discordant_pairs
-
-    return discordant_pairs(labels, predictions_a, predictions_b)
 
 
 # ---------------------------------------------------------------------------------------------- tables
@@ -402,7 +402,7 @@ def write_hub_metadata(output_dir: Path, summaries: list[dict], records: list[di
     written = []
     for model, mix in sorted({(s["model"], s["mix"]) for s in summaries}):
         group = [s for s in summaries if s["model"] == model and s["mix"] == mix]
-        folder = output_dir / "classifiers" / f"{_slug(model)}__{mix}"
+        folder = output_dir / "classifiers" / f"{slug(model)}__{mix}"
         card = model_index_card(model, mix, group, dataset_ids)
         written.append(atomic_write_text(folder / "model-index.md", str(card)))
         for s in group:
@@ -415,7 +415,7 @@ def write_hub_metadata(output_dir: Path, summaries: list[dict], records: list[di
                     str(dataset_ids.get(s["test_set"]) or s["test_set"]), metric, 100 * summary["mean"],
                     f"{metric} (%) on {s['test_set']} (test, n={s['n_images']}), mean{sd} over {summary['n']} "
                     f"seed(s); mix {mix} ({s['synthetic_fraction']:.0%} synthetic, {s['size_policy']} size)")
-                path = folder / ".eval_results" / f"{_slug(s['test_set'])}_{metric}.yaml"
+                path = folder / ".eval_results" / f"{slug(s['test_set'])}_{metric}.yaml"
                 written.append(atomic_write_text(path, yaml.safe_dump(entries, sort_keys=False)))
     return written
 

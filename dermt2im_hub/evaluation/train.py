@@ -196,31 +196,51 @@ def _balanced_accuracy(labels: np.ndarray, probabilities: np.ndarray) -> float:
     return float(balanced_accuracy_score(labels, (probabilities >= 0.5).astype(np.int64)))
 
 
+def _train_epoch(model, loader, augment: Augment, optimizer, schedule, step: int, config: EvaluationConfig,
+                 accelerator, description: str, progress: bool) -> tuple[float, int, int]:
+    """One pass over the loader; returns (mean loss, images this process saw, optimizer steps so far)."""
+    from tqdm.auto import tqdm
+
+    model.train()
+    loss_sum, seen = torch.zeros((), device=accelerator.device), 0
+    for images, labels in tqdm(loader, desc=description, leave=False, disable=not progress, unit="batch"):
+        logits = model(augment(images))
+        loss = F.cross_entropy(logits.float(), labels, label_smoothing=config.label_smoothing)
+        accelerator.backward(loss)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        schedule.step_update(num_updates=step)
+        loss_sum += loss.detach()  # summed on the device: no host sync per step
+        seen += labels.shape[0]
+    # .item() waits for the queued GPU work, so the epoch's time covers all of it
+    return float(loss_sum.item()) / max(1, len(loader)), seen, step
+
+
+def _train_loader(train_set: CachedTrainingSet, config: EvaluationConfig, generator: torch.Generator,
+                  accelerator) -> torch.utils.data.DataLoader:
+    batch_size = config.batch_size
+    if len(train_set) < batch_size * accelerator.num_processes:  # a tiny training set: one smaller batch
+        batch_size = max(2, len(train_set) // accelerator.num_processes)
+    return make_loader(train_set, batch_size, config.num_workers, accelerator.device.type == "cuda",
+                       balanced_sampler(train_set.labels, generator),
+                       drop_last=len(train_set) >= 2 * batch_size)  # never a batch of 1 (batch norm)
+
+
 def fit(model, data_config: dict, train_set: CachedTrainingSet, validation_images: np.ndarray,
         validation_labels: np.ndarray, config: EvaluationConfig, seed: int, accelerator, progress: bool = True):
     """Train with early stopping; returns (the model with its best weights, FitResult)."""
-    from tqdm.auto import tqdm
-
-    cuda = accelerator.device.type == "cuda"
-    size = int(data_config["input_size"][-1])
-    channels_last = config.channels_last and cuda
-    augment = Augment(config.augmentation, size, data_config["mean"], data_config["std"], channels_last)
-    normalize = Normalize(data_config["mean"], data_config["std"], channels_last)
-    augment, normalize = augment.to(accelerator.device), normalize.to(accelerator.device)
+    channels_last = config.channels_last and accelerator.device.type == "cuda"
+    mean, std, size = data_config["mean"], data_config["std"], int(data_config["input_size"][-1])
+    augment = Augment(config.augmentation, size, mean, std, channels_last).to(accelerator.device)
+    normalize = Normalize(mean, std, channels_last).to(accelerator.device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     if config.compile:
         model = torch.compile(model)
-
-    per_step = config.batch_size * accelerator.num_processes
-    batch_size = config.batch_size
-    if len(train_set) < per_step:  # a tiny training set: one smaller batch per device
-        batch_size = max(2, len(train_set) // accelerator.num_processes)
     generator = torch.Generator().manual_seed(seed)
-    sampler = balanced_sampler(train_set.labels, generator)
-    loader = make_loader(train_set, batch_size, config.num_workers, cuda, sampler,
-                         drop_last=len(train_set) >= 2 * batch_size)  # never a batch of 1 (batch norm)
-    steps_per_epoch = max(1, math.floor(len(train_set) / (batch_size * accelerator.num_processes)))
+    loader = _train_loader(train_set, config, generator, accelerator)
+    steps_per_epoch = max(1, math.floor(len(train_set) / (loader.batch_size * accelerator.num_processes)))
     optimizer, schedule = _optimizer_and_schedule(model, config, steps_per_epoch)
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
     validation_loader = inference_loader(validation_images, config, accelerator)
@@ -229,31 +249,21 @@ def fit(model, data_config: dict, train_set: CachedTrainingSet, validation_image
     started = time.perf_counter()
     for epoch in range(config.epochs):
         generator.manual_seed(seed * 100_003 + epoch)  # the same draw order in every process
-        model.train()
-        epoch_start, loss_sum, seen = time.perf_counter(), torch.zeros((), device=accelerator.device), 0
-        for images, labels in tqdm(loader, desc=f"epoch {epoch + 1}", leave=False, disable=not progress,
-                                   unit="batch"):
-            logits = model(augment(images))
-            loss = F.cross_entropy(logits.float(), labels, label_smoothing=config.label_smoothing)
-            accelerator.backward(loss)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            schedule.step_update(num_updates=step)
-            loss_sum += loss.detach()
-            seen += labels.shape[0]
+        epoch_start = time.perf_counter()
+        loss, seen, step = _train_epoch(model, loader, augment, optimizer, schedule, step, config, accelerator,
+                                        f"epoch {epoch + 1}", progress)
         train_time = time.perf_counter() - epoch_start
-        result.train_seconds += train_time
         probabilities = predict_probabilities(model, validation_loader, normalize, accelerator)
         score = _balanced_accuracy(validation_labels, probabilities)
         images_seen = seen * accelerator.num_processes
+        result.train_seconds += train_time
         result.images_seen += images_seen
+        result.steps = step
         result.history.append({
-            "epoch": epoch + 1, "train_loss": float(loss_sum.item()) / max(1, len(loader)),
-            "validation_balanced_accuracy": score, "learning_rate": optimizer.param_groups[0]["lr"],
+            "epoch": epoch + 1, "train_loss": loss, "validation_balanced_accuracy": score,
+            "learning_rate": optimizer.param_groups[0]["lr"],
             "train_images_per_second": images_seen / max(train_time, 1e-9),
         })
-        result.steps = step
         if best_state is None or score > result.best_validation_balanced_accuracy:
             result.best_epoch, result.best_validation_balanced_accuracy, stale = epoch + 1, score, 0
             state = unwrap(accelerator, model).state_dict()
