@@ -208,3 +208,33 @@ def test_resume_respects_the_qa_stage(tiny_base, tmp_path):
 
     assert generate(config).generated == 0
     assert read_jsonl(out / "metadata.jsonl") == rows
+
+
+@pytest.mark.integration
+def test_kill_9_mid_run_then_resume(tiny_base, tmp_path):
+    """A real SIGKILL while images are being written; the re-run ends with exactly the plan."""
+    import os
+    import signal
+    import time
+
+    out = tmp_path / "out"
+    args = ["generate", "--base", str(tiny_base), "--output", str(out), "--num-images", "24", "--steps", "3",
+            "--size", "64", "--samplers", "Euler a", "--batch-size", "4", "--no-progress"]
+    proc = subprocess.Popen([sys.executable, "-m", "dermt2im_hub.cli", *args], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 300
+        while len(list(out.glob("*/*.png"))) < 5 and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait(timeout=60)
+    written = len(list(out.glob("*/*.png")))
+    assert 5 <= written < 24, "the run finished (or never started) before it could be killed"
+
+    result = generate(make_config(tiny_base, out, num_images=24, steps="3", samplers="Euler a"))
+    assert result.finished == 24 and result.generated == 24 - written
+    rows = read_jsonl(out / "metadata.jsonl")
+    assert sorted(r["index"] for r in rows) == list(range(24))
+    assert sorted(p.relative_to(out).as_posix() for p in out.glob("*/*.png")) == sorted(r["file_name"] for r in rows)
+    assert not list(out.rglob("*.tmp"))
