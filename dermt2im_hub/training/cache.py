@@ -56,15 +56,12 @@ def _pixel_batches(examples: list[TrainingExample], resolution: int, batch_size:
 
 
 @torch.no_grad()
-def encode_latents(vae, examples: list[TrainingExample], resolution: int, with_flips: bool,
-                   batch_size: int = 8, progress: bool = True) -> LatentCache:
-    """Run the VAE encoder once per image (and once per mirror image); results stay on the VAE's device."""
-    from tqdm.auto import tqdm
-
+def encode_pixel_batches(vae, batches, with_flips: bool, progress_bar=None) -> LatentCache:
+    """Run the VAE encoder once per image (and once per mirror image) of each [B, 3, H, W] batch in [-1, 1];
+    the Gaussians stay on the VAE's device."""
     means, stds = [], []
     device, dtype = vae.device, vae.dtype
-    bar = tqdm(total=len(examples), desc="caching latents", unit="img", disable=not progress)
-    for pixels in _pixel_batches(examples, resolution, batch_size):
+    for pixels in batches:
         views = [pixels, torch.flip(pixels, dims=[-1])] if with_flips else [pixels]
         batch_mean, batch_std = [], []
         for view in views:
@@ -73,9 +70,18 @@ def encode_latents(vae, examples: list[TrainingExample], resolution: int, with_f
             batch_std.append(dist.std)
         means.append(torch.stack(batch_mean, dim=1))
         stds.append(torch.stack(batch_std, dim=1))
-        bar.update(len(pixels))
-    bar.close()
+        if progress_bar is not None:
+            progress_bar.update(len(pixels))
     return LatentCache(torch.cat(means), torch.cat(stds), float(vae.config.scaling_factor))
+
+
+def encode_latents(vae, examples: list[TrainingExample], resolution: int, with_flips: bool,
+                   batch_size: int = 8, progress: bool = True) -> LatentCache:
+    """`encode_pixel_batches` over the examples' image files."""
+    from tqdm.auto import tqdm
+
+    with tqdm(total=len(examples), desc="caching latents", unit="img", disable=not progress) as bar:
+        return encode_pixel_batches(vae, _pixel_batches(examples, resolution, batch_size), with_flips, bar)
 
 
 def latent_cache_key(vae_fingerprint: str, examples: list[TrainingExample], resolution: int, with_flips: bool,

@@ -45,7 +45,9 @@ class TrainLoraConfig:
     random_flip: bool = field(default=False, metadata=_help("random horizontal flip (both orientations cached)"))
     cache_dir: str | None = field(default=None, metadata=_help(
         "folder for the latent/text-embedding cache on disk, reused across runs; default: in memory only"))
-    vae_batch_size: int = field(default=8, metadata=_help("images per VAE call while caching latents"))
+    vae_batch_size: int | None = field(default=None, metadata=_help(
+        "images per VAE call while caching latents; default = train_batch_size, so caching never needs more "
+        "memory than encoding each batch during training would"))
     # ---- LoRA
     rank: int = field(default=4, metadata=_help("LoRA rank of the UNet adapter"))
     lora_alpha: float | None = field(default=None, metadata=_help("LoRA alpha (scale alpha/rank); default = rank"))
@@ -149,7 +151,7 @@ class TrainLoraConfig:
              "checkpoints_total_limit must be at least 1"),
             (self.validation_steps >= 0, "validation_steps must be >= 0"),
             (self.logging_steps >= 1, "logging_steps must be at least 1"),
-            (self.vae_batch_size >= 1, "vae_batch_size must be at least 1"),
+            (self.vae_batch_size is None or self.vae_batch_size >= 1, "vae_batch_size must be at least 1"),
             (self.kohya_weight_name.endswith(".safetensors") and "/" not in self.kohya_weight_name,
              "kohya_weight_name must be a plain file name ending in .safetensors"),
             (self.kohya_weight_name != "pytorch_lora_weights.safetensors",

@@ -200,13 +200,13 @@ class LoraTrainer:
         from dermt2im_hub.manifest import tree_fingerprint
 
         c = self.config
+        batch = c.vae_batch_size or c.train_batch_size
         if c.cache_dir is None:  # in memory: every process encodes for itself
-            return load_or_encode_latents(self.vae, examples, c.resolution, with_flips, None, "", c.vae_batch_size,
+            return load_or_encode_latents(self.vae, examples, c.resolution, with_flips, None, "", batch,
                                           progress=self.is_main)
         with self.accelerator.main_process_first():  # on disk: the main process fills it, the others read it
             return load_or_encode_latents(self.vae, examples, c.resolution, with_flips, c.cache_dir,
-                                          tree_fingerprint(self.base_dir / "vae"), c.vae_batch_size,
-                                          progress=self.is_main)
+                                          tree_fingerprint(self.base_dir / "vae"), batch, progress=self.is_main)
 
     def _add_adapters(self) -> None:
         from accelerate.utils import set_seed
