@@ -287,11 +287,9 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
         key = dest[len("cfg__"):].replace("__", ".")
         if isinstance(value, str):
             try:
-                parsed = yaml.safe_load(value)
+                value = yaml.safe_load(value)  # "null" / "~" set a field to None on purpose
             except yaml.YAMLError:
-                parsed = value
-            # keep strings that YAML would turn into something odd (e.g. "Euler a" stays a string anyway)
-            value = parsed if parsed is not None else value
+                pass  # not YAML (e.g. "a: b: c"): keep the text as typed
         out[key] = value
     return out
 

@@ -202,3 +202,16 @@ def test_phantom_skin_tones_fall_in_their_ita_category():
         ita = math.degrees(math.atan((lightness - 50) / b))
         low, high = bounds[name]
         assert low < ita <= high, (name, ita)
+
+
+def test_command_line_null_sets_none():
+    import argparse
+
+    from dermt2im_hub.config import add_common_config_flags, add_config_arguments, config_from_args
+
+    parser = argparse.ArgumentParser()
+    add_common_config_flags(parser)
+    add_config_arguments(parser, _Cfg)
+    args = parser.parse_args(["--seed", "null", "--name", "Euler a", "--steps", "7"])
+    cfg = config_from_args(_Cfg, args)
+    assert cfg.seed is None and cfg.name == "Euler a" and cfg.steps == 7
