@@ -337,20 +337,33 @@ class Worker:
         return json.loads(line)
 
 
+def measure_in_process(args, name: str, variant: dict, per_chunk: int) -> dict:
+    """One row after another in this process; a failing row (e.g. torch.compile) is reported, not fatal."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    try:
+        row = Row(args, name, variant)
+        row.setup()
+        for _ in range(args.rounds):
+            row.chunk(per_chunk)
+        result = row.finish()
+    except Exception as exc:  # noqa: BLE001 - the table says which row failed and why
+        return {"name": name, "error": f"{type(exc).__name__}: {str(exc)[:300]}"}
+    print(f"{name}: {result['samples_per_s']:.2f} samples/s, peak {result['peak_mb']:.0f} MB", file=sys.stderr)
+    return result
+
+
 def measure(args, rows: dict[str, dict]) -> list[dict]:
     """CPU: one process per row (memory per row), timed in interleaved chunks, so load from other programs on a
     shared machine hits every row alike; the median chunk counts. CUDA: rows one after another in-process."""
     per_chunk = max(1, args.steps // args.rounds)
-    if args.device != "cpu":
-        results = []
-        for name, variant in rows.items():
-            row = Row(args, name, variant)
-            row.setup()
-            for _ in range(args.rounds):
-                row.chunk(per_chunk)
-            results.append(row.finish())
-            del row
-        return results
+    if args.device != "cpu" or args.in_process:
+        return [measure_in_process(args, name, variant, per_chunk) for name, variant in rows.items()]
     workers = []
     try:
         for name, variant in rows.items():
@@ -380,6 +393,9 @@ def table(args, results: list[dict]) -> str:
             + (" UNet MFU |" if mfu(args, 1) else ""))
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in results:
+        if "error" in r:
+            lines.append(f"| {r['name']} | failed: {r['error']} |")
+            continue
         share = f"{ours / r['samples_per_s']:.2f}x" if r["name"].startswith("ours ") else ""
         row = (f"| {r['name']} | {r['samples_per_s']:.2f} | {r['peak_mb']:.0f} | {r['added_mb']:.0f} | "
                f"{r['samples_per_s'] / ref['samples_per_s']:.2f}x | {share} |")
@@ -405,6 +421,7 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--compile", action="store_true", help="add an `ours + torch.compile` row")
     p.add_argument("--peak-tflops", type=float, default=989.0, help="dense bf16 peak for MFU (H100/H200 SXM)")
+    p.add_argument("--in-process", action="store_true", help="CPU too: rows one after another in this process")
     p.add_argument("--only", default=None, help="comma-separated row names to run")
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
