@@ -101,8 +101,10 @@ def write_loss_history(history: list[tuple[int, float]], out_dir: Path) -> None:
     smooth = [sum(losses[max(0, i - window + 1):i + 1]) / len(losses[max(0, i - window + 1):i + 1])
               for i in range(len(losses))]
     fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
-    ax.plot(steps, losses, color="#9ab", linewidth=0.8, label="loss (logged mean)")
-    ax.plot(steps, smooth, color="#c33", linewidth=1.6, label=f"moving average ({window})")
+    ax.plot(steps, losses, color="#9ab" if window > 1 else "#c33", linewidth=0.8 if window > 1 else 1.6,
+            label=f"mean loss per {steps[0]} steps" if len(steps) > 1 else "loss")
+    if window > 1:
+        ax.plot(steps, smooth, color="#c33", linewidth=1.6, label=f"moving average of {window} points")
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("diffusion loss")
     ax.set_title("LoRA training loss")
