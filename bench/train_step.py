@@ -418,7 +418,8 @@ def parse_args(argv=None):
     p.add_argument("--steps", type=int, default=150, help="timed steps per row")
     p.add_argument("--rounds", type=int, default=10, help="timed steps are split into this many interleaved "
                    "chunks; the median chunk counts")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: torch's default). 1 by default: "
+                   "on a shared machine OpenMP threads spin at barriers and small ops slow down ~100x")
     p.add_argument("--compile", action="store_true", help="add an `ours + torch.compile` row")
     p.add_argument("--peak-tflops", type=float, default=989.0, help="dense bf16 peak for MFU (H100/H200 SXM)")
     p.add_argument("--in-process", action="store_true", help="CPU too: rows one after another in this process")
