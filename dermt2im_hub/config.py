@@ -183,11 +183,23 @@ def parse_overrides(overrides: Iterable[str] | Mapping[str, Any] | None) -> dict
     return nested
 
 
-def _deep_merge(base: dict, update: Mapping) -> dict:
+def deep_merge(base: dict, update: Mapping) -> dict:
+    """`update` into `base`, recursively. A mapping with integer keys updates items of a list
+    (`run.real_sources.0.images=...` sets the first source's images)."""
     merged = dict(base)
     for key, value in update.items():
-        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
-            merged[key] = _deep_merge(dict(merged[key]), value)
+        current = merged.get(key)
+        if isinstance(value, Mapping) and isinstance(current, Mapping):
+            merged[key] = deep_merge(dict(current), value)
+        elif isinstance(value, Mapping) and isinstance(current, list) and all(str(k).isdigit() for k in value):
+            items = list(current)
+            for index, item_update in value.items():
+                index = int(index)
+                if index >= len(items):
+                    raise ConfigError(f"override {key}.{index}: the list has only {len(items)} item(s)")
+                items[index] = deep_merge(dict(items[index]), item_update) if isinstance(
+                    item_update, Mapping) and isinstance(items[index], Mapping) else item_update
+            merged[key] = items
         else:
             merged[key] = value
     return merged
@@ -212,7 +224,7 @@ def load_config(
     if path is not None:
         data = select_section(read_yaml(path), section)
         where = f"{Path(path).name}" + (f" [{section}]" if section else "")
-    data = _deep_merge(data, parse_overrides(overrides))
+    data = deep_merge(data, parse_overrides(overrides))
     config = _build(cls, data, where)
     validate = getattr(config, "validate", None)
     if callable(validate):
@@ -297,7 +309,7 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
 def config_from_args(cls: type[T], args: argparse.Namespace, section: str | None = None) -> T:
     """YAML from `args.config` (if any) <- `--set key=value` items <- explicit `--options`."""
     overrides = parse_overrides(getattr(args, "set", None) or [])
-    overrides = _deep_merge(overrides, parse_overrides(overrides_from_args(args)))
+    overrides = deep_merge(overrides, parse_overrides(overrides_from_args(args)))
     return load_config(cls, getattr(args, "config", None), overrides, section=section)
 
 

@@ -215,3 +215,13 @@ def test_command_line_null_sets_none():
     args = parser.parse_args(["--seed", "null", "--name", "Euler a", "--steps", "7"])
     cfg = config_from_args(_Cfg, args)
     assert cfg.seed is None and cfg.name == "Euler a" and cfg.steps == 7
+
+
+def test_override_reaches_list_items():
+    from dermt2im_hub.config import deep_merge, parse_overrides
+
+    base = {"run": {"real_sources": [{"name": "isic", "images": None}, {"name": "ham", "images": None}]}}
+    merged = deep_merge(base, parse_overrides(["run.real_sources.1.images=/data/ham"]))
+    assert merged["run"]["real_sources"] == [{"name": "isic", "images": None}, {"name": "ham", "images": "/data/ham"}]
+    with pytest.raises(ConfigError, match="only 2 item"):
+        deep_merge(base, parse_overrides(["run.real_sources.5.images=x"]))

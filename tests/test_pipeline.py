@@ -1,0 +1,110 @@
+"""End to end: `dermt2im run` on the demo recipe (shrunk), skip logic, report; `dermt2im demo` wiring."""
+
+from __future__ import annotations
+
+import json
+import re
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+
+from dermt2im_hub.config import ConfigError
+from dermt2im_hub.pipeline.demo import demo_recipe
+from dermt2im_hub.pipeline.runner import run_pipeline
+
+# the demo recipe, smaller still: every stage runs, each on a handful of images
+SHRINK = [
+    "run.real_sources.0.num_images=32",
+    "training.max_train_steps=8", "training.checkpointing_steps=4", "training.validation_inference_steps=2",
+    "generation.num_images=12", "generation.steps=2-3",
+    "evaluation.models=[mobilenetv2_050, vit_tiny_patch16_224]", "evaluation.seeds=[0]", "evaluation.epochs=1",
+    "evaluation.bootstrap_resamples=50",
+]
+
+
+class _Links(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.links: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        for name, value in attrs:
+            if (tag, name) in (("img", "src"), ("a", "href")) and value and not re.match(r"^[a-z]+:", value):
+                self.links.append(value)
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    first = run_pipeline(demo_recipe(), SHRINK, out)
+    return out, first
+
+
+@pytest.mark.slow
+def test_run_writes_every_stage_and_a_report(demo_run):
+    out, summary = demo_run
+    expected = {"inputs:phantoms", "inputs:tiny-base", "preprocess:phantoms", "train_lora", "generate", "qa",
+                "dataset:synthetic", "dataset:real", "benchmark", "leaderboard", "cards"}
+    assert expected <= set(summary.ran)
+    for folder in ("data/phantoms", "lora", "generated", "qa", "datasets/synthetic", "datasets/real",
+                   "benchmark/results", "leaderboard"):
+        manifest = json.loads((out / folder / "manifest.json").read_text())
+        assert manifest["status"] == "complete", folder
+        assert (out / folder / "README.md").is_file(), folder
+    # the leaderboard has a row for every model x mix x test set
+    board = json.loads((out / "leaderboard" / "leaderboard.json").read_text())
+    cells = {(s["model"], s["mix"], s["test_set"]) for s in board["summaries"]}
+    models = {"mobilenetv2_050", "vit_tiny_patch16_224"}
+    assert {(m, t) for m, _, t in cells} == {(m, "phantom-test") for m in models}
+    assert len({mix for _, mix, _ in cells}) == 2
+    # the report shows images that exist (no broken links)
+    html = (out / "report.html").read_text()
+    parser = _Links()
+    parser.feed(html)
+    images = [link for link in parser.links if link.endswith(".png")]
+    assert any("contact_sheet" in i for i in images) and any("loss_curve" in i for i in images)
+    assert any("synthetic_fraction" in i for i in images)
+    for link in parser.links:
+        assert (out / link).exists(), link
+
+
+@pytest.mark.slow
+def test_second_run_does_no_work_and_a_changed_generation_config_reruns_only_what_follows(demo_run):
+    out, _ = demo_run
+    lora_weights = (out / "lora" / "pytorch_lora_weights.safetensors").read_bytes()
+    again = run_pipeline(demo_recipe(), SHRINK, out)
+    assert again.ran == ["cards"]  # cards are re-rendered from manifests every time (cheap, idempotent)
+    changed = run_pipeline(demo_recipe(), SHRINK + ["generation.cfg=5.0"], out)
+    assert {"generate", "qa", "dataset:synthetic", "benchmark", "leaderboard"} <= set(changed.ran)
+    assert not {"preprocess:phantoms", "train_lora", "dataset:real", "inputs:tiny-base"} & set(changed.ran)
+    assert (out / "lora" / "pytorch_lora_weights.safetensors").read_bytes() == lora_weights
+    rows = [json.loads(line) for line in (out / "generated" / "metadata.jsonl").read_text().splitlines()]
+    assert rows and all(row["cfg_scale"] == 5.0 for row in rows)
+    assert (out / "generated.previous" / "manifest.json").is_file()  # the old output is kept aside, not lost
+
+
+def test_from_needs_finished_earlier_stages(tmp_path):
+    with pytest.raises(ConfigError, match="run that stage first"):
+        run_pipeline(demo_recipe(), SHRINK, tmp_path, from_stage="generate")
+
+
+def test_unknown_section_and_stage_are_named(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("generaton: {}\n")
+    with pytest.raises(ConfigError, match="unknown section 'generaton'"):
+        run_pipeline(bad, output=tmp_path / "out")
+    with pytest.raises(ConfigError, match="unknown stage 'train'"):
+        run_pipeline(demo_recipe(), output=tmp_path / "out", until_stage="train")
+
+
+def test_paper_recipe_asks_for_its_data(tmp_path):
+    recipe = Path(__file__).resolve().parents[1] / "configs" / "paper.yaml"
+    with pytest.raises(ConfigError, match="images. is not set"):
+        run_pipeline(recipe, output=tmp_path)
+
+
+def test_demo_recipe_is_shipped_and_matches_configs():
+    shipped = demo_recipe().read_text()
+    assert shipped == (Path(__file__).resolve().parents[1] / "configs" / "demo.yaml").read_text()
+    assert "embedded:tiny-sd15" in shipped
