@@ -176,7 +176,11 @@ def generate(config: GenerationConfig, after_batch: Callable[[list[PlannedImage]
     scheduler_cache: dict[str, Any] = {"_base_config": dict(pipe.scheduler.config)}
     generated, seconds = 0, 0.0
     stage = _stage_run(out, config, base, adapters) if state.is_main_process else contextlib.nullcontext()
-    with stage as run, _cpu_threads(config.cpu_threads), _ImageWriter(out, rank, base, adapters) as writer:
+    # On CPU, writer threads would compete with torch's OpenMP threads (whose spin-waits slow down badly when
+    # preempted); PNGs are then written inline, which costs little next to CPU sampling.
+    writer_threads = 4 if device.type == "cuda" else 0
+    with stage as run, _cpu_threads(config.cpu_threads), \
+            _ImageWriter(out, rank, base, adapters, writer_threads) as writer:
         t0 = time.perf_counter()
         try:
             with _progress(sum(len(b) for b in batches), config.progress, rank, world) as bar:
@@ -212,13 +216,14 @@ def generate(config: GenerationConfig, after_batch: Callable[[list[PlannedImage]
 
 class _ImageWriter:
     """Writes PNGs (encode + atomic rename) on a few threads, so encoding overlaps sampling, and appends each
-    batch's metadata rows to the rank's log in batch order once all its files are in place."""
+    batch's metadata rows to the rank's log in batch order once all its files are in place. With 0 workers
+    the files are written inline, in `submit`."""
 
     def __init__(self, out: Path, rank: int, base, adapters, workers: int = 4):
         from concurrent.futures import ThreadPoolExecutor
 
         self.out, self.rank, self.base, self.adapters = out, rank, base, adapters
-        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="png-writer")
+        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="png-writer") if workers else None
         self.pending: deque = deque()
 
     def __enter__(self) -> _ImageWriter:
@@ -228,8 +233,15 @@ class _ImageWriter:
         self.close()
 
     def submit(self, batch: list[PlannedImage], images: list) -> None:
-        futures = [self.pool.submit(outputs.save_image, self.out, image, pil, self.base, self.adapters)
-                   for image, pil in zip(batch, images)]
+        from concurrent.futures import Future
+
+        futures = []
+        for image, pil in zip(batch, images):
+            if self.pool:
+                futures.append(self.pool.submit(outputs.save_image, self.out, image, pil, self.base, self.adapters))
+            else:
+                futures.append(Future())
+                futures[-1].set_result(outputs.save_image(self.out, image, pil, self.base, self.adapters))
         self.pending.append((batch, futures))
 
     def completed(self, keep: int):
@@ -246,7 +258,8 @@ class _ImageWriter:
             for _ in self.completed(keep=0):
                 pass
         finally:
-            self.pool.shutdown(wait=True)
+            if self.pool:
+                self.pool.shutdown(wait=True)
 
 
 @contextlib.contextmanager
