@@ -3,6 +3,7 @@ converter, the seeded data order. The real `accelerate launch` runs are in test_
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -97,8 +98,7 @@ def test_bad_input_fails_before_training(case, expected, tmp_path, tiny_base, fo
         base = tmp_path / "unet_only"
         shutil.copytree(tiny_base / "unet", base / "unet")
     elif case == "8bit":
-        pytest.importorskip("torch")
-        if __import__("importlib").util.find_spec("bitsandbytes"):
+        if importlib.util.find_spec("bitsandbytes"):
             pytest.skip("bitsandbytes is installed here")
         extra = ["--use_8bit_adam"]
     code, err, out = _run(tmp_path, base, data, *extra, capsys=capsys)
