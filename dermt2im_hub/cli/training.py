@@ -2,12 +2,14 @@
 
 Without launcher options it trains in this process (one CPU or GPU). With `--num-processes N` or
 `--accelerate-config FILE` it runs `accelerate launch ... -m dermt2im_hub.training.launch` with the same options,
-which is exactly what `accelerate launch training_scripts/train_lora.py` runs.
+which is exactly what `accelerate launch training_scripts/train_lora.py` runs; on a machine without CUDA,
+`--num-processes N` makes a real gloo DDP group (ACCELERATE_USE_CPU=1).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 
@@ -60,9 +62,20 @@ def _accelerate_command(args: argparse.Namespace) -> list[str]:
     return command + ["-m", "dermt2im_hub.training.launch"] + forwarded_argv(args)
 
 
+def _launch_env(args: argparse.Namespace) -> dict[str, str]:
+    env = dict(os.environ)
+    if (args.num_processes or 0) > 1 and not args.accelerate_config:
+        import torch
+
+        if not torch.cuda.is_available():
+            # without it `--multi_gpu` on a CPU machine starts independent processes, not one gloo DDP group
+            env.setdefault("ACCELERATE_USE_CPU", "1")
+    return env
+
+
 def _train_lora(args: argparse.Namespace) -> int:
     if args.num_processes or args.accelerate_config:
-        return subprocess.call(_accelerate_command(args))
+        return subprocess.call(_accelerate_command(args), env=_launch_env(args))
     from dermt2im_hub.training.launch import main
 
     return main(forwarded_argv(args))

@@ -104,6 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, TrainingInputError, TestLeakageError, OptimizerUnavailable, FileNotFoundError) as exc:
         print(f"train_lora: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    if not result.is_main_process:
+        return EXIT_INTERRUPTED if result.status == "interrupted" else 0
     if result.status == "interrupted":
         print(f"train_lora: interrupted at step {result.global_step}; checkpoint saved in "
               f"{result.output_dir / 'checkpoints'} (resume with --resume_from_checkpoint latest)", file=sys.stderr)

@@ -66,6 +66,7 @@ class TrainResult:
     status: str  # "complete" or "interrupted"
     global_step: int
     weight_files: dict[str, str] = field(default_factory=dict)
+    is_main_process: bool = True  # False on the other ranks of a distributed run (they write nothing)
 
 
 @dataclass
@@ -381,7 +382,7 @@ class LoraTrainer:
         acc.end_training()
         if status == "interrupted":
             logger.warning("training stopped at step %d; continue with --resume_from_checkpoint latest", step)
-        return TrainResult(self.output_dir, status, step, files)
+        return TrainResult(self.output_dir, status, step, files, self.is_main)
 
     def _write_outputs(self, status: str) -> dict[str, str]:
         c = self.config
