@@ -32,7 +32,7 @@ from dermt2im_hub.evaluation.stats import (
     paired_bootstrap_difference,
 )
 from dermt2im_hub.manifest import StageRun
-from dermt2im_hub.utils.files import atomic_write_json, atomic_write_text
+from dermt2im_hub.utils.files import atomic_save_figure, atomic_write_json, atomic_write_text
 
 logger = logging.getLogger(__name__)
 
@@ -339,12 +339,7 @@ def render_plot(summaries: list[dict], path: Path, hybrid_fraction: float) -> Pa
     handles, labels = list(legend.values()), list(legend)
     fig.legend(handles, labels, loc="lower center", ncol=max(1, len(labels)), fontsize=8, frameon=False)
     fig.tight_layout(rect=(0, 0.06, 1, 1))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    return atomic_save_figure(fig, path, dpi=120)
 
 
 def _plot_panel(ax, summaries: list[dict]) -> None:

@@ -11,7 +11,7 @@ import numpy as np
 from PIL import Image
 
 from dermt2im_hub.quality.skin_tone import CATEGORY_NAMES
-from dermt2im_hub.utils.files import atomic_save_png
+from dermt2im_hub.utils.files import atomic_save_figure, atomic_save_png
 
 PAIR_HEIGHT = 256
 _CAPTION_HEIGHT = 40
@@ -74,12 +74,7 @@ def plot_ita_histograms(path: Path, real: Mapping[str, int], synthetic: Mapping[
     hist.set_title("ITA of non-lesion skin")
     hist.legend()
     figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    figure.savefig(tmp, dpi=100)
-    plt.close(figure)
-    tmp.replace(path)
-    return path
+    return atomic_save_figure(figure, path)
 
 
 def card_summaries(report: Mapping) -> dict:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from dermt2im_hub.utils.files import atomic_save_png, atomic_write_bytes, atomic_write_text
+from dermt2im_hub.utils.files import atomic_save_figure, atomic_save_png, atomic_write_text
 from dermt2im_hub.utils.logging import get_logger
 
 logger = get_logger(__name__)
@@ -111,10 +111,7 @@ def write_loss_history(history: list[tuple[int, float]], out_dir: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    png = io.BytesIO()
-    fig.savefig(png, format="png")
-    plt.close(fig)
-    atomic_write_bytes(out_dir / LOSS_CURVE_NAME, png.getvalue())
+    atomic_save_figure(fig, out_dir / LOSS_CURVE_NAME)
 
 
 def hardware_description(accelerator) -> str:

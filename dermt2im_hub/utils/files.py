@@ -54,6 +54,16 @@ def atomic_save_png(image, path: str | os.PathLike, pnginfo=None, compress_level
     return atomic_write_bytes(path, encode_png(image, pnginfo=pnginfo, compress_level=compress_level))
 
 
+def atomic_save_figure(figure, path: str | os.PathLike, dpi: int = 100) -> Path:
+    """Save a matplotlib figure as PNG atomically and close it (plots are written next to stage outputs)."""
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=dpi)
+    plt.close(figure)
+    return atomic_write_bytes(path, buffer.getvalue())
+
+
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
     """Rows of a JSON-lines file; a torn last line (from a killed writer) is ignored."""
     path = Path(path)
