@@ -108,3 +108,24 @@ def test_demo_recipe_is_shipped_and_matches_configs():
     shipped = demo_recipe().read_text()
     assert shipped == (Path(__file__).resolve().parents[1] / "configs" / "demo.yaml").read_text()
     assert "embedded:tiny-sd15" in shipped
+
+
+@pytest.mark.slow
+def test_ctrl_c_keeps_finished_stages_and_the_same_command_resumes(demo_run, monkeypatch):
+    out, _ = demo_run
+    from dermt2im_hub.pipeline import stages
+
+    changed = SHRINK + ["generation.cfg=5.0", "quality.top_k_pairs=3"]
+
+    def interrupted_qa(spec):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(stages, "_qa", interrupted_qa)
+        with pytest.raises(KeyboardInterrupt):
+            run_pipeline(demo_recipe(), changed, out)
+    state = json.loads((out / "pipeline_state.json").read_text())["stages"]
+    assert state["qa"]["status"] == "running" and state["generate"]["status"] == "complete"
+    resumed = run_pipeline(demo_recipe(), changed, out)
+    assert "qa" in resumed.ran and "generate" not in resumed.ran and "train_lora" not in resumed.ran
+    assert json.loads((out / "qa" / "manifest.json").read_text())["status"] == "complete"
