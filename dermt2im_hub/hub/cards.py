@@ -273,9 +273,17 @@ def _lora_context(ctx: dict[str, Any]) -> dict[str, Any]:
         instance_prompts=prompts,
         example_prompt=prompts[0] if prompts else "malignant mole on neck",
         samples=_sample_images(f.get("sample_images")),
-        base_model_id=f.get("base_model") or "stable-diffusion-v1-5/stable-diffusion-v1-5",
+        base_model_id=_public_name(f.get("base_model")) or "stable-diffusion-v1-5/stable-diffusion-v1-5",
+        base_model_shown=_public_name(f.get("base_model")),
     )
     return ctx
+
+
+def _public_name(value: Any) -> str | None:
+    """A Hub id as is; a local path cut to its last part (a card must not reveal a machine's layout)."""
+    if not is_recorded(value):
+        return None
+    return str(value) if looks_like_hub_id(value) else Path(str(value)).name
 
 
 def _dataset_context(ctx: dict[str, Any]) -> dict[str, Any]:
