@@ -225,3 +225,13 @@ def test_override_reaches_list_items():
     assert merged["run"]["real_sources"] == [{"name": "isic", "images": None}, {"name": "ham", "images": "/data/ham"}]
     with pytest.raises(ConfigError, match="only 2 item"):
         deep_merge(base, parse_overrides(["run.real_sources.5.images=x"]))
+
+
+def test_weight_file_kinds():
+    from dermt2im_hub.utils.files import is_pickle_weight, is_safetensors
+
+    for name in ("unet/diffusion_pytorch_model.bin", "lora.PT", "head.pth", "state.pkl", "x.pickle", "m.ckpt"):
+        assert is_pickle_weight(name) and is_pickle_weight(Path(name)) and not is_safetensors(name)
+    assert is_safetensors("a/model.safetensors") and not is_pickle_weight("a/model.safetensors")
+    # loaders choose their reader by the exact suffix and torch.load anything else
+    assert not is_safetensors("model.SAFETENSORS") and not is_safetensors("model.safetensors.bin")

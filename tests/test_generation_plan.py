@@ -123,6 +123,10 @@ def test_pickle_weights_are_refused(tmp_path):
     (folder / "pytorch_lora_weights.bin").write_bytes(b"x")
     with pytest.raises(ConfigError, match="refused"):
         _config(lora=[str(folder)])
+    # diffusers reads only an exact `.safetensors` suffix with safetensors and would torch.load this one
+    (tmp_path / "model.SAFETENSORS").write_bytes(b"x")
+    with pytest.raises(ConfigError, match="not a .safetensors file"):
+        _config(base=str(tmp_path / "model.SAFETENSORS"))
 
 
 def test_adapter_spec_parsing(tmp_path):

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dermt2im_hub.config import ConfigError
+from dermt2im_hub.utils.files import is_safetensors
 
 ARMS = ("real", "hybrid", "equal_size", "sweep")
 SIZE_POLICIES = ("full", "equal")
@@ -154,7 +155,7 @@ class EvaluationConfig:
         if len(set(names)) != len(names):
             raise ConfigError(f"evaluation.test_sets: names must be unique, got {names}")
         for model, path in self.pretrained_files.items():
-            if not str(path).endswith(".safetensors"):
+            if not is_safetensors(path):
                 raise ConfigError(f"evaluation.pretrained_files[{model!r}]: only .safetensors weights are loaded "
                                   f"(pickle files can run code), got {path}")
         if self.batch_size < 2:

@@ -32,12 +32,11 @@ from pathlib import Path
 from typing import Any
 
 from dermt2im_hub.config import ConfigError
-from dermt2im_hub.utils.files import sha256_bytes, sha256_file
+from dermt2im_hub.utils.files import is_pickle_weight, is_safetensors, sha256_bytes, sha256_file
 from dermt2im_hub.utils.logging import get_logger
 
 log = get_logger(__name__)
 
-PICKLE_SUFFIXES = (".ckpt", ".bin", ".pt", ".pth", ".pkl", ".pickle")
 LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
 UNET_WEIGHTS = "diffusion_pytorch_model.safetensors"
 # A Hub repo id, optionally followed by a path to a .safetensors file inside the repo.
@@ -89,9 +88,16 @@ def _looks_like_hub_id(text: str) -> bool:
 
 
 def _refuse_pickle(path: Path, what: str) -> None:
-    if path.suffix.lower() in PICKLE_SUFFIXES:
+    if is_pickle_weight(path):
         raise ModelLoadError(f"{what} {str(path)!r} is a pickle file ({path.suffix}); loading pickles can run "
                              "arbitrary code, so only .safetensors weights are accepted (convert it first)")
+
+
+def _check_weight_file(path: Path, what: str) -> None:
+    """A local weight file must be `.safetensors` (exact case: diffusers would torch.load `X.SAFETENSORS`)."""
+    _refuse_pickle(path, what)
+    if not is_safetensors(path):
+        raise ModelLoadError(f"{what} {str(path)!r} is not a .safetensors file")
 
 
 def parse_adapter_spec(spec: str) -> tuple[str, float]:
@@ -117,7 +123,7 @@ def _adapter_file_in_folder(folder: Path, spec: str) -> Path:
     if len(candidates) == 1:
         return candidates[0]
     if not candidates:
-        pickles = sorted(p.name for p in folder.iterdir() if p.suffix.lower() in PICKLE_SUFFIXES)
+        pickles = sorted(p.name for p in folder.iterdir() if is_pickle_weight(p))
         extra = f" (only pickle files: {', '.join(pickles)}; they are refused)" if pickles else ""
         raise ModelLoadError(f"LoRA folder {spec!r} has no .safetensors file{extra}")
     raise ModelLoadError(f"LoRA folder {spec!r} holds several .safetensors files "
@@ -141,9 +147,7 @@ def _classify_base(base: str) -> str:
             raise ModelLoadError(f"base folder {base!r} is not a diffusers pipeline (no model_index.json)")
         return "folder"
     if path.is_file():
-        _refuse_pickle(path, "base model")
-        if path.suffix.lower() != ".safetensors":
-            raise ModelLoadError(f"base model file {base!r} is not a .safetensors checkpoint")
+        _check_weight_file(path, "base model")
         return "single_file"
     if _looks_like_hub_id(base):
         _refuse_pickle(Path(base), "base model")
@@ -158,9 +162,7 @@ def _classify_adapter(source: str) -> str:
         _adapter_file_in_folder(path, source)
         return "folder"
     if path.is_file():
-        _refuse_pickle(path, "LoRA adapter")
-        if path.suffix.lower() != ".safetensors":
-            raise ModelLoadError(f"LoRA adapter {source!r} is not a .safetensors file")
+        _check_weight_file(path, "LoRA adapter")
         return "file"
     if _looks_like_hub_id(source):
         _refuse_pickle(Path(source), "LoRA adapter")

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from dermt2im_hub.hub.cards import CARD_NAME
+from dermt2im_hub.utils.files import is_pickle_weight
 
 logger = logging.getLogger(__name__)
 
@@ -46,9 +47,6 @@ IGNORE_PATTERNS = [
     # leftovers of interrupted atomic writes (dermt2im_hub.utils.files)
     "*.tmp", ".*.tmp", "*/.*.tmp",
 ]
-
-# Formats that unpickle on load (arbitrary code execution); weights travel as safetensors only.
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 
 TRANSIENT_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
 
@@ -76,7 +74,7 @@ def files_to_upload(folder: str | os.PathLike, ignore_patterns: list[str] | None
 
 
 def pickle_weight_files(paths: list[str]) -> list[str]:
-    return [p for p in paths if p.lower().endswith(PICKLE_SUFFIXES)]
+    return [p for p in paths if is_pickle_weight(p)]
 
 
 def check_folder(folder: str | os.PathLike) -> list[str]:

@@ -20,7 +20,7 @@ import numpy as np
 
 from dermt2im_hub.config import ConfigError
 from dermt2im_hub.quality.config import FeatureConfig
-from dermt2im_hub.utils.files import sha256_file
+from dermt2im_hub.utils.files import is_safetensors, sha256_file
 
 
 @runtime_checkable
@@ -105,7 +105,7 @@ def _describe_weights(weights: str | None, seed: int) -> tuple[str, str | None]:
     if weights == "hub":
         return "pretrained (Hub)", None
     path = Path(weights)
-    if path.suffix != ".safetensors":
+    if not is_safetensors(path):
         raise ConfigError(f"quality.features.weights {weights!r}: only .safetensors files are loaded "
                           "(pickled checkpoints can run code)")
     if not path.is_file():

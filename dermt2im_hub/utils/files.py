@@ -1,7 +1,8 @@
-"""Atomic writes and JSON-lines helpers.
+"""Atomic writes, JSON-lines helpers and the file-name checks every stage shares.
 
 Every stage writes through these so a kill -9 never leaves a half-written file under its final name:
 data goes to a temporary file in the same folder, is flushed and fsynced, then renamed into place.
+Weight files are told apart here (pickle formats are refused everywhere, safetensors accepted).
 """
 
 from __future__ import annotations
@@ -16,6 +17,10 @@ from pathlib import Path
 from typing import Any
 
 _HASH_CHUNK = 1 << 20
+
+# Formats that unpickle on load (arbitrary code execution): weights load and travel as safetensors only.
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
+SAFETENSORS_SUFFIX = ".safetensors"
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
@@ -122,3 +127,17 @@ def remove_stale_temp_files(folder: str | os.PathLike) -> int:
         tmp.unlink(missing_ok=True)
         removed += 1
     return removed
+
+
+# ---------------------------------------------------------------------------------------------- weight files
+
+
+def is_pickle_weight(path: str | os.PathLike) -> bool:
+    """Whether a file name has a pickle-based weight format (.bin .pt .pth .pkl .pickle .ckpt, any case)."""
+    return str(path).lower().endswith(PICKLE_SUFFIXES)
+
+
+def is_safetensors(path: str | os.PathLike) -> bool:
+    """Whether a file name ends in `.safetensors`, in exactly that case: diffusers and timm pick their
+    safetensors reader by this exact suffix and fall back to torch.load for anything else (`X.SAFETENSORS`)."""
+    return str(path).endswith(SAFETENSORS_SUFFIX)
