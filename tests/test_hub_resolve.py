@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from dermt2im_hub.hub.resolve import HubInputError, resolve_file, resolve_folder, split_revision
+from dermt2im_hub.hub.resolve import (
+    HubInputError,
+    is_hub_id,
+    is_remote_hub_id,
+    resolve_file,
+    resolve_folder,
+    split_revision,
+)
 
 
 def test_local_folder_and_file_are_used_as_they_are(tmp_path):
@@ -30,6 +37,16 @@ def test_neither_path_nor_hub_id(tmp_path):
         resolve_folder(tmp_path / "nowhere" / "deep")
     with pytest.raises(ValueError, match="repo_type"):
         resolve_folder("org/name", repo_type="bucket")
+
+
+def test_hub_id_shape(tmp_path, monkeypatch):
+    assert is_hub_id("org/name") and is_hub_id("my-org/dermt2im_lora.v1")
+    for value in ("name", "org/name/file.safetensors", "../x", "a/..", "org/a..b", "/abs/x", "org\\name", "", None, 3):
+        assert not is_hub_id(value), value
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "outputs" / "lora").mkdir(parents=True)
+    assert is_hub_id("outputs/lora") and not is_remote_hub_id("outputs/lora")  # an existing local path wins
+    assert is_remote_hub_id("org/name")
 
 
 def test_offline_miss_is_a_clear_error():

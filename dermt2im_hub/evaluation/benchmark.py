@@ -181,11 +181,11 @@ def _dataset_refs(data: BenchmarkData) -> dict[str, Any]:
 
 
 def _hub_dataset_ids(config: EvaluationConfig) -> list[str]:
-    from dermt2im_hub.hub.cards import looks_like_hub_id
+    from dermt2im_hub.hub.resolve import is_remote_hub_id
 
     sources = [config.real.path, config.synthetic.path if config.synthetic else None]
     sources += [t.hub_id or t.path for t in config.test_sets]
-    return [s for s in dict.fromkeys(sources) if looks_like_hub_id(s)]
+    return [s for s in dict.fromkeys(sources) if is_remote_hub_id(s)]
 
 
 def _now() -> str:

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from dermt2im_hub.config import ConfigError
+from dermt2im_hub.hub.resolve import is_hub_id
 from dermt2im_hub.utils.files import is_pickle_weight, is_safetensors, sha256_bytes, sha256_file
 from dermt2im_hub.utils.logging import get_logger
 
@@ -39,8 +40,8 @@ log = get_logger(__name__)
 
 LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
 UNET_WEIGHTS = "diffusion_pytorch_model.safetensors"
-# A Hub repo id, optionally followed by a path to a .safetensors file inside the repo.
-_HUB_ID_RE = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(/[\w.\-/]+\.safetensors)?$")
+# A path to a .safetensors file inside a Hub repo (after `org/name/`).
+_HUB_FILE_RE = re.compile(r"^(?:[\w.-]+/)*[\w.-]+\.safetensors$")
 
 
 class ModelLoadError(ConfigError):
@@ -84,7 +85,9 @@ class AdapterInfo:
 
 
 def _looks_like_hub_id(text: str) -> bool:
-    return bool(_HUB_ID_RE.match(text)) and ".." not in text and "\\" not in text
+    """`org/name`, or `org/name/path/file.safetensors` for one file of the repo."""
+    repo_id, filename = _split_hub_file(text)
+    return is_hub_id(repo_id) and (filename is None or (bool(_HUB_FILE_RE.match(filename)) and ".." not in filename))
 
 
 def _refuse_pickle(path: Path, what: str) -> None:

@@ -26,6 +26,7 @@ from typing import Any
 import jinja2
 import yaml
 
+from dermt2im_hub.hub.resolve import is_remote_hub_id
 from dermt2im_hub.manifest import read_manifest
 from dermt2im_hub.utils.files import atomic_write_text
 
@@ -59,7 +60,6 @@ DEFAULT_CLASSIFIER_WEIGHT_NAME = "model.safetensors"  # timm's push_to_hub / sav
 
 _SIZE_CATEGORIES = ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"),
                     (10_000_000, "1M<n<10M"), (100_000_000, "10M<n<100M"), (1_000_000_000, "100M<n<1B"))
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 class CardError(ValueError):
@@ -117,13 +117,6 @@ def rows_table(rows: Any, columns: list[str], headers: list[str] | None = None) 
         row = row if isinstance(row, Mapping) else {columns[0]: row}
         lines.append("| " + " | ".join(show(row.get(c)) for c in columns) + " |")
     return "\n".join(lines)
-
-
-def looks_like_hub_id(value: Any) -> bool:
-    """`org/name` that is not a local path: only such ids may go into front matter (the Hub validates them)."""
-    if not isinstance(value, str) or not _HUB_ID.match(value):
-        return False
-    return not os.path.exists(value)
 
 
 def size_category(num_rows: int | None) -> str | None:
@@ -283,7 +276,7 @@ def _public_name(value: Any) -> str | None:
     """A Hub id as is; a local path cut to its last part (a card must not reveal a machine's layout)."""
     if not is_recorded(value):
         return None
-    return str(value) if looks_like_hub_id(value) else Path(str(value)).name
+    return str(value) if is_remote_hub_id(value) else Path(str(value)).name
 
 
 def _dataset_context(ctx: dict[str, Any]) -> dict[str, Any]:
@@ -345,7 +338,7 @@ def _lora_card_data(ctx: dict[str, Any]):
     f = ctx["f"]
     widget = [{"text": s["prompt"], "output": {"url": s["path"]}} for s in ctx["samples"]]
     return ModelCardData(
-        base_model=f.get("base_model") if looks_like_hub_id(f.get("base_model")) else None,
+        base_model=f.get("base_model") if is_remote_hub_id(f.get("base_model")) else None,
         library_name="diffusers",
         pipeline_tag="text-to-image",
         license=ctx["license"],
@@ -379,7 +372,7 @@ def _classifier_card_data(ctx: dict[str, Any]):
         license=ctx["license"],
         tags=list(CLASSIFIER_TAGS),
         datasets=_hub_ids(f.get("datasets")) or None,
-        base_model=pretrained if looks_like_hub_id(pretrained) else None,
+        base_model=pretrained if is_remote_hub_id(pretrained) else None,
         metrics=sorted({r.metric_type for r in eval_results}) or None,
         model_name=ctx["repo_name"] if eval_results else None,
         eval_results=eval_results or None,
@@ -433,7 +426,7 @@ def _hub_ids(value: Any) -> list[str]:
     if not isinstance(value, (list, tuple)):
         return []
     ids = [(v.get("id") if isinstance(v, Mapping) else v) for v in value]
-    return [i for i in ids if looks_like_hub_id(i)]
+    return [i for i in ids if is_remote_hub_id(i)]
 
 
 _CARD_DATA_BUILDERS = {

@@ -17,6 +17,7 @@ import re
 from pathlib import Path
 
 REPO_TYPES = ("model", "dataset", "space")
+# `org/name` in the Hub's characters; the Hub also forbids `..`, which keeps an id from walking up a path.
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
@@ -34,8 +35,15 @@ def split_revision(id_or_path: str, revision: str | None = None) -> tuple[str, s
     return repo_id, suffix
 
 
-def is_hub_id(value: str) -> bool:
-    return bool(_HUB_ID.match(value))
+def is_hub_id(value: object) -> bool:
+    """Whether `value` has the shape of a Hub repo id, `org/name` (the one check every stage uses)."""
+    return isinstance(value, str) and bool(_HUB_ID.match(value)) and ".." not in value
+
+
+def is_remote_hub_id(value: object) -> bool:
+    """A Hub id that is not also an existing local path (which would win): only such ids may be shown as Hub
+    references, e.g. in card front matter (the Hub validates them)."""
+    return is_hub_id(value) and not os.path.exists(value)
 
 
 def _hub_reference(id_or_path: str | os.PathLike, revision: str | None, repo_type: str):
