@@ -235,3 +235,20 @@ def test_weight_file_kinds():
     assert is_safetensors("a/model.safetensors") and not is_pickle_weight("a/model.safetensors")
     # loaders choose their reader by the exact suffix and torch.load anything else
     assert not is_safetensors("model.SAFETENSORS") and not is_safetensors("model.safetensors.bin")
+
+
+def test_safe_join_keeps_untrusted_names_inside_their_folder(tmp_path):
+    from dermt2im_hub.utils.files import safe_join
+
+    root = tmp_path / "folder"
+    (root / "benign").mkdir(parents=True)
+    (tmp_path / "secret.png").write_bytes(b"x")
+    (root / "benign" / "link.png").symlink_to(tmp_path / "secret.png")
+    (root / "out").symlink_to(tmp_path)
+    assert safe_join(root, "benign/a.png") == root / "benign" / "a.png"
+    assert safe_join(str(root), "./benign//a.png") == root / "benign" / "a.png"
+    for name in ("../secret.png", str(tmp_path / "secret.png"), "benign/../../secret.png", "benign/link.png",
+                 "out/secret.png", "", ".", "a\x00b.png", "x" * 256, "a/" * 600, None, 7, "benign\\a.png"):
+        assert safe_join(root, name) is None, name
+    assert safe_join(root, "benign\\a.png", windows_separators=True) == root / "benign" / "a.png"
+    assert safe_join(root, "..\\secret.png", windows_separators=True) is None

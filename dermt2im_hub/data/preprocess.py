@@ -40,7 +40,7 @@ from dermt2im_hub.data.splits import assign_splits
 from dermt2im_hub.labels import CLASS_NAMES, prompt_for
 from dermt2im_hub.manifest import fingerprint, try_read_manifest, write_manifest
 from dermt2im_hub.records import EXCLUSION_NAME, SPLITS, ImageRecord, TestExclusion, write_records
-from dermt2im_hub.utils.files import append_jsonl, read_jsonl, remove_stale_temp_files, write_jsonl
+from dermt2im_hub.utils.files import append_jsonl, read_jsonl, remove_stale_temp_files, safe_join, write_jsonl
 from dermt2im_hub.utils.logging import get_logger
 
 STAGE = "preprocess"
@@ -241,7 +241,9 @@ def _mark_content_duplicates(selected: list[SourceRecord], journal: Journal, out
             continue
         first = first_with_hash.setdefault(row["source_sha256"], source.image_id)
         if first != source.image_id:
-            (out / row["file_name"]).unlink(missing_ok=True)
+            path = safe_join(out, row.get("file_name"))  # the journal is a file in the folder: never trust it
+            if path is not None:
+                path.unlink(missing_ok=True)
             journal.add({**row, "ok": False, "reason": "duplicate_content", "duplicate_of": first,
                          "detail": f"same bytes as {first}"})
 
@@ -253,8 +255,8 @@ def _remove_stale_outputs(out: Path, old_rows: dict[str, dict[str, Any]], keep_f
         name = row.get("file_name")
         if not row.get("ok") or not isinstance(name, str) or name in keep_files:
             continue
-        path = out / name
-        if path.parent.name in CLASS_NAMES and is_inside(path, out) and path.is_file():
+        path = safe_join(out, name)
+        if path is not None and path.parent.name in CLASS_NAMES and path.is_file():
             path.unlink()
             removed += 1
     return removed

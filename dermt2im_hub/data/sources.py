@@ -26,6 +26,7 @@ from dermt2im_hub.config import ConfigError
 from dermt2im_hub.data.report import Report
 from dermt2im_hub.labels import CLASS_NAMES, binary_label, canonical_diagnosis
 from dermt2im_hub.records import METADATA_NAME
+from dermt2im_hub.utils.files import safe_join
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp"})
 UNKNOWN_VALUES = frozenset({"", "unknown", "nan", "none", "null", "na", "n/a"})
@@ -223,7 +224,7 @@ def _read_folder_metadata(folder: Path, report: Report) -> dict[str, dict[str, A
                 report.skip("bad_metadata", None, path, f"line {number}: {exc}")
                 continue
             rel = row["file_name"].replace("\\", "/")
-            if rel.startswith("/") or ".." in rel.split("/") or not is_inside(folder / rel, folder):
+            if safe_join(folder, rel) is None:
                 report.skip("bad_metadata", clean_text(row.get("image_id")), path,
                             f"line {number}: file_name {rel!r} points outside the folder")
                 continue

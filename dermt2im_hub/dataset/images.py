@@ -1,7 +1,8 @@
 """Reading image files from untrusted folders: safe relative names, size limits and cheap integrity checks.
 
 File names (from metadata.jsonl or a directory walk) and PNG metadata come from outside: a name must stay
-inside its folder (no absolute paths, no `..`, no symlink that leads out), files and pixel counts are capped,
+inside its folder (`utils.files.safe_join`: no absolute paths, no `..`, no backslash, no symlink that leads
+out), files and pixel counts are capped,
 and a file Pillow cannot open or whose PNG chunk checksums fail is reported as corrupt, never stored.
 """
 
@@ -12,13 +13,12 @@ import os
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 from dermt2im_hub.generation.infotext import read_infotext
 
 MAX_FILE_BYTES = 64 * 2**20
 MAX_PIXELS = 8192 * 8192
-MAX_NAME_CHARS = 1024
 MAX_INFOTEXT_CHARS = 65536
 IMAGE_SUFFIXES = (".png",)
 
@@ -34,21 +34,6 @@ class ImageFacts:
     format: str
     infotext: str | None
     infotext_oversized: bool = False
-
-
-def safe_child(root: Path, name: object) -> Path | None:
-    """`root / name` when `name` is a plain relative POSIX path that stays inside `root`; else None."""
-    if not isinstance(name, str) or not name or len(name) > MAX_NAME_CHARS or "\x00" in name or "\\" in name:
-        return None
-    pure = PurePosixPath(name)
-    if pure.is_absolute() or any(part in ("..", ".") or len(part) > 255 for part in pure.parts):
-        return None
-    path = root / pure
-    try:
-        inside = path.resolve().is_relative_to(root.resolve())
-    except (OSError, RuntimeError):  # symlink loops
-        return None
-    return path if inside else None
 
 
 def walk_images(root: Path, skip_dirs: frozenset[str] = frozenset()) -> Iterator[str]:

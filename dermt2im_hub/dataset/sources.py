@@ -28,14 +28,13 @@ from dermt2im_hub.dataset.images import (
     ImageFacts,
     inspect_image,
     read_file_bytes,
-    safe_child,
     walk_images,
 )
 from dermt2im_hub.dataset.schema import extra_json, is_qa_key
 from dermt2im_hub.dataset.splits import hashed_split, split_key
 from dermt2im_hub.labels import CLASS_NAMES
 from dermt2im_hub.records import METADATA_NAME, ImageRecord
-from dermt2im_hub.utils.files import read_jsonl, sha256_bytes
+from dermt2im_hub.utils.files import read_jsonl, safe_join, sha256_bytes
 
 REJECTED_DIR = "rejected"
 _MAX_EXAMPLES = 20  # per kind of problem, in the report
@@ -188,7 +187,7 @@ def _admit(config_name: str, folder: Path, where: str, candidate: _Candidate, op
            report: ScanReport, seen: dict[str, str]) -> Entry | None:
     """The Entry for one candidate, or None (with the reason noted) when it is unsafe, missing, corrupt, a
     duplicate or unlabelled."""
-    path = safe_child(folder, candidate.name)
+    path = safe_join(folder, candidate.name)
     if path is None:
         report.note("unsafe_name", repr(candidate.name)[:200])
         return None

@@ -32,6 +32,7 @@ from dermt2im_hub.utils.files import (
     atomic_write_json,
     encode_png,
     read_jsonl,
+    safe_join,
     sha256_bytes,
     sha256_file,
     write_jsonl,
@@ -205,7 +206,8 @@ def finalize_metadata(out: Path, plan: list[PlannedImage], base, adapters) -> li
     rows = []
     for image in plan:
         old = previous.get(image.index)
-        if old and isinstance(old.get("file_name"), str) and (out / old["file_name"]).is_file():
+        kept = safe_join(out, old.get("file_name")) if old else None
+        if kept is not None and kept.is_file():
             rows.append(old)
             continue
         path = out / image.file_name

@@ -20,7 +20,7 @@ from PIL import Image
 
 from dermt2im_hub.labels import CLASS_NAMES
 from dermt2im_hub.records import METADATA_NAME
-from dermt2im_hub.utils.files import read_jsonl
+from dermt2im_hub.utils.files import read_jsonl, safe_join
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 REJECTED_DIR = "rejected"
@@ -43,11 +43,11 @@ class ImageItem:
 
 
 def safe_relative(folder: Path, file_name: str) -> Path:
-    """folder / file_name, refusing absolute paths and `..` (metadata is untrusted)."""
-    rel = PurePosixPath(str(file_name).replace("\\", "/"))
-    if rel.is_absolute() or ".." in rel.parts or not rel.parts:
+    """folder / file_name, refusing names that lead outside the folder (metadata is untrusted; `\\` reads as `/`)."""
+    path = safe_join(folder, file_name, windows_separators=True)
+    if path is None:
         raise FolderError(f"{folder / METADATA_NAME}: file_name {file_name!r} points outside the folder")
-    return folder.joinpath(*rel.parts)
+    return path
 
 
 def _label_from_path(rel: PurePosixPath) -> str | None:

@@ -2,7 +2,8 @@
 
 Every stage writes through these so a kill -9 never leaves a half-written file under its final name:
 data goes to a temporary file in the same folder, is flushed and fsynced, then renamed into place.
-Weight files are told apart here (pickle formats are refused everywhere, safetensors accepted).
+Weight files are told apart here (pickle formats are refused everywhere, safetensors accepted), and untrusted
+relative file names (metadata.jsonl `file_name`, journal rows) are joined to their folder by `safe_join` only.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import json
 import os
 import tempfile
 from collections.abc import Iterable, Iterator
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 _HASH_CHUNK = 1 << 20
@@ -21,6 +22,7 @@ _HASH_CHUNK = 1 << 20
 # Formats that unpickle on load (arbitrary code execution): weights load and travel as safetensors only.
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 SAFETENSORS_SUFFIX = ".safetensors"
+MAX_NAME_CHARS = 1024  # an untrusted relative file name longer than this is refused
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
@@ -141,3 +143,29 @@ def is_safetensors(path: str | os.PathLike) -> bool:
     """Whether a file name ends in `.safetensors`, in exactly that case: diffusers and timm pick their
     safetensors reader by this exact suffix and fall back to torch.load for anything else (`X.SAFETENSORS`)."""
     return str(path).endswith(SAFETENSORS_SUFFIX)
+
+
+# ---------------------------------------------------------------------------------------------- untrusted names
+
+
+def safe_join(root: str | os.PathLike, name: object, *, windows_separators: bool = False) -> Path | None:
+    """`root / name` when the untrusted `name` is a relative POSIX path that stays inside `root`, symlinks
+    resolved; else None. Refused: non-strings, empty names, NUL bytes, absolute paths, `..`, a part over 255 or
+    a name over MAX_NAME_CHARS characters, and a path whose symlinks lead out of `root`. A backslash makes a name
+    unsafe unless `windows_separators`, which reads it as `/` (names written on Windows)."""
+    if not isinstance(name, str) or not name or len(name) > MAX_NAME_CHARS or "\x00" in name:
+        return None
+    if "\\" in name:
+        if not windows_separators:
+            return None
+        name = name.replace("\\", "/")
+    pure = PurePosixPath(name)
+    if pure.is_absolute() or not pure.parts or any(part == ".." or len(part) > 255 for part in pure.parts):
+        return None
+    root = Path(root)
+    path = root.joinpath(*pure.parts)
+    try:
+        inside = path.resolve().is_relative_to(root.resolve())
+    except (OSError, RuntimeError):  # symlink loops
+        return None
+    return path if inside else None
