@@ -183,3 +183,28 @@ def test_train_lora_cli_help_and_errors(run_cli, tmp_path):
         run_cli("train-lora", "--help")
     code, _, err = run_cli("train-lora", "--train-data-dir", tmp_path / "missing", "--resolution", "64")
     assert code == 2 and "train_data_dir not found" in err
+
+
+def test_resume_loads_only_this_runs_own_checkpoints(tmp_path):
+    from dermt2im_hub.training.checkpoints import find_resume_checkpoint
+    from dermt2im_hub.training.inputs import TrainingInputError
+
+    out = tmp_path / "run"
+    assert find_resume_checkpoint("latest", out) is None
+    for step in (2, 10):
+        (out / "checkpoints" / f"checkpoint-{step}").mkdir(parents=True)
+    own = out / "checkpoints" / "checkpoint-2"
+    assert find_resume_checkpoint("latest", out) == out / "checkpoints" / "checkpoint-10"
+    assert find_resume_checkpoint("checkpoint-2", out) == own
+    assert find_resume_checkpoint(str(own), out) == own
+    # accelerate unpickles a checkpoint's optimizer/RNG states: a folder from anywhere else is refused
+    foreign = tmp_path / "downloaded" / "checkpoints" / "checkpoint-5"
+    foreign.mkdir(parents=True)
+    (out / "checkpoints" / "checkpoint-99").symlink_to(foreign)
+    for spec in (str(foreign), "checkpoint-99", "../../downloaded/checkpoints/checkpoint-5", str(out / "checkpoints")):
+        with pytest.raises(TrainingInputError, match="output folder"):
+            find_resume_checkpoint(spec, out)
+    with pytest.raises(TrainingInputError, match="not found"):
+        find_resume_checkpoint("checkpoint-7", out)
+    with pytest.raises(TrainingInputError, match="output folder"):  # the newest is that symlink
+        find_resume_checkpoint("latest", out)

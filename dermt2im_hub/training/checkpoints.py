@@ -6,6 +6,8 @@ the whole frozen UNet), and `TrainingProgress` (step count, loss history). The d
 are functions of the step count (`step.EpochSampler`, `step.seeded_generator`), so nothing else is needed
 to continue exactly where a run stopped. Checkpoints are written to a hidden `.partial` folder and renamed
 when complete, so `latest` never picks a half-written one; `checkpoints_total_limit` keeps the newest N.
+Resuming loads only a checkpoint of the run's own output folder: accelerate unpickles the optimizer, scheduler
+and RNG states (pickles can run code), so a folder from elsewhere is refused.
 """
 
 from __future__ import annotations
@@ -60,24 +62,30 @@ def list_checkpoints(root: Path) -> list[tuple[int, Path]]:
 
 
 def find_resume_checkpoint(spec: str | None, output_dir: Path) -> Path | None:
-    """`latest` -> newest checkpoint of this output folder (None when there is none); else a folder that must
-    exist."""
+    """`latest` -> newest checkpoint of this output folder (None when there is none); else one of this output
+    folder's checkpoints, by name (`checkpoint-500`) or path, which must exist."""
     from dermt2im_hub.training.inputs import TrainingInputError
 
     if not spec:
         return None
+    root = Path(output_dir) / CHECKPOINTS_DIR
     if spec == "latest":
-        found = list_checkpoints(output_dir / CHECKPOINTS_DIR)
+        found = list_checkpoints(root)
         if not found:
-            logger.info("resume_from_checkpoint=latest: no checkpoint in %s yet, starting from step 0",
-                        output_dir / CHECKPOINTS_DIR)
+            logger.info("resume_from_checkpoint=latest: no checkpoint in %s yet, starting from step 0", root)
             return None
-        return found[-1][1]
-    path = Path(spec)
-    if not path.is_dir() and (output_dir / CHECKPOINTS_DIR / spec).is_dir():
-        path = output_dir / CHECKPOINTS_DIR / spec
-    if not path.is_dir():
-        raise TrainingInputError(f"checkpoint to resume from not found: {spec}")
+        path = found[-1][1]
+    else:
+        path = Path(spec)
+        if not path.is_dir() and (root / spec).is_dir():
+            path = root / spec
+        if not path.is_dir():
+            raise TrainingInputError(f"checkpoint to resume from not found: {spec}")
+    if not _CHECKPOINT_RE.match(path.resolve().name) or path.resolve().parent != root.resolve():
+        raise TrainingInputError(
+            f"resume_from_checkpoint {spec!r} is not a checkpoint of this run's output folder ({root}/checkpoint-N): "
+            "only those are loaded, since a checkpoint's optimizer and RNG states are pickles, which can run code. "
+            "To continue another run, train into its output folder with resume_from_checkpoint=latest.")
     return path
 
 

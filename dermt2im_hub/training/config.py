@@ -108,7 +108,8 @@ class TrainLoraConfig:
                                                                  "only on interrupt and at the end)"))
     checkpoints_total_limit: int | None = field(default=None, metadata=_help("keep at most N checkpoints"))
     resume_from_checkpoint: str | None = field(default=None, metadata=_help(
-        "'latest' or a checkpoint folder; continues with the same data order, RNG, optimizer and scaler state"))
+        "'latest' or one of output_dir's checkpoints (checkpoint-N; no other folder: checkpoints hold pickles); "
+        "continues with the same data order, RNG, optimizer and scaler state"))
     validation_prompts: list[str] | None = field(default=None, metadata=_help(
         "sample prompts; default: each distinct training prompt (one per class); alias --validation-prompt"))
     validation_seeds: list[int] = field(default_factory=lambda: [0, 1], metadata=_help(
