@@ -44,3 +44,17 @@ def test_real_a1111_samples_parse(shared_data):
         assert parsed["model_hash"] == "8d72386f9b" and parsed["version"] == "v1.5.1"
         samplers.add(parsed["sampler"])
     assert {"Euler a", "Euler", "Heun", "DPM++ 2M SDE Karras"} <= samplers
+
+
+def test_pair_scan_is_a1111s_findall_in_linear_time():
+    import random
+
+    from dermt2im_hub.generation.infotext import _PARAM_RE, _param_pairs
+
+    rng = random.Random(0)
+    pieces = ["a", "Z", "1", "_", " ", "-", "/", ":", ",", '"', "\\", "\t", "é", "x: ", ", ", ': "', '\\"']
+    for _ in range(5000):
+        line = "".join(rng.choice(pieces) for _ in range(rng.randint(0, 25)))
+        assert _param_pairs(line) == _PARAM_RE.findall(line), repr(line)
+    # untrusted PNG text: a 64 KiB run without ':' used to cost seconds of backtracking per image
+    assert parse_infotext("prompt\n" + "a-" * 32768)["params"] == {}

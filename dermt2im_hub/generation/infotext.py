@@ -26,6 +26,8 @@ NEGATIVE_PREFIX = "Negative prompt:"
 
 # A1111's own pattern for one `Key: value` pair (quoted values may contain escaped quotes).
 _PARAM_RE = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
+_KEY_START = re.compile(r"\w")
+_KEY_RUN = re.compile(r"[\w \-/]+")
 _SIZE_RE = re.compile(r"^(\d+)x(\d+)$")
 
 # The order A1111 writes its common keys in; others follow in insertion order.
@@ -72,6 +74,22 @@ def format_infotext(prompt: str, negative_prompt: str | None, params: Mapping[st
     return "\n".join(lines)
 
 
+def _param_pairs(line: str) -> list[tuple[str, str]]:
+    """`_PARAM_RE.findall(line)` in linear time: PNG text is untrusted, and findall takes quadratic time on a
+    long run of key characters without a ':' (64 KiB took seconds). A match's key starts at a word character
+    (leading whitespace changes no group), and once the attempt there fails, the attempts at every later start
+    in the same run of key characters fail too (the value part always matches), so the scan skips the run."""
+    pairs, pos = [], 0
+    while (start := _KEY_START.search(line, pos)) is not None:
+        match = _PARAM_RE.match(line, start.start())
+        if match:
+            pairs.append(match.groups())
+            pos = match.end()
+        else:
+            pos = _KEY_RUN.match(line, start.start()).end()
+    return pairs
+
+
 def parse_infotext(text: str) -> dict[str, Any]:
     """Parse infotext into {"prompt", "negative_prompt", "params": {key: raw string}} plus typed fields
     "steps", "sampler", "cfg_scale", "seed", "width", "height", "model", "model_hash", "face_restoration",
@@ -80,7 +98,7 @@ def parse_infotext(text: str) -> dict[str, Any]:
     params_line = ""
     if lines:
         candidate = lines[-1]
-        if len(_PARAM_RE.findall(candidate)) >= 3:
+        if len(_param_pairs(candidate)) >= 3:
             params_line = candidate
             lines = lines[:-1]
     prompt_lines: list[str] = []
@@ -92,7 +110,7 @@ def parse_infotext(text: str) -> dict[str, Any]:
             line = line[len(NEGATIVE_PREFIX):].lstrip(" ")
         (negative_lines if in_negative else prompt_lines).append(line)
     params: dict[str, str] = {}
-    for key, value in _PARAM_RE.findall(params_line):
+    for key, value in _param_pairs(params_line):
         params[key.strip()] = unquote(value)
     result: dict[str, Any] = {
         "prompt": "\n".join(prompt_lines),
