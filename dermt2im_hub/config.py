@@ -282,6 +282,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type, prefix: str
         )
         help_text = f.metadata.get("help", "")
         help_text = f"{help_text} (default: {default!r})" if help_text else f"default: {default!r}"
+        help_text = help_text.replace("%", "%%")  # argparse %-formats help: "10% larger" would garble it
         dest = "cfg__" + name.replace(".", "__")
         if tp is bool:
             group.add_argument(_flag(name), dest=dest, action=argparse.BooleanOptionalAction, default=None,

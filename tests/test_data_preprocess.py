@@ -246,6 +246,26 @@ def test_nothing_usable_exits_non_zero(tmp_path):
     assert read_manifest(tmp_path / "out")["status"] == "failed"
 
 
+def test_nothing_usable_says_what_to_check(tmp_path, shared_data):
+    flat = tmp_path / "flat"  # images not in benign/ and malignant/
+    flat.mkdir()
+    Image.new("RGB", (160, 160), (180, 120, 100)).save(flat / "a.png")
+    code, out, _ = _cli("preprocess", "--no-progress", "--source", "folder", "--images", flat,
+                        "--output", tmp_path / "o1")
+    assert code == 1 and "--source folder reads" in out and "benign/" in out
+    isic = _sub(shared_data, "isic-sample") / "images"  # 2016-era ids against the 2020 ground truth
+    truth = _sub(shared_data, "isic-ground-truth") / "ISIC_2020_Training_GroundTruth.csv"
+    code, out, _ = _cli("preprocess", "--no-progress", "--source", "isic", "--images", isic, "--metadata", truth,
+                        "--output", tmp_path / "o2")
+    assert code == 1 and "come from the same release" in out
+
+
+def test_help_prints_percent_signs(capsys):
+    with pytest.raises(SystemExit):
+        main(["preprocess", "--help"])
+    assert "files about 10% larger) (default: 3)" in capsys.readouterr().out
+
+
 def test_user_errors_exit_2_without_traceback(tmp_path, phantoms):
     (tmp_path / "in").mkdir()
     code, _, err = _cli("preprocess", "--source", "ham10000", "--images", tmp_path / "in", "--output", tmp_path / "o")

@@ -9,14 +9,15 @@ from dermt2im_hub.data.config import DataConfig
 
 ORDER = 20
 
-_DESCRIPTION = (
-    "Turn real dermoscopy into the image folder every later stage reads: labels from the source's metadata "
-    "(benign/malignant as dermt2im_hub.labels maps diagnoses), lesion- and patient-disjoint train/validation/"
-    "test splits with the test split written to test_exclusion.json, DullRazor-style hair removal, "
-    "resize + centre-crop to --size, PNGs in OUT/{benign,malignant}/, metadata.jsonl, report.json and "
-    "manifest.json. Bad inputs are skipped or converted and listed in report.json; a re-run only does "
-    "what is missing. Exit status 1 when no usable image was found."
-)
+_DESCRIPTION = """\
+Turn real dermoscopy into the image folder every later stage reads: labels from the source's metadata
+(benign/malignant as dermt2im_hub.labels maps diagnoses), lesion- and patient-disjoint train/validation/test
+splits with the test split written to test_exclusion.json, DullRazor-style hair removal, resize + centre-crop
+to --size, PNGs in OUT/{benign,malignant}/, metadata.jsonl, report.json and manifest.json. Bad inputs are
+skipped or converted and listed in report.json; a re-run only does what is missing.
+
+Exit status: 0 done; 1 no usable image was found; 2 bad input or config.
+"""
 
 _EPILOG = """examples:
   dermt2im preprocess --source ham10000 --images HAM10000_images --metadata HAM10000_metadata.csv --output data/ham
@@ -56,6 +57,22 @@ def _preprocess(args: argparse.Namespace) -> int:
         print(line)
     print(f"  details: {result.output / REPORT_NAME}")
     if not result.usable:
-        print("preprocess: error: no usable image was found (see the report)", flush=True)
+        print(f"preprocess: error: no usable image was found: {_why_nothing(config, result.report)}", flush=True)
         return 1
     return 0
+
+
+def _why_nothing(config: DataConfig, report) -> str:
+    """What to check when a run kept no image, from the reasons its images were skipped."""
+    skipped = report.skipped
+    if skipped.get("not_in_class_folder"):
+        return (f"--source folder reads {config.images}/benign/ and {config.images}/malignant/ (images elsewhere "
+                "are skipped); for HAM10000 or ISIC give --source ham10000 or isic with --metadata")
+    if skipped.get("missing_image") and skipped.get("no_metadata"):
+        return ("no image file matched a metadata row: check that --images and --metadata come from the same "
+                "release (see the report)")
+    if skipped.get("missing_image"):
+        return f"no metadata row has its image under {config.images} (see the report)"
+    if not skipped:
+        return f"no image files found under {config.images}"
+    return "see the report"
