@@ -106,6 +106,21 @@ def test_bad_input_fails_before_training(case, expected, tmp_path, tiny_base, fo
     assert not (out / "manifest.json").exists()  # nothing was trained or written
 
 
+def test_refuses_another_stages_folder_as_data_or_output(tmp_path, tiny_base, four_phantoms, capsys):
+    from dermt2im_hub.manifest import read_manifest, write_manifest
+
+    built = tmp_path / "built"  # a build-dataset folder given as training data (it holds a PNG grid)
+    write_manifest(built, "build_dataset", {})
+    shutil.copy(four_phantoms / read_records(four_phantoms)[0].file_name, built / "sample_grid.png")
+    code, err, _ = _run(tmp_path, tiny_base, built, "--instance_prompt", "a mole", capsys=capsys)
+    assert code == 2 and "output of stage 'build_dataset', not an image folder" in err, err
+    preprocessed = tmp_path / "out"  # training into a data-stage folder would overwrite its manifest
+    write_manifest(preprocessed, "preprocess", {})
+    code, err, _ = _run(tmp_path, tiny_base, four_phantoms, capsys=capsys)
+    assert code == 2 and "holds the output of stage 'preprocess'" in err, err
+    assert read_manifest(preprocessed)["stage"] == "preprocess"
+
+
 def test_refuses_a_folder_holding_a_test_split_image(tmp_path, tiny_base, four_phantoms, capsys):
     data = tmp_path / "data"
     shutil.copytree(four_phantoms, data)
@@ -183,6 +198,12 @@ def test_train_lora_cli_help_and_errors(run_cli, tmp_path):
         run_cli("train-lora", "--help")
     code, _, err = run_cli("train-lora", "--train-data-dir", tmp_path / "missing", "--resolution", "64")
     assert code == 2 and "train_data_dir not found" in err
+    # diffusers' spellings work through `dermt2im train-lora` too, as in train_lora.py
+    code, _, err = run_cli("--log-level", "WARNING", "train-lora", "--instance_data_dir", tmp_path / "missing",
+                           "--output_dir", tmp_path / "out")
+    assert code == 2 and "train_data_dir not found" in err
+    code, _, err = run_cli("train-lora", "--hub_token", "secret")
+    assert code == 2 and "hf auth login" in err and "secret" not in err
 
 
 def test_resume_loads_only_this_runs_own_checkpoints(tmp_path):

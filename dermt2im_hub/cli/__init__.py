@@ -30,6 +30,21 @@ def _command_modules():
     return sorted(modules, key=lambda m: (getattr(m, "ORDER", 100), m.__name__))
 
 
+def _normalize_argv(argv: list[str]) -> list[str]:
+    """Let a subcommand rewrite its own arguments before parsing (a module's `ARGV_NORMALIZERS`, e.g.
+    diffusers' `--train_data_dir` spellings for `train-lora`)."""
+    i = 0
+    while i < len(argv) and argv[i].startswith("-"):  # options before the command
+        i += 2 if argv[i] == "--log-level" else 1
+    if i >= len(argv):
+        return argv
+    for module in _command_modules():
+        normalize = getattr(module, "ARGV_NORMALIZERS", {}).get(argv[i])
+        if normalize:
+            return argv[:i + 1] + normalize(argv[i + 1:])
+    return argv
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dermt2im",
@@ -50,6 +65,11 @@ def main(argv: list[str] | None = None) -> int:
     from dermt2im_hub.utils.logging import configure_logging
 
     parser = build_parser()
+    try:
+        argv = _normalize_argv(list(sys.argv[1:] if argv is None else argv))
+    except ConfigError as exc:
+        print(f"dermt2im: error: {exc}", file=sys.stderr)
+        return 2
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()

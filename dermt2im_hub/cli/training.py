@@ -16,6 +16,16 @@ import sys
 ORDER = 20
 
 
+def _normalize(argv: list[str]) -> list[str]:
+    from dermt2im_hub.training.launch import normalize_argv
+
+    return normalize_argv(argv)
+
+
+# diffusers' spellings (--train_data_dir, --instance_data_dir, --use_8bit_adam, ...) work here as in train_lora.py
+ARGV_NORMALIZERS = {"train-lora": _normalize}
+
+
 def register(subparsers) -> None:
     from dermt2im_hub.training.launch import add_training_arguments
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dermt2im_hub.labels import prompt_for
+from dermt2im_hub.manifest import try_read_manifest
 from dermt2im_hub.records import (
     METADATA_NAME,
     ImageRecord,
@@ -126,6 +127,11 @@ def _examples_from_metadata(folder: Path, splits: list[str], instance_prompt: st
 
 
 def _examples_from_images(folder: Path, instance_prompt: str | None):
+    stage = (try_read_manifest(folder) or {}).get("stage")
+    if stage:  # e.g. a built dataset (parquet) or a LoRA folder given by mistake
+        raise TrainingInputError(f"{folder} is the output of stage {stage!r}, not an image folder: train on a "
+                                 "`dermt2im preprocess` output (or `dermt2im make-phantoms`), or a plain folder "
+                                 "of images with --instance_prompt")
     images = list_images(folder)
     if not images:
         raise TrainingInputError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {folder}")

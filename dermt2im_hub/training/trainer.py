@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from dermt2im_hub.config import config_to_dict, save_config
-from dermt2im_hub.manifest import fingerprint, write_manifest
+from dermt2im_hub.manifest import fingerprint, try_read_manifest, write_manifest
 from dermt2im_hub.training import step as steps
 from dermt2im_hub.training.cache import build_prompt_table, load_or_encode_latents
 from dermt2im_hub.training.checkpoints import (
@@ -85,6 +85,10 @@ def preflight(config: TrainLoraConfig) -> Preflight:
     output_dir = Path(config.output_dir).resolve()
     if output_dir == data.folder.resolve() or data.folder.resolve() in output_dir.parents:
         raise TrainingInputError(f"output_dir {config.output_dir} must not be inside the training data folder")
+    stage = (try_read_manifest(output_dir) or {}).get("stage")
+    if stage and stage != STAGE:
+        raise TrainingInputError(f"output_dir {config.output_dir} holds the output of stage {stage!r}; choose an "
+                                 "empty folder or an earlier train-lora output")
     base_dir = resolve_base_model(config.pretrained_model_name_or_path, config.revision, config.variant)
     steps.check_optimizer_available(config.optimizer)
     resume_from = find_resume_checkpoint(config.resume_from_checkpoint, Path(config.output_dir))
