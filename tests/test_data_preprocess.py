@@ -278,6 +278,9 @@ def test_user_errors_exit_2_without_traceback(tmp_path, phantoms):
                         "split_fractions=[0.5, 0.5, 0.5]")
     assert code == 2 and "add up to 1" in err
     assert not (tmp_path / "o").exists()
+    (tmp_path / "a_file").write_text("")
+    code, _, err = _cli("preprocess", "--images", phantoms, "--output", tmp_path / "a_file", "--no-progress")
+    assert code == 2 and "a file is where a folder is expected" in err and "Traceback" not in err
 
 
 def test_recipe_sections_load(tmp_path):

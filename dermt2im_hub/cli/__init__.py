@@ -80,6 +80,12 @@ def main(argv: list[str] | None = None) -> int:
     except (UserError, ConfigError, FileNotFoundError) as exc:
         print(f"dermt2im {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except (FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError) as exc:
+        # a path the user gave is the wrong kind of thing (a file where a folder goes) or not writable
+        hint = ("no permission: choose a folder you can write to" if isinstance(exc, PermissionError)
+                else "a file is where a folder is expected, or the reverse: check the paths given")
+        print(f"dermt2im {args.command}: error: {exc.strerror}: {exc.filename} ({hint})", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"dermt2im {args.command}: interrupted; finished work is kept and a re-run resumes.",
               file=sys.stderr)
