@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from dermt2im_hub.labels import CLASS_NAMES
-from dermt2im_hub.utils.files import atomic_write_json, read_jsonl, sha256_file, write_jsonl
+from dermt2im_hub.utils.files import atomic_write_json, read_jsonl, safe_join, sha256_file, write_jsonl
 
 METADATA_NAME = "metadata.jsonl"
 EXCLUSION_NAME = "test_exclusion.json"
@@ -73,7 +73,11 @@ def read_records(folder: str | Path) -> list[ImageRecord]:
     if not path.is_file():
         raise FileNotFoundError(f"{folder} has no {METADATA_NAME}; expected an image folder written by "
                                 "`dermt2im preprocess` or `dermt2im make-phantoms`")
-    return [ImageRecord.from_dict(row) for row in read_jsonl(path)]
+    records = [ImageRecord.from_dict(row) for row in read_jsonl(path)]
+    for record in records:  # metadata is untrusted: a row must not lead a stage to a file outside the folder
+        if safe_join(folder, record.file_name) is None:
+            raise ValueError(f"record {record.image_id!r}: file_name {record.file_name!r} points outside {folder}")
+    return records
 
 
 def write_records(folder: str | Path, records: Iterable[ImageRecord]) -> Path:

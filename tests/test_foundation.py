@@ -252,3 +252,13 @@ def test_safe_join_keeps_untrusted_names_inside_their_folder(tmp_path):
         assert safe_join(root, name) is None, name
     assert safe_join(root, "benign\\a.png", windows_separators=True) == root / "benign" / "a.png"
     assert safe_join(root, "..\\secret.png", windows_separators=True) is None
+
+
+def test_read_records_refuses_rows_pointing_outside_the_folder(tmp_path, phantom_dir):
+    from dermt2im_hub.utils.files import read_jsonl, write_jsonl
+
+    rows = read_jsonl(phantom_dir / "metadata.jsonl")
+    for name in ("../outside.png", "/etc/hostname"):
+        write_jsonl(tmp_path / "metadata.jsonl", [*rows, {**rows[0], "file_name": name}])
+        with pytest.raises(ValueError, match="points outside"):
+            read_records(tmp_path)
