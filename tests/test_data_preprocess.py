@@ -189,6 +189,7 @@ def test_phantom_folder_is_preprocessed_keeping_ids_and_extra(phantoms, tmp_path
     code, out, err = _cli("preprocess", "--no-progress", "--source", "folder", "--images", phantoms,
                           "--output", output, "--size", "64")
     assert code == 0, err
+    assert f"card: {output / 'README.md'}" in out and (output / "README.md").is_file()
     records = _check_image_folder(output, 32, size=64)
     originals = {r.image_id: r for r in read_records(phantoms)}
     for record in records:

@@ -152,6 +152,7 @@ def test_cli_generate_and_errors(tiny_base, tmp_path, run_cli):
     assert "4 of 4 images" in stdout
     rows = read_jsonl(out / "metadata.jsonl")
     assert {r["sampler"] for r in rows} == {"Euler", "Euler a"} and {r["steps"] for r in rows} <= {1, 2}
+    assert "dermt2im-hub `generate` output" in (out / "README.md").read_text()  # the folder's card
 
     for args, message in [
         (["--samplers", "Euler,Magic"], "unknown sampler 'Magic'; known samplers:"),
@@ -164,6 +165,13 @@ def test_cli_generate_and_errors(tiny_base, tmp_path, run_cli):
         assert code == 2 and message in stderr and "Traceback" not in stderr, (args, stderr)
     code, _, stderr = run_cli("generate", "--base", tmp_path / "no-such-model", "--output", tmp_path / "bad")
     assert code == 2 and "no-such-model' not found" in stderr
+    from dermt2im_hub.manifest import read_manifest, write_manifest
+
+    write_manifest(tmp_path / "data", "preprocess", {})  # generating into it would replace its metadata
+    code, _, stderr = run_cli("generate", "--base", tiny_base, "--output", tmp_path / "data", "--num-images", "2",
+                              "--size", "64", "--steps", "1")
+    assert code == 2 and "holds the output of stage 'preprocess'" in stderr
+    assert read_manifest(tmp_path / "data")["stage"] == "preprocess"
 
 
 @pytest.mark.integration

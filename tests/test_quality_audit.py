@@ -232,6 +232,31 @@ def test_cli_exit_status_follows_the_memorization_audit(real_phantoms, tmp_path,
 
     code, _, err = run_cli("qa", tmp_path / "missing", *common)
     assert code == 2 and "not found" in err
+    assert (folder / "qa" / "README.md").is_file()  # the report folder has its card
+
+
+def test_folders_of_the_wrong_stage_are_refused(real_phantoms, tmp_path):
+    from dermt2im_hub.manifest import write_manifest
+
+    images = [("benign", np.asarray(render_phantom(0, "benign", PhantomConfig(size=256, seed=4))))]
+    folder = write_generated_folder(tmp_path / "gen", images)
+    built = tmp_path / "built"  # a build-dataset folder: parquet plus a sample grid PNG
+    atomic_save_png(Image.fromarray(images[0][1]), built / "sample_grid.png")
+    write_manifest(built, "build_dataset", {})
+    with pytest.raises(FolderError, match="stage 'build_dataset', not the real training images"):
+        run_qa(folder, built, fast_config())
+    with pytest.raises(FolderError, match="stage 'build_dataset', not images"):
+        run_qa(built, real_phantoms, fast_config(), output_dir=tmp_path / "out")
+    with pytest.raises(FolderError, match="--output .* holds the output of stage 'phantoms'"):
+        run_qa(folder, real_phantoms, fast_config(), output_dir=real_phantoms)
+    # a data-stage folder is only read: its metadata.jsonl and images stay as they are
+    listing = sorted(p.relative_to(real_phantoms) for p in real_phantoms.rglob("*"))
+    metadata = (real_phantoms / "metadata.jsonl").read_bytes()
+    with pytest.raises(FolderError, match="read-only"):
+        run_qa(real_phantoms, folder, fast_config())
+    run_qa(real_phantoms, folder, fast_config(), output_dir=tmp_path / "real-qa")
+    assert sorted(p.relative_to(real_phantoms) for p in real_phantoms.rglob("*")) == listing
+    assert (real_phantoms / "metadata.jsonl").read_bytes() == metadata
 
 
 def test_cli_reads_the_quality_section_of_a_recipe(real_phantoms, tmp_path, run_cli):

@@ -13,8 +13,8 @@ _DESCRIPTION = """\
 Turn real dermoscopy into the image folder every later stage reads: labels from the source's metadata
 (benign/malignant as dermt2im_hub.labels maps diagnoses), lesion- and patient-disjoint train/validation/test
 splits with the test split written to test_exclusion.json, DullRazor-style hair removal, resize + centre-crop
-to --size, PNGs in OUT/{benign,malignant}/, metadata.jsonl, report.json and manifest.json. Bad inputs are
-skipped or converted and listed in report.json; a re-run only does what is missing.
+to --size, PNGs in OUT/{benign,malignant}/, metadata.jsonl, report.json, manifest.json and README.md. Bad
+inputs are skipped or converted and listed in report.json; a re-run only does what is missing.
 
 Exit status: 0 done; 1 no usable image was found; 2 bad input or config.
 """
@@ -46,6 +46,7 @@ def register(subparsers) -> None:
 
 
 def _preprocess(args: argparse.Namespace) -> int:
+    from dermt2im_hub.cli.hub import write_stage_card
     from dermt2im_hub.data.preprocess import REPORT_NAME, run_preprocess
 
     config = config_from_args(DataConfig, args, section="data")
@@ -59,6 +60,7 @@ def _preprocess(args: argparse.Namespace) -> int:
     if not result.usable:
         print(f"preprocess: error: no usable image was found: {_why_nothing(config, result.report)}", flush=True)
         return 1
+    print(f"  card: {write_stage_card(result.output)}")
     return 0
 
 

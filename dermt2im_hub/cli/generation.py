@@ -15,9 +15,9 @@ LoRA adapters, with the paper's settings by default (Euler, Euler a and PLMS; 20
 prompt "smart transformations" (lesion size, count, body site, Fitzpatrick skin type).
 
 Output: OUT/{benign,malignant}/{index:05d}-{seed}.png with A1111 infotext, OUT/metadata.jsonl (one row per
-image), OUT/contact_sheet.png, OUT/manifest.json. Re-running the same command resumes. Image i depends only
-on (seed, i): the batch size and the number of processes do not change it (bitwise on CPU, given the same
---cpu-threads per process; to float precision on GPUs).
+image), OUT/contact_sheet.png, OUT/manifest.json, OUT/README.md. Re-running the same command resumes. Image i
+depends only on (seed, i): the batch size and the number of processes do not change it (bitwise on CPU, given
+the same --cpu-threads per process; to float precision on GPUs).
 
 Examples:
   dermt2im generate --base stable-diffusion-v1-5/stable-diffusion-v1-5 --lora outputs/lora:0.8 \\
@@ -58,13 +58,15 @@ def _generate(args: argparse.Namespace) -> int:
 
         raise UserError("--num-processes must be >= 1")
 
+    from dermt2im_hub.cli.hub import write_stage_card
     from dermt2im_hub.generation.runner import generate
 
     result = generate(config)
     if result.rank == 0:
+        write_stage_card(Path(result.output))
         print(f"{result.finished} of {result.planned} images in {result.output} (this run: {result.generated} "
               f"on rank 0, {result.images_per_second:.2f} img/s); see metadata.jsonl, contact_sheet.png, "
-              "manifest.json")
+              "manifest.json, README.md")
     return 0 if result.finished == result.planned or result.rank != 0 else 1
 
 
@@ -98,4 +100,9 @@ def _launch_workers(config, num_processes: int) -> int:
         port = sock.getsockname()[1]
     cmd, env = launch_command(config_path, num_processes, torch.cuda.is_available(), port)
     print(f"starting {num_processes} processes: {' '.join(cmd)}", file=sys.stderr)
-    return subprocess.call(cmd, env=env)
+    code = subprocess.call(cmd, env=env)
+    if code == 0:
+        from dermt2im_hub.cli.hub import write_stage_card
+
+        write_stage_card(Path(config.output))
+    return code

@@ -45,6 +45,15 @@ def register(subparsers) -> None:
     p.set_defaults(func=_push)
 
 
+def write_stage_card(folder: Path) -> Path | None:
+    """README.md of a stage's output folder, for the commands that do not render their own (the pipeline
+    re-renders every card anyway); a folder without a manifest gets none."""
+    from dermt2im_hub.hub.cards import render_card
+    from dermt2im_hub.manifest import try_read_manifest
+
+    return render_card(folder) if try_read_manifest(folder) is not None else None
+
+
 def _card(args: argparse.Namespace) -> int:
     from dermt2im_hub.hub.cards import render_card
 

@@ -20,8 +20,8 @@ Check a generated folder against the real training images:
 
 Per-image keys (qa_*, mem_*, ita, ita_category) are written into GENERATED_DIR/metadata.jsonl so the dataset
 builder carries them as columns. The report (report.json, scores.jsonl, closest_pairs/, ita_histogram.png,
-manifest.json) goes to GENERATED_DIR/qa/ or --output. A folder without metadata.jsonl (e.g. A1111 output) is
-only read: give --output.
+manifest.json, README.md) goes to GENERATED_DIR/qa/ or --output. A folder without metadata.jsonl (e.g. A1111
+output) or a data-stage folder is only read: give --output.
 
 Exit status: 0 done; 2 bad input or config; 3 images that would be published look memorized (rerun with
 --quarantine-memorized to reject them, or --allow-memorized to accept them with a warning).
@@ -53,6 +53,7 @@ def register(subparsers) -> None:
 
 def _qa(args: argparse.Namespace) -> int:
     from dermt2im_hub.cli import UserError
+    from dermt2im_hub.cli.hub import write_stage_card
     from dermt2im_hub.config import config_from_args
     from dermt2im_hub.quality.config import QualityConfig
     from dermt2im_hub.quality.images import FolderError
@@ -63,6 +64,7 @@ def _qa(args: argparse.Namespace) -> int:
         result = run_qa(args.generated_dir, args.real, config, output_dir=args.output)
     except FolderError as error:
         raise UserError(str(error)) from error
+    write_stage_card(result.output_dir)
     _print_summary(result.report, result.output_dir)
     memo = result.report["memorization"]
     if result.memorization_blocked:
@@ -90,7 +92,7 @@ def _print_summary(report: dict, output_dir: Path) -> None:
         print(f"fidelity ({fidelity['feature_extractor']}): {numbers}")
     skin = report["skin_tone"]["synthetic"]["categories"]
     print("skin tone (ITA) of kept images: " + ", ".join(f"{k} {v}" for k, v in skin.items()))
-    print(f"report: {output_dir / 'report.json'}")
+    print(f"report: {output_dir / 'report.json'} (card: {output_dir / 'README.md'})")
 
 
 def _number(value) -> str:

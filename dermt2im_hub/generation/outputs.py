@@ -26,6 +26,7 @@ from dermt2im_hub import __version__
 from dermt2im_hub.config import ConfigError, config_to_dict, read_yaml, save_config
 from dermt2im_hub.generation.infotext import format_infotext, parse_infotext, pnginfo_for, read_infotext
 from dermt2im_hub.generation.plan import GenerationConfig, PlannedImage
+from dermt2im_hub.manifest import try_read_manifest
 from dermt2im_hub.utils.files import (
     append_jsonl,
     atomic_write_bytes,
@@ -117,7 +118,12 @@ def _comparable(config: GenerationConfig | dict) -> dict[str, Any]:
 
 
 def check_folder_matches(out: Path, config: GenerationConfig) -> None:
-    """Refuse to resume a folder whose saved config would render different images."""
+    """Refuse to resume a folder whose saved config would render different images, or to write into another
+    stage's output (its metadata.jsonl and manifest.json would be replaced)."""
+    stage = (try_read_manifest(out) or {}).get("stage")
+    if stage and stage != "generate":
+        raise FolderMismatchError(f"{out} holds the output of stage {stage!r}; generate into an empty folder or "
+                                  "an earlier generate output (to resume it)")
     saved_path = out / CONFIG_NAME
     if not saved_path.is_file():
         return

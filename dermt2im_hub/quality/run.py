@@ -26,7 +26,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 
 from dermt2im_hub.config import config_to_dict, save_config
-from dermt2im_hub.manifest import StageRun
+from dermt2im_hub.manifest import StageRun, try_read_manifest
 from dermt2im_hub.quality.artifacts import analyze_image, artifact_reasons, lesion_found
 from dermt2im_hub.quality.cache import CACHE_DIR, ResultCache, decode_array, encode_array
 from dermt2im_hub.quality.config import QualityConfig
@@ -355,6 +355,28 @@ def _apply_to_folder(folder: Path, items: list[ImageItem], rows: list[dict], mov
     return moved
 
 
+_IMAGE_STAGES = ("generate", "preprocess", "phantoms")  # stages whose folders are images + metadata.jsonl
+
+
+def _check_stage_folders(generated_dir: Path, real_dir: str | Path | None, output_dir: str | Path | None):
+    """Refuse folders from the wrong stage (a built dataset holds parquet, a LoRA folder sample images: auditing
+    those would report "no memorization" for nothing); return the generated folder's stage (None: no manifest).
+    Only a `generate` folder is updated in place; a data-stage folder is only read."""
+    stage = (try_read_manifest(generated_dir) or {}).get("stage")
+    if stage and stage not in _IMAGE_STAGES:
+        raise FolderError(f"{generated_dir} holds the output of stage {stage!r}, not images: give a "
+                          "`dermt2im generate` output or any folder of PNGs")
+    real_stage = (try_read_manifest(real_dir) or {}).get("stage") if real_dir is not None else None
+    if real_stage and real_stage not in ("preprocess", "phantoms"):
+        raise FolderError(f"--real {real_dir} holds the output of stage {real_stage!r}, not the real training "
+                          "images: give the `dermt2im preprocess` folder (or image folder) the LoRA was trained on")
+    out_stage = (try_read_manifest(output_dir) or {}).get("stage") if output_dir is not None else None
+    if out_stage and out_stage != "qa":
+        raise FolderError(f"--output {output_dir} holds the output of stage {out_stage!r}; choose an empty folder "
+                          "or an earlier QA report folder")
+    return stage
+
+
 def run_qa(generated_dir: str | Path, real_dir: str | Path | None = None, config: QualityConfig | None = None,
            output_dir: str | Path | None = None, extractor: FeatureExtractor | None = None) -> QAResult:
     """Score, audit and (for a generated folder with metadata) update `generated_dir`; see the module docs.
@@ -367,10 +389,13 @@ def run_qa(generated_dir: str | Path, real_dir: str | Path | None = None, config
     generated_dir = Path(generated_dir)
     if not generated_dir.is_dir():
         raise FolderError(f"generated folder not found: {generated_dir}")
-    writable = has_metadata(generated_dir)
+    generated_stage = _check_stage_folders(generated_dir, real_dir, output_dir)
+    writable = has_metadata(generated_dir) and generated_stage in (None, "generate")
     if output_dir is None and not writable:
-        raise FolderError(f"{generated_dir} has no {METADATA_NAME}: it is treated as read-only, so give an "
-                          "output folder for the QA report")
+        why = (f"it holds the output of stage {generated_stage!r}" if generated_stage not in (None, "generate")
+               else f"it has no {METADATA_NAME}")
+        raise FolderError(f"{generated_dir} is read-only here ({why}), so give an output folder for the QA "
+                          "report (--output DIR)")
     out_dir = Path(output_dir) if output_dir is not None else generated_dir / QA_DIR
     if out_dir.resolve() == generated_dir.resolve():
         raise FolderError("the QA output folder must differ from the generated folder (default: GENERATED/qa)")
@@ -406,7 +431,7 @@ def run_qa(generated_dir: str | Path, real_dir: str | Path | None = None, config
                                out_dir)
         timings["report_seconds"] = time.perf_counter() - started
         report.update({"generated_dir": str(generated_dir), "real_dir": None if real_dir is None else str(real_dir),
-                       "mode": "update folder" if writable else "read-only (no metadata.jsonl)"})
+                       "mode": "update folder" if writable else "read-only"})
         if writable:
             report["moved"] = _apply_to_folder(generated_dir, items, rows, config.move_rejected)
         report["timings"] = {k: round(v, 2) for k, v in timings.items()}
