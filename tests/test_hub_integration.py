@@ -61,7 +61,7 @@ from huggingface_hub import ModelCard, hf_hub_download
 from dermt2im_hub.hub import resolve_file, resolve_folder
 from dermt2im_hub.utils.files import sha256_file
 
-base, repo, weight_name = sys.argv[1:4]
+base, repo, weight_name, snippet_dir = sys.argv[1:5]
 card = ModelCard.load(repo)
 
 pipe = StableDiffusionPipeline.from_pretrained(base)
@@ -77,6 +77,7 @@ after = generate()
 
 # the card's own how-to-use snippet, run as written
 snippet = re.search(r"```python\n(.*?)```", card.text, re.S).group(1)
+os.chdir(snippet_dir)  # the card names a local base by its last part: run the snippet where that folder is
 exec(snippet, {})
 
 print(json.dumps({
@@ -97,7 +98,11 @@ def test_lora_round_trip_through_the_hub_api(local_hub, tiny_base, tmp_path):
     local_hub.publish(first, "test-org/adapter", tag="v1")
     local_hub.publish(second, "test-org/adapter")  # main moves on; v1 keeps the first adapter
 
-    result = local_hub.run_python(_CONSUME_LORA, tiny_base, "test-org/adapter", WEIGHT_NAME, timeout=300)
+    snippet_dir = tmp_path / "user"
+    snippet_dir.mkdir()
+    (snippet_dir / tiny_base.name).symlink_to(tiny_base, target_is_directory=True)
+    result = local_hub.run_python(_CONSUME_LORA, tiny_base, "test-org/adapter", WEIGHT_NAME, snippet_dir,
+                                  timeout=300)
     assert result.returncode == 0, result.stderr[-4000:]
     seen = json.loads(result.stdout.strip().splitlines()[-1])
     assert seen["library_name"] == "diffusers"
