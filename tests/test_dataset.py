@@ -271,15 +271,19 @@ def test_rejected_and_failed_qa_rows_are_left_out_unless_asked(tmp_path):
     assert build(folder, tmp_path / "all", include_rejected=True).num_rows == 6
 
 
-def test_memorized_rows_stop_build_and_push_unless_allowed(tmp_path, run_cli):
+def test_memorized_rows_stop_build_and_push_unless_allowed(tmp_path, run_cli, monkeypatch):
     from dermt2im_hub.dataset.export import push_dataset
     from dermt2im_hub.dataset.sources import MemorizationError
 
     folder = write_generated_folder(tmp_path / "gen", n=4, qa={3: {"mem_flagged": True, "qa_passed": True}})
     with pytest.raises(MemorizationError, match="1 image"):
         build(folder, tmp_path / "refused")
-    code, _, err = run_cli("build-dataset", folder, "--config", "synthetic", "-o", tmp_path / "cli",
-                           "--push-to-hub", "org/dermt2im", "--quiet")
+    args = ("build-dataset", folder, "--config", "synthetic", "-o", tmp_path / "cli", "--push-to-hub",
+            "org/dermt2im", "--quiet")
+    code, _, err = run_cli(*args)  # the tests run offline: refused before anything is built
+    assert code == 2 and "HF_HUB_OFFLINE is set" in err and not (tmp_path / "cli").exists()
+    monkeypatch.setattr("dermt2im_hub.hub.online.hub_offline", lambda: False)
+    code, _, err = run_cli(*args)
     assert code == 2 and "memorization" in err
 
     out = tmp_path / "allowed"

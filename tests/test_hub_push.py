@@ -194,6 +194,9 @@ def test_push_cli(lora_folder, run_cli, monkeypatch, caplog):
     monkeypatch.setattr(huggingface_hub, "HfApi", make_double)
     monkeypatch.setenv("HF_TOKEN", FAKE_TOKEN)
     caplog.set_level(logging.DEBUG)
+    code, _, err = run_cli("push", lora_folder, "--repo-id", "my-org/adapter")  # the tests run offline
+    assert code == 2 and "HF_HUB_OFFLINE is set" in err and not doubles
+    monkeypatch.setattr("dermt2im_hub.hub.online.hub_offline", lambda: False)
     code, out, err = run_cli("push", lora_folder, "--repo-id", "my-org/adapter", "--commit-message", "hello")
     assert code == 0, err
     assert "https://hub.invalid/my-org/adapter/commit/abc123" in out
@@ -215,6 +218,19 @@ def test_push_cli_help_and_dry_run(lora_folder, run_cli):
     code, out, err = run_cli("push", lora_folder, "--repo-id", "my-org/adapter", "--dry-run")
     assert code == 0, err
     assert "private" in out and "pytorch_lora_weights.safetensors" in out and "optimizer.pt" not in out
+
+
+def test_hub_errors_become_one_line():
+    import httpx
+    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
+
+    from dermt2im_hub.hub.online import hub_error_line
+
+    assert "HF_HUB_OFFLINE is set" in hub_error_line(OfflineModeIsEnabled("offline mode is enabled"))
+    response = httpx.Response(401, request=httpx.Request("POST", "https://hub.invalid/api/repos/create"))
+    assert hub_error_line(HfHubHTTPError("401 Unauthorized", response=response)).startswith("the Hub refused")
+    assert "cannot reach the Hub" in hub_error_line(httpx.ConnectError("refused"))
+    assert hub_error_line(ValueError("not a Hub error")) is None
 
 
 def test_the_double_matches_the_real_hfapi_signatures(lora_folder):
@@ -243,6 +259,7 @@ def test_push_cli_keeps_the_dataset_memorization_rule(tmp_path, run_cli, monkeyp
     (folder / "README.md").write_text("# card\n")
     doubles = []
     monkeypatch.setattr(huggingface_hub, "HfApi", lambda *a, **k: doubles.append(RecordingHubApiDouble()) or doubles[-1])
+    monkeypatch.setattr("dermt2im_hub.hub.online.hub_offline", lambda: False)
     code, _, err = run_cli("push", folder, "--repo-id", "my-org/data")
     assert code == 2 and "memorization" in err and not doubles
     code, out, err = run_cli("push", folder, "--repo-id", "my-org/data", "--allow-memorized")

@@ -96,6 +96,10 @@ def test_unknown_section_and_stage_are_named(tmp_path):
         run_pipeline(bad, output=tmp_path / "out")
     with pytest.raises(ConfigError, match="unknown stage 'train'"):
         run_pipeline(demo_recipe(), output=tmp_path / "out", until_stage="train")
+    # a push that cannot happen (the tests run offline) is said before the first stage, not after the last
+    with pytest.raises(ConfigError, match="run.push needs the Hub"):
+        run_pipeline(demo_recipe(), ["run.push.lora=org/derm-lora"], tmp_path / "pushed")
+    assert not (tmp_path / "pushed" / "inputs").exists()
 
 
 def test_paper_recipe_asks_for_its_data(tmp_path):

@@ -69,6 +69,7 @@ def test_diffusers_flag_spellings_and_aliases():
     ("not_sd", "is not a Stable Diffusion 1.x/2.x pipeline"),
     ("no_index", "no model_index.json"),
     ("8bit", "needs bitsandbytes"),
+    ("push_offline", "HF_HUB_OFFLINE is set"),  # said before training, not after its last step
 ])
 def test_bad_input_fails_before_training(case, expected, tmp_path, tiny_base, four_phantoms, capsys):
     data, base, extra = four_phantoms, tiny_base, []
@@ -101,6 +102,8 @@ def test_bad_input_fails_before_training(case, expected, tmp_path, tiny_base, fo
         if importlib.util.find_spec("bitsandbytes"):
             pytest.skip("bitsandbytes is installed here")
         extra = ["--use_8bit_adam"]
+    elif case == "push_offline":
+        extra = ["--push_to_hub", "--hub_model_id", "org/derm-lora"]
     code, err, out = _run(tmp_path, base, data, *extra, capsys=capsys)
     assert code == 2 and expected in err, err
     assert not (out / "manifest.json").exists()  # nothing was trained or written

@@ -90,6 +90,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"dermt2im {args.command}: interrupted; finished work is kept and a re-run resumes.",
               file=sys.stderr)
         return 130
+    except Exception as exc:
+        from dermt2im_hub.hub.online import hub_error_line
+
+        line = hub_error_line(exc)  # offline, no connection, or an HTTP error from a Hub request
+        if line is None:
+            raise
+        print(f"dermt2im {args.command}: error: {line}", file=sys.stderr)
+        return 2
     return int(code or 0)
 
 

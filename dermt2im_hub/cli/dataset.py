@@ -42,8 +42,11 @@ def _build_dataset(args: argparse.Namespace) -> int:
     from dermt2im_hub.dataset.export import build_dataset
     from dermt2im_hub.dataset.sources import MemorizationError
     from dermt2im_hub.hub import PushError
+    from dermt2im_hub.hub.online import require_online
 
     config = config_from_args(DatasetConfig, args, section="dataset")
+    if config.push_to_hub:
+        require_online("--push-to-hub")  # before building, not after
     try:
         result = build_dataset(args.inputs, args.output, config, progress=not args.quiet)
     except (MemorizationError, PushError) as error:

@@ -86,6 +86,7 @@ def _push(args: argparse.Namespace) -> int:
     from huggingface_hub.errors import HfHubHTTPError
 
     from dermt2im_hub.cli import UserError
+    from dermt2im_hub.hub.online import require_online
     from dermt2im_hub.hub.push import PushError, check_folder, push_folder
 
     repo_type = args.repo_type or _default_repo_type(args.folder)
@@ -97,6 +98,7 @@ def _push(args: argparse.Namespace) -> int:
                   f"({'public' if args.public else 'private'}):")
             print("\n".join(f"  {p}" for p in paths))
             return 0
+        require_online("pushing", later=False)
         info = push_folder(args.folder, args.repo_id, repo_type=repo_type, private=not args.public,
                            revision=args.revision, commit_message=args.commit_message)
     except (PushError, HfHubHTTPError, ValueError) as error:

@@ -17,6 +17,7 @@ from pathlib import Path
 import yaml
 
 from dermt2im_hub.config import ConfigError, deep_merge, load_config, parse_overrides, read_yaml
+from dermt2im_hub.hub.online import require_online
 from dermt2im_hub.pipeline import stages as st
 from dermt2im_hub.pipeline.config import SECTION, STAGES, RunConfig
 from dermt2im_hub.pipeline.state import PipelineState, stage_key
@@ -84,6 +85,9 @@ def run_pipeline(recipe: str | Path, overrides: Iterable[str] | dict | None = No
 
     def active(group: str) -> bool:
         return first <= STAGES.index(group) <= last
+
+    if active("push") and st.push_targets(run, layout):
+        require_online("run.push")  # before the first stage, not after the last
 
     groups: list[tuple[str, Callable[[], list[st.StageSpec]]]] = [
         ("preprocess", lambda: st.phantom_specs(run, layout) + st.preprocess_specs(resolved, run, layout)),

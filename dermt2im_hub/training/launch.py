@@ -104,6 +104,15 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, TrainingInputError, TestLeakageError, OptimizerUnavailable, FileNotFoundError) as exc:
         print(f"train_lora: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except Exception as exc:
+        from dermt2im_hub.hub.online import hub_error_line
+
+        line = hub_error_line(exc)  # the push after training: the adapter folder is complete
+        if line is None:
+            raise
+        print(f"train_lora: error: {line}; the adapter is in {config.output_dir}: publish it with "
+              f"`dermt2im push {config.output_dir} --repo-id {config.hub_model_id}`", file=sys.stderr)
+        return EXIT_USAGE
     if not result.is_main_process:
         return EXIT_INTERRUPTED if result.status == "interrupted" else 0
     if result.status == "interrupted":

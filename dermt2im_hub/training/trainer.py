@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from dermt2im_hub.config import config_to_dict, save_config
+from dermt2im_hub.hub.online import require_online
 from dermt2im_hub.manifest import fingerprint, try_read_manifest, write_manifest
 from dermt2im_hub.training import step as steps
 from dermt2im_hub.training.cache import build_prompt_table, load_or_encode_latents
@@ -89,6 +90,8 @@ def preflight(config: TrainLoraConfig) -> Preflight:
     if stage and stage != STAGE:
         raise TrainingInputError(f"output_dir {config.output_dir} holds the output of stage {stage!r}; choose an "
                                  "empty folder or an earlier train-lora output")
+    if config.push_to_hub:
+        require_online("--push_to_hub")  # now, not after the last training step
     base_dir = resolve_base_model(config.pretrained_model_name_or_path, config.revision, config.variant)
     steps.check_optimizer_available(config.optimizer)
     resume_from = find_resume_checkpoint(config.resume_from_checkpoint, Path(config.output_dir))
