@@ -373,6 +373,24 @@ def test_output_inside_input_or_over_another_stage_is_refused(generated_dir, tmp
         build_dataset([generated_dir], other, progress=False)
 
 
+def test_inputs_from_the_wrong_stage_are_refused(generated_dir, tmp_path, phantom_dir, run_cli):
+    from dermt2im_hub.manifest import write_manifest
+
+    # real (patient-derived) images must never be published as a synthetic or A1111 set
+    for config in ("synthetic", "a1111"):
+        code, _, err = run_cli("build-dataset", phantom_dir, "--config", config, "-o", tmp_path / config, "--quiet")
+        assert code == 2 and "'phantoms' output (real images)" in err and "--config real" in err, err
+        assert not (tmp_path / config).exists()
+    generated = tmp_path / "generated"
+    shutil.copytree(generated_dir, generated)
+    write_manifest(generated, "generate", {})
+    code, _, err = run_cli("build-dataset", phantom_dir, generated, "--config", "real", "-o", tmp_path / "r")
+    assert code == 2 and "'generate' output (generated images)" in err and "--config synthetic" in err, err
+    write_manifest(generated, "train_lora", {})
+    code, _, err = run_cli("build-dataset", generated, "-o", tmp_path / "s")
+    assert code == 2 and "'train_lora' output (no image folder)" in err, err
+
+
 # ------------------------------------------------------------------------------------------ real config
 
 

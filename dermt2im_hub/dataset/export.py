@@ -67,6 +67,7 @@ def build_dataset(inputs: Sequence[str | Path], output_dir: str | Path, config: 
     config.validate()
     output_dir = Path(output_dir)
     _check_output_dir(output_dir, [Path(p) for p in inputs])
+    _check_input_stages([Path(p) for p in inputs], config.config_name)
     staging = output_dir / STAGING_DIR
     shutil.rmtree(staging, ignore_errors=True)
     try:
@@ -153,6 +154,27 @@ def _check_output_dir(output_dir: Path, inputs: list[Path]) -> None:
     if manifest is not None and manifest.get("stage") != STAGE:
         raise ValueError(f"{output_dir} holds the output of stage {manifest.get('stage')!r}; choose an empty "
                          "folder or a previous build-dataset output")
+
+
+# the stages whose folders each config reads (a folder without a manifest is taken as it is)
+_INPUT_STAGES = {"synthetic": ("generate",), "a1111": ("generate",), "real": ("preprocess", "phantoms")}
+
+
+def _check_input_stages(inputs: list[Path], config_name: str) -> None:
+    """Refuse an input written by the wrong stage: real patient images must never go out labelled synthetic,
+    and a generated folder read as `real` would only yield invalid rows."""
+    for folder in inputs:
+        stage = (try_read_manifest(folder) or {}).get("stage")
+        if stage is None or stage in _INPUT_STAGES.get(config_name, ()):
+            continue
+        if stage in _INPUT_STAGES["real"]:
+            what, hint = "real images", "build it with --config real"
+        elif stage in _INPUT_STAGES["synthetic"]:
+            what, hint = "generated images", "build it with --config synthetic"
+        else:
+            what, hint = "no image folder", ("give a generate output (--config synthetic), a folder of A1111 PNGs "
+                                             "(a1111) or a preprocess output (real)")
+        raise ValueError(f"input {folder} is a {stage!r} output ({what}), not {config_name} input: {hint}")
 
 
 @contextlib.contextmanager
