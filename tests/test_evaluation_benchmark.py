@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dermt2im_hub.config import load_config
+from dermt2im_hub.config import ConfigError, load_config
 from dermt2im_hub.evaluation.config import EvaluationConfig
 from dermt2im_hub.labels import CLASS_NAMES, binary_label
 
@@ -285,6 +285,22 @@ def test_hybrid_without_synthetic_data_is_a_clear_error(inputs, tmp_path, run_cl
     code, _, err = run_cli("benchmark", "--real.path", real_dir, "--arms", "real,hybrid",
                            "--output-dir", tmp_path / "cli", "--no-progress")
     assert code == 2 and "synthetic" in err and "Traceback" not in err
+
+
+def test_missing_inputs_and_weights_are_one_line_errors(tmp_path, run_cli, phantom_dir, monkeypatch):
+    from dermt2im_hub.evaluation.train import create_classifier
+
+    common = ["--output-dir", tmp_path / "out", "--no-progress", "--models", "mobilenetv2_050", "--no-pretrained"]
+    for real, message in [(tmp_path / "missing", "dataset folder not found"),
+                          ("org/not-cached", "could not be fetched from the Hub"),  # the tests run offline
+                          (phantom_dir, "dermt2im build-dataset")]:  # an image folder, not a built dataset
+        code, _, err = run_cli("benchmark", "--real.path", real, *common)
+        assert code == 2 and message in err and "Traceback" not in err, err
+    # weights neither cached nor reachable: say how to go on
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    with pytest.raises(ConfigError, match="--no-pretrained"):
+        create_classifier("mobilenetv2_050", _config(tmp_path, pretrained=True))
 
 
 # ---------------------------------------------------------------------------------------------- launch

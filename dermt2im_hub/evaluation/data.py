@@ -17,6 +17,7 @@ import numpy as np
 from dermt2im_hub.config import ConfigError
 from dermt2im_hub.labels import CLASS_NAMES, label_id
 from dermt2im_hub.manifest import fingerprint as path_fingerprint
+from dermt2im_hub.manifest import try_read_manifest
 from dermt2im_hub.records import EXCLUSION_NAME, ImageRecord, TestExclusion, assert_no_test_images, find_exclusion
 from dermt2im_hub.utils.files import sha256_bytes
 
@@ -65,8 +66,19 @@ def _load_dataset_dict(path: str, config_name: str | None, revision: str | None)
     folder = Path(path)
     if folder.is_dir() and ((folder / "dataset_dict.json").is_file() or (folder / "state.json").is_file()):
         return datasets.load_from_disk(str(folder))
+    stage = (try_read_manifest(folder) or {}).get("stage") if folder.is_dir() else None
+    if stage and stage != "build_dataset":
+        kind = {"preprocess": "real", "phantoms": "real", "generate": "synthetic"}.get(stage)
+        build = (f"build it first (dermt2im build-dataset {path} --config {kind} --output DIR) and give DIR" if kind
+                 else "give a `dermt2im build-dataset` output or a Hub dataset id")
+        raise ConfigError(f"{path} is a {stage!r} output, not a built dataset: {build}")
+    if not folder.exists() and (folder.is_absolute() or str(path).startswith((".", "~"))):
+        raise ConfigError(f"dataset folder not found: {path}")
     try:
         return datasets.load_dataset(str(path), name=config_name, revision=revision)
+    except ConnectionError as exc:  # datasets' wrapper of the Hub error (offline, no network)
+        raise ConfigError(f"dataset {str(path)!r} is not a local folder and could not be fetched from the Hub "
+                          f"({exc})") from exc
     except ValueError as exc:
         if config_name and "config" in str(exc).lower():
             # a folder or repo with a single default config (e.g. a test set exported on its own)

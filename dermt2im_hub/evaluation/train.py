@@ -17,6 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from dermt2im_hub.config import ConfigError
 from dermt2im_hub.evaluation.augment import Augment, Normalize
 from dermt2im_hub.evaluation.config import EvaluationConfig
 from dermt2im_hub.labels import CLASS_NAMES
@@ -131,7 +132,14 @@ def create_classifier(model_name: str, config: EvaluationConfig) -> tuple[torch.
     weights_file = config.pretrained_files.get(model_name)
     if weights_file:
         kwargs["pretrained_cfg_overlay"] = {"file": str(weights_file)}
-    model = timm.create_model(model_name, pretrained=config.pretrained, num_classes=len(CLASS_NAMES), **kwargs)
+    try:
+        model = timm.create_model(model_name, pretrained=config.pretrained, num_classes=len(CLASS_NAMES), **kwargs)
+    except OSError as exc:  # the Hub's errors (not cached, offline, HTTP) are OSErrors
+        if not config.pretrained or weights_file:
+            raise
+        raise ConfigError(f"pretrained weights of {model_name!r} could not be loaded from the Hub or its cache "
+                          f"({type(exc).__name__}: {exc}); give a local file with --pretrained-files "
+                          f"'{{{model_name}: FILE.safetensors}}', or train from scratch with --no-pretrained") from exc
     data_config = dict(timm.data.resolve_model_data_config(model))
     if config.image_size:
         data_config["input_size"] = (3, config.image_size, config.image_size)
