@@ -239,6 +239,10 @@ def test_leaderboard_cli(benchmark, run_cli, tmp_path):
                            "--bootstrap-resamples", "50")
     assert code == 0 and "leaderboard written" in out
     assert (tmp_path / "board" / "leaderboard.md").is_file()
+    for args, message in [(["--confidence", "95"], "within (0, 1)"), (["--bootstrap-resamples", "0"], "at least 1"),
+                          (["--output", benchmark["results"]], "stage 'benchmark'")]:  # over another stage
+        code, _, err = run_cli("leaderboard", benchmark["results"], *args)
+        assert code == 2 and message in err, err
 
 
 # ---------------------------------------------------------------------------------------------- refusals

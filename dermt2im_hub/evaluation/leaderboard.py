@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from dermt2im_hub.config import ConfigError
 from dermt2im_hub.evaluation.benchmark import eval_results_entries, read_records, slug
 from dermt2im_hub.evaluation.stats import (
     discordant_pairs,
@@ -31,7 +32,7 @@ from dermt2im_hub.evaluation.stats import (
     mean_sd,
     paired_bootstrap_difference,
 )
-from dermt2im_hub.manifest import StageRun
+from dermt2im_hub.manifest import StageRun, try_read_manifest
 from dermt2im_hub.utils.files import atomic_save_figure, atomic_write_json, atomic_write_text
 
 logger = logging.getLogger(__name__)
@@ -432,7 +433,15 @@ def render_leaderboard(results_dir: str | Path, output_dir: str | Path | None = 
         bootstrap_resamples = config.get("bootstrap_resamples", 2000)
     n_resamples = bootstrap_resamples
     level = confidence if confidence is not None else config.get("confidence", 0.95)
+    if not 0.0 < level < 1.0:
+        raise ConfigError(f"confidence must be within (0, 1), e.g. 0.95; got {level}")
+    if n_resamples < 1:
+        raise ConfigError(f"bootstrap_resamples must be at least 1, got {n_resamples}")
     output_dir = Path(output_dir) if output_dir else results_dir / "leaderboard"
+    stage = (try_read_manifest(output_dir) or {}).get("stage")
+    if stage and stage != "leaderboard":
+        raise ConfigError(f"{output_dir} holds the output of stage {stage!r}; choose an empty folder or an earlier "
+                          "leaderboard output")
     settings = {"results_dir": str(results_dir), "bootstrap_resamples": n_resamples, "confidence": level}
     with StageRun(output_dir, "leaderboard", settings, inputs={"results": results_dir}) as run:
         summaries = aggregate(records)
