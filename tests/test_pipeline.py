@@ -96,10 +96,23 @@ def test_unknown_section_and_stage_are_named(tmp_path):
         run_pipeline(bad, output=tmp_path / "out")
     with pytest.raises(ConfigError, match="unknown stage 'train'"):
         run_pipeline(demo_recipe(), output=tmp_path / "out", until_stage="train")
+    # a typo in a late section, or a wrong type, is said before the first stage runs, not when its stage comes
+    with pytest.raises(ConfigError, match="unknown key 'num_image' in demo.yaml \\[generation\\]"):
+        run_pipeline(demo_recipe(), ["generation.num_image=3"], tmp_path / "typo")
+    with pytest.raises(ConfigError, match=r"\[evaluation\].epochs: expected an integer"):
+        run_pipeline(demo_recipe(), ["evaluation.epochs=many"], tmp_path / "typo")
+    assert not (tmp_path / "typo" / "inputs").exists()
     # a push that cannot happen (the tests run offline) is said before the first stage, not after the last
     with pytest.raises(ConfigError, match="run.push needs the Hub"):
         run_pipeline(demo_recipe(), ["run.push.lora=org/derm-lora"], tmp_path / "pushed")
     assert not (tmp_path / "pushed" / "inputs").exists()
+
+
+def test_until_says_what_was_not_run(tmp_path, run_cli):
+    code, out, err = run_cli("run", demo_recipe(), "--output", tmp_path, "--until", "preprocess",
+                             *[f"--set={item}" for item in SHRINK])
+    assert code == 0, err
+    assert "Stopped after preprocess (--until): train_lora, generate" in out and "without --until" in out
 
 
 def test_paper_recipe_asks_for_its_data(tmp_path):

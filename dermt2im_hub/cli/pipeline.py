@@ -53,6 +53,7 @@ def _print_summary(summary) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from dermt2im_hub.pipeline.config import STAGES
     from dermt2im_hub.pipeline.runner import run_pipeline
     from dermt2im_hub.pipeline.stages import PipelineError
 
@@ -63,6 +64,10 @@ def _run(args: argparse.Namespace) -> int:
 
         raise UserError(str(error)) from error
     _print_summary(summary)
+    if args.until_stage and args.until_stage != STAGES[-1]:
+        later = STAGES[STAGES.index(args.until_stage) + 1:]
+        print(f"\nStopped after {args.until_stage} (--until): {', '.join(later)} not run. The same command without "
+              "--until goes on from there; finished stages are skipped.")
     return 0
 
 

@@ -16,7 +16,14 @@ from pathlib import Path
 
 import yaml
 
-from dermt2im_hub.config import ConfigError, deep_merge, load_config, parse_overrides, read_yaml
+from dermt2im_hub.config import (
+    ConfigError,
+    check_config_data,
+    deep_merge,
+    load_config,
+    parse_overrides,
+    read_yaml,
+)
 from dermt2im_hub.hub.online import require_online
 from dermt2im_hub.pipeline import stages as st
 from dermt2im_hub.pipeline.config import SECTION, STAGES, RunConfig
@@ -60,6 +67,21 @@ def merged_recipe(recipe: Path, overrides: Iterable[str] | dict | None, output: 
     return data
 
 
+def _check_sections(data: dict, recipe: Path) -> None:
+    """Every stage section's keys and value types, checked now: a typo in a late section (or its --set) must
+    not surface only after the earlier stages, training included, have run."""
+    from dermt2im_hub.data.config import DataConfig
+    from dermt2im_hub.dataset.config import DatasetConfig
+    from dermt2im_hub.evaluation.config import EvaluationConfig
+    from dermt2im_hub.generation.plan import GenerationConfig
+    from dermt2im_hub.quality.config import QualityConfig
+    from dermt2im_hub.training.config import TrainLoraConfig
+
+    for section, cls in (("data", DataConfig), ("training", TrainLoraConfig), ("generation", GenerationConfig),
+                         ("quality", QualityConfig), ("dataset", DatasetConfig), ("evaluation", EvaluationConfig)):
+        check_config_data(cls, data.get(section) or {}, f"{recipe.name} [{section}]")
+
+
 def _check_stage_name(name: str | None) -> None:
     if name is not None and name not in STAGES:
         raise ConfigError(f"unknown stage {name!r}; stages: {', '.join(STAGES)}")
@@ -72,6 +94,7 @@ def run_pipeline(recipe: str | Path, overrides: Iterable[str] | dict | None = No
     recipe = Path(recipe)
     st.check_recipe(recipe)
     data = merged_recipe(recipe, overrides, Path(output) if output else None)
+    _check_sections(data, recipe)
     run = load_config(RunConfig, None, data.get(SECTION) or {})
     run.require_inputs()
     layout = st.RunLayout(Path(run.output))
