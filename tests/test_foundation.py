@@ -183,6 +183,15 @@ def test_cli_help_in_subprocess():
 def test_cli_reports_user_errors(tmp_path, run_cli):
     code, _, err = run_cli("make-phantoms", tmp_path / "x", "--n", "1")
     assert code == 2 and "num_images must be at least 2" in err
+    from dermt2im_hub.manifest import write_manifest
+
+    write_manifest(tmp_path / "data", "preprocess")  # neither command writes over another stage's folder
+    for command in ("make-phantoms", "make-tiny-base"):
+        code, _, err = run_cli(command, tmp_path / "data")
+        assert code == 2 and "holds the output of stage 'preprocess'" in err, err
+    (tmp_path / "a_file").write_text("")
+    code, _, err = run_cli("make-phantoms", tmp_path / "a_file", "--n", "2")
+    assert code == 2 and "a file is where a folder is expected" in err and "Traceback" not in err
 
 
 def test_package_data_paths_exist():

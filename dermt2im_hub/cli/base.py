@@ -27,7 +27,7 @@ def register(subparsers) -> None:
         description="Write N procedural dermoscopy-like images (half benign: round, even border; half malignant: "
                     "irregular, multi-coloured) over a range of skin tones, with metadata.jsonl and manifest.json "
                     "in the image-folder format the data stage writes. Same seed, same bytes.")
-    p.add_argument("output_dir", type=Path)
+    p.add_argument("output_dir", type=Path, help="folder to write the image folder into")
     p.add_argument("--n", type=int, default=16, help="number of images, split evenly between classes (default 16)")
     p.add_argument("--size", type=int, default=256, help="image side in pixels (default 256)")
     p.add_argument("--seed", type=int, default=0, help="seed (default 0)")
@@ -35,9 +35,20 @@ def register(subparsers) -> None:
     p.set_defaults(func=_make_phantoms)
 
 
+def _refuse_other_stage(folder: Path, own: str) -> None:
+    """Writing into another stage's output would replace its files (manifest, metadata, weights)."""
+    from dermt2im_hub.cli import UserError
+    from dermt2im_hub.manifest import try_read_manifest
+
+    stage = (try_read_manifest(folder) or {}).get("stage")
+    if stage and stage != own:
+        raise UserError(f"{folder} holds the output of stage {stage!r}; choose an empty folder")
+
+
 def _make_tiny_base(args: argparse.Namespace) -> int:
     from dermt2im_hub.testing.tiny_base import make_tiny_base
 
+    _refuse_other_stage(args.output_dir, "tiny_base")
     out = make_tiny_base(args.output_dir, full_size=args.full_size, seed=args.seed, dtype=args.dtype)
     print(f"tiny base written to {out}")
     return 0
@@ -49,6 +60,7 @@ def _make_phantoms(args: argparse.Namespace) -> int:
 
     config = load_config(PhantomConfig, overrides={"num_images": args.n, "size": args.size, "seed": args.seed,
                                                    "hair_probability": args.hair_probability})
+    _refuse_other_stage(args.output_dir, "phantoms")
     out = make_phantoms(args.output_dir, config)
     print(f"{config.num_images} phantom images written to {out} (metadata.jsonl, manifest.json)")
     return 0
