@@ -287,7 +287,12 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type, prefix: str
             f.default_factory() if f.default_factory is not dataclasses.MISSING else None  # type: ignore[misc]
         )
         help_text = f.metadata.get("help", "")
-        help_text = f"{help_text} (default: {default!r})" if help_text else f"default: {default!r}"
+        if isinstance(default, list) and any(dataclasses.is_dataclass(item) for item in default):
+            default = [config_to_dict(item) for item in default]  # as it is written in YAML, not the repr
+        if default is None and "default" in help_text.lower():
+            pass  # the help already says what an unset value means ("default: the one inside ...")
+        else:
+            help_text = f"{help_text} (default: {default!r})" if help_text else f"default: {default!r}"
         help_text = help_text.replace("%", "%%")  # argparse %-formats help: "10% larger" would garble it
         dest = "cfg__" + name.replace(".", "__")
         if tp is bool:

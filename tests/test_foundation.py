@@ -194,6 +194,19 @@ def test_cli_reports_user_errors(tmp_path, run_cli):
     assert code == 2 and "a file is where a folder is expected" in err and "Traceback" not in err
 
 
+def test_option_help_shows_defaults_as_written(capsys):
+    from dermt2im_hub.cli import main
+
+    helps = {}
+    for command in ("benchmark", "train-lora"):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        helps[command] = " ".join(capsys.readouterr().out.split())
+    assert "TestSetConfig(" not in helps["benchmark"] and "{'name': 'ISIC'" in helps["benchmark"]
+    # a help that says what an unset value means is not followed by "(default: None)"
+    assert "default: the one inside train_data_dir --output-dir" in helps["train-lora"]
+
+
 def test_package_data_paths_exist():
     root = Path(__file__).resolve().parents[1]
     for folder in ("dermt2im_hub", "training_scripts", "dataset_builder", "model_cards", "configs", "bench"):

@@ -30,7 +30,8 @@ def register(subparsers) -> None:
                    help="YAML config: flat, or a recipe whose `dataset:` section is used (configs/paper.yaml)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config key; repeatable")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--quiet", "--no-progress", dest="quiet", action="store_true",
+                   help="no progress bar (--no-progress as in the other commands)")
     add_config_arguments(p, DatasetConfig, skip=("config_name",))
     p.set_defaults(func=_build_dataset)
 
