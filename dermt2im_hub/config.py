@@ -145,10 +145,10 @@ def _build(cls: type[T], data: Mapping[str, Any], where: str) -> T:
         raise ConfigError(f"{where}: {exc}") from exc
 
 
-def check_config_data(cls: type, data: Mapping[str, Any], where: str) -> None:
-    """Raise ConfigError for an unknown key or a value of the wrong type in `data` (no `validate()`: inputs that
-    are filled in later may still be missing)."""
-    _build(cls, data, where)
+def check_config_data(cls: type[T], data: Mapping[str, Any], where: str) -> T:
+    """The config `data` builds, or ConfigError for an unknown key or a value of the wrong type (no `validate()`:
+    inputs that are filled in later may still be missing)."""
+    return _build(cls, data, where)
 
 
 def read_yaml(path: str | Path) -> dict:

@@ -295,6 +295,8 @@ def test_missing_inputs_and_weights_are_one_line_errors(tmp_path, run_cli, phant
     from dermt2im_hub.evaluation.train import create_classifier
 
     common = ["--output-dir", tmp_path / "out", "--no-progress", "--models", "mobilenetv2_050", "--no-pretrained"]
+    code, _, err = run_cli("benchmark", "--real.path", tmp_path / "missing", *common[:-3], "--models", "mobilenetv2")
+    assert code == 2 and "'mobilenetv2' is not a timm model name" in err, err  # before any data is read
     for real, message in [(tmp_path / "missing", "dataset folder not found"),
                           ("org/not-cached", "could not be fetched from the Hub"),  # the tests run offline
                           (phantom_dir, "dermt2im build-dataset")]:  # an image folder, not a built dataset

@@ -472,9 +472,10 @@ def run_benchmark(config: EvaluationConfig, *, real=None, synthetic=None, test_s
                   progress: bool = True) -> Path:
     """Every model x mix x seed of `config`; returns the results folder. `real`, `synthetic` and
     `test_sets` ({name: dataset}) replace the configured paths with in-memory datasets or other paths."""
-    from dermt2im_hub.evaluation.train import get_accelerator
+    from dermt2im_hub.evaluation.train import check_model_names, get_accelerator
 
     config.validate()
+    check_model_names(config.models)
     accelerator = get_accelerator(config)
     mixes = plan_mixes(config.arms, config.hybrid_fraction, config.synthetic_fractions)
     data = prepare_data(config, real, synthetic, test_sets,

@@ -120,6 +120,22 @@ def get_accelerator(config: EvaluationConfig):
     return _ACCELERATOR
 
 
+def check_model_names(names: list[str]) -> None:
+    """Unknown timm names (or pretrained tags) fail before any data is read or model trained."""
+    import difflib
+
+    import timm
+
+    for name in names:
+        if ":" in name:  # local-dir:FOLDER, hf-hub:ID: resolved when the model is built
+            continue
+        known = timm.is_model(name) and ("." not in name or name in timm.list_pretrained(name))
+        if not known:
+            close = difflib.get_close_matches(name, timm.list_models(pretrained="." in name), n=3)
+            hint = f"; did you mean {', '.join(close)}?" if close else " (timm.list_models() lists them)"
+            raise ConfigError(f"evaluation.models: {name!r} is not a timm model name{hint}")
+
+
 def create_classifier(model_name: str, config: EvaluationConfig) -> tuple[torch.nn.Module, dict]:
     """A 2-class timm model and its data config (size, mean/std, interpolation, crop_pct)."""
     import timm

@@ -73,13 +73,16 @@ def _check_sections(data: dict, recipe: Path) -> None:
     from dermt2im_hub.data.config import DataConfig
     from dermt2im_hub.dataset.config import DatasetConfig
     from dermt2im_hub.evaluation.config import EvaluationConfig
+    from dermt2im_hub.evaluation.train import check_model_names
     from dermt2im_hub.generation.plan import GenerationConfig
     from dermt2im_hub.quality.config import QualityConfig
     from dermt2im_hub.training.config import TrainLoraConfig
 
     for section, cls in (("data", DataConfig), ("training", TrainLoraConfig), ("generation", GenerationConfig),
                          ("quality", QualityConfig), ("dataset", DatasetConfig), ("evaluation", EvaluationConfig)):
-        check_config_data(cls, data.get(section) or {}, f"{recipe.name} [{section}]")
+        config = check_config_data(cls, data.get(section) or {}, f"{recipe.name} [{section}]")
+        if section == "evaluation":
+            check_model_names(config.models)  # a typo here would surface after training and generation
 
 
 def _check_stage_name(name: str | None) -> None:
