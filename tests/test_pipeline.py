@@ -101,6 +101,8 @@ def test_unknown_section_and_stage_are_named(tmp_path):
         run_pipeline(demo_recipe(), ["generation.num_image=3"], tmp_path / "typo")
     with pytest.raises(ConfigError, match=r"\[evaluation\].epochs: expected an integer"):
         run_pipeline(demo_recipe(), ["evaluation.epochs=many"], tmp_path / "typo")
+    with pytest.raises(ConfigError, match="unknown sampler 'Eulr'"):
+        run_pipeline(demo_recipe(), ["generation.samplers=[Euler, Eulr]"], tmp_path / "typo")
     with pytest.raises(ConfigError, match="'mobilenetv2_05' is not a timm model name; did you mean"):
         run_pipeline(demo_recipe(), ["evaluation.models=[mobilenetv2_05]"], tmp_path / "typo")
     assert not (tmp_path / "typo" / "inputs").exists()

@@ -68,8 +68,8 @@ def merged_recipe(recipe: Path, overrides: Iterable[str] | dict | None, output: 
 
 
 def _check_sections(data: dict, recipe: Path) -> None:
-    """Every stage section's keys and value types, checked now: a typo in a late section (or its --set) must
-    not surface only after the earlier stages, training included, have run."""
+    """Every stage section's keys and values, checked now: a typo in a late section (or its --set) must not
+    surface only after the earlier stages, training included, have run."""
     from dermt2im_hub.data.config import DataConfig
     from dermt2im_hub.dataset.config import DatasetConfig
     from dermt2im_hub.evaluation.config import EvaluationConfig
@@ -81,6 +81,7 @@ def _check_sections(data: dict, recipe: Path) -> None:
     for section, cls in (("data", DataConfig), ("training", TrainLoraConfig), ("generation", GenerationConfig),
                          ("quality", QualityConfig), ("dataset", DatasetConfig), ("evaluation", EvaluationConfig)):
         config = check_config_data(cls, data.get(section) or {}, f"{recipe.name} [{section}]")
+        config.validate()  # values too (samplers, schedules, arms ...); paths are filled in by each stage
         if section == "evaluation":
             check_model_names(config.models)  # a typo here would surface after training and generation
 
