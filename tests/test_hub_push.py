@@ -169,6 +169,9 @@ def test_retries_give_up_after_the_last_attempt():
         with_retries(always_busy, "upload", attempts=3, sleep=lambda s: None)
     assert len(calls) == 3
     assert is_transient(TimeoutError()) and not is_transient(ValueError()) and not is_transient(_http_error(404))
+    from huggingface_hub.errors import OfflineModeIsEnabled
+
+    assert not is_transient(OfflineModeIsEnabled("offline"))  # final, though it is a ConnectionError
 
 
 def test_bad_inputs(tmp_path, lora_folder):

@@ -103,8 +103,10 @@ def check_folder(folder: str | os.PathLike) -> list[str]:
 def is_transient(error: BaseException) -> bool:
     """Errors worth retrying: server-side 5xx, rate limits, dropped connections and timeouts."""
     import httpx
-    from huggingface_hub.errors import HfHubHTTPError
+    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 
+    if isinstance(error, OfflineModeIsEnabled):  # a ConnectionError subclass, but final: HF_HUB_OFFLINE is set
+        return False
     if isinstance(error, HfHubHTTPError):
         status = getattr(error.response, "status_code", None)
         return status in TRANSIENT_STATUS or (status is not None and 500 <= status < 600)
