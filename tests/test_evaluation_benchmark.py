@@ -17,6 +17,7 @@ import pytest
 from dermt2im_hub.config import ConfigError, load_config
 from dermt2im_hub.evaluation.config import EvaluationConfig
 from dermt2im_hub.labels import CLASS_NAMES, binary_label
+from dermt2im_hub.utils.launch import free_local_port
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TINY_MODELS = ["vit_tiny_patch16_224", "mobilenetv2_050"]
@@ -323,6 +324,7 @@ def test_accelerate_launch_two_processes(inputs, tmp_path):
     env = dict(os.environ, ACCELERATE_USE_CPU="1", OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+               "--main_process_port", str(free_local_port()),
                str(REPO_ROOT / "training_scripts" / "train_classifier.py"),
                "--config", str(REPO_ROOT / "configs" / "demo.yaml"), "--real.path", str(real_dir),
                "--test-sets", "[{name: ISIC, source: isic}]", "--models", "mobilenetv2_050", "--seeds", "[0]",

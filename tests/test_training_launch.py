@@ -19,6 +19,8 @@ import numpy as np
 import pytest
 import torch
 
+from dermt2im_hub.utils.launch import free_local_port
+
 pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[1]
@@ -166,7 +168,7 @@ def test_two_process_ddp_with_prior_preservation(tmp_path, tiny_base, four_phant
            "--class_prompt", "a dermoscopic image of skin", "--num_class_images", 2, "--prior_generation_steps", 2,
            "--checkpointing_steps", 0, "--validation_steps", 0, "--report_to", "none",
            launcher=("--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
-                     "--dynamo_backend", "no"),
+                     "--dynamo_backend", "no", "--main_process_port", str(free_local_port())),
            env={"ACCELERATE_USE_CPU": "1"})
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["extra"]["distributed"]["num_processes"] == 2

@@ -70,35 +70,18 @@ def _generate(args: argparse.Namespace) -> int:
     return 0 if result.finished == result.planned or result.rank != 0 else 1
 
 
-def launch_command(config_path: Path, num_processes: int, cuda: bool, port: int) -> tuple[list[str], dict]:
-    """The `accelerate launch` command (and environment) that runs generation on `num_processes` ranks.
-    Without CUDA, `ACCELERATE_USE_CPU=1` plus `--multi_gpu` is what starts real CPU ranks (gloo); `--cpu`
-    alone would start one process."""
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(num_processes),
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-           "--main_process_port", str(port), "--multi_gpu",
-           "-m", "dermt2im_hub.generation", "--config", str(config_path)]
-    env = dict(os.environ)
-    if not cuda:
-        env["ACCELERATE_USE_CPU"] = "1"
-    return cmd, env
-
-
 def _launch_workers(config, num_processes: int) -> int:
-    import socket
     import subprocess
-
-    import torch
 
     from dermt2im_hub.config import save_config
     from dermt2im_hub.generation.outputs import STATE_DIR
+    from dermt2im_hub.utils.launch import accelerate_launch
 
     # Workers read the resolved config, so they run exactly what this command was given.
     config_path = save_config(config, Path(config.output) / STATE_DIR / "launch_config.yaml")
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    cmd, env = launch_command(config_path, num_processes, torch.cuda.is_available(), port)
+    prefix, env = accelerate_launch(num_processes)
+    cmd = prefix + ["--mixed_precision", "no", "--dynamo_backend", "no", "-m", "dermt2im_hub.generation",
+                    "--config", str(config_path)]
     print(f"starting {num_processes} processes: {' '.join(cmd)}", file=sys.stderr)
     code = subprocess.call(cmd, env=env)
     if code == 0:

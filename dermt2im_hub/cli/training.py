@@ -9,9 +9,7 @@ which is exactly what `accelerate launch training_scripts/train_lora.py` runs; o
 from __future__ import annotations
 
 import argparse
-import os
 import subprocess
-import sys
 
 ORDER = 20
 
@@ -61,31 +59,17 @@ def forwarded_argv(args: argparse.Namespace) -> list[str]:
     return argv
 
 
-def _accelerate_command(args: argparse.Namespace) -> list[str]:
-    command = [sys.executable, "-m", "accelerate.commands.launch"]
-    if args.accelerate_config:
-        command += ["--config_file", str(args.accelerate_config)]
-    if args.num_processes:
-        command += ["--num_processes", str(args.num_processes)]
-        if args.num_processes > 1 and not args.accelerate_config:
-            command.append("--multi_gpu")
-    return command + ["-m", "dermt2im_hub.training.launch"] + forwarded_argv(args)
+def _accelerate_command(args: argparse.Namespace) -> tuple[list[str], dict[str, str]]:
+    from dermt2im_hub.utils.launch import accelerate_launch
 
-
-def _launch_env(args: argparse.Namespace) -> dict[str, str]:
-    env = dict(os.environ)
-    if (args.num_processes or 0) > 1 and not args.accelerate_config:
-        import torch
-
-        if not torch.cuda.is_available():
-            # without it `--multi_gpu` on a CPU machine starts independent processes, not one gloo DDP group
-            env.setdefault("ACCELERATE_USE_CPU", "1")
-    return env
+    prefix, env = accelerate_launch(args.num_processes or 1, args.accelerate_config)
+    return prefix + ["-m", "dermt2im_hub.training.launch"] + forwarded_argv(args), env
 
 
 def _train_lora(args: argparse.Namespace) -> int:
     if args.num_processes or args.accelerate_config:
-        return subprocess.call(_accelerate_command(args), env=_launch_env(args))
+        command, env = _accelerate_command(args)
+        return subprocess.call(command, env=env)
     from dermt2im_hub.training.launch import main
 
     return main(forwarded_argv(args))

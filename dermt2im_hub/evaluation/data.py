@@ -150,7 +150,9 @@ def load_table(source, split: str, name: str, config_name: str | None = None, re
         if "source" not in dataset.column_names:
             raise ConfigError(f"test set {name!r} filters on source={source_filter!r}, but the dataset has no "
                               "`source` column")
-        dataset = dataset.filter(lambda value: value == source_filter, input_columns="source")
+        # in memory: every rank of a multi-process run filters the same folder, and datasets' on-disk cache
+        # files (temp file + rename beside the arrow files) race between ranks
+        dataset = dataset.filter(lambda value: value == source_filter, input_columns="source", keep_in_memory=True)
     if len(dataset) == 0:
         raise ConfigError(f"{name}: split {split!r} of {_describe(source)} has no rows"
                           + (f" with source={source_filter!r}" if source_filter else ""))

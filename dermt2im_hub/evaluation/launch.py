@@ -61,3 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, TestLeakageError, FileNotFoundError) as error:
         print(f"train_classifier: error: {error}", file=sys.stderr)
         return 2
+
+
+if __name__ == "__main__":  # python -m dermt2im_hub.evaluation.launch (what `dermt2im run` launches on N GPUs)
+    sys.exit(main())

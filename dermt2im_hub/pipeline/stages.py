@@ -292,10 +292,11 @@ def _benchmark(spec: StageSpec) -> None:
     layout: RunLayout = spec.notes["layout"]
     config_path = _write_resolved(layout, "benchmark", spec.config)
     if spec.notes["num_processes"] > 1:
-        command = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes",
-                   str(spec.notes["num_processes"]), "--multi_gpu", "-m", "dermt2im_hub.evaluation.launch",
-                   "--config", str(config_path), "--no-leaderboard"]
-        if subprocess.call(command, env=_child_env()) != 0:
+        from dermt2im_hub.utils.launch import accelerate_launch
+
+        prefix, env = accelerate_launch(spec.notes["num_processes"])
+        command = prefix + ["-m", "dermt2im_hub.evaluation.launch", "--config", str(config_path), "--no-leaderboard"]
+        if subprocess.call(command, env={**env, "PYTHONUNBUFFERED": "1"}) != 0:
             raise PipelineError(f"classifier benchmark failed; command: {' '.join(command)}")
         return
     run_child(["benchmark", "--config", str(config_path), "--no-leaderboard"], "classifier benchmark")
