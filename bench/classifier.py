@@ -187,7 +187,7 @@ def print_table(rows: list[dict]) -> None:
         print("| " + " | ".join(cells) + f" | {row['loader_img_s'] / row['train_img_s']:.1f}x |")
 
 
-def main(argv=None) -> int:
+def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--models", nargs="+", default=PAPER_MODELS, help="timm names (random init)")
@@ -202,7 +202,11 @@ def main(argv=None) -> int:
     parser.add_argument("--precision", default=None, help="no, bf16, fp16 (default: bf16 on CUDA, no on CPU)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model")
     parser.add_argument("--json", type=Path, default=None, help="also write the rows here")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
     gpu = args.device == "cuda"
     if not gpu:
         os.environ["CUDA_VISIBLE_DEVICES"] = ""  # accelerate picks the CPU
@@ -218,10 +222,12 @@ def main(argv=None) -> int:
     print(f"# {platform.node()} {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; "
           f"{args.num_images} PNGs of {args.source_size} px ({sum(map(len, pngs[:8])) / 8 / 1024:.0f} KiB each)",
           flush=True)
-    rows = [bench_model(name, args, pngs, labels) for name in args.models]
+    rows = []
+    for name in args.models:
+        rows.append(bench_model(name, args, pngs, labels))
+        if args.json:  # after every model: a run cut off by gpu.sh's time limit keeps the models it finished
+            args.json.write_text(json.dumps(rows, indent=2))
     print_table(rows)
-    if args.json:
-        args.json.write_text(json.dumps(rows, indent=2))
     return 0
 
 

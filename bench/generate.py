@@ -8,7 +8,8 @@ Both rows use the same in-memory components (random weights from dermt2im_hub.te
 sampler (Euler a, A1111's linspace schedule), steps, CFG, size and precision, and both write one PNG per image:
 - per-image: `pipe(prompt, generator=...)` once per image with diffusers' defaults, then `image.save(png)`;
 - ours: `dermt2im_hub.generation.generate()` end to end (plan, batches of images sharing sampler/steps, one
-  generator per image, SDPA, channels_last on CUDA, optional torch.compile, PNGs with infotext written on
+  generator per image, SDPA, fused QKV projections and channels_last on CUDA, optional torch.compile of the
+  UNet and VAE decoder, PNGs with infotext written on
   threads while the next batch samples, metadata.jsonl, contact sheet and manifest).
 Timings exclude model building and one warm-up pass per row; each row is timed --repeats times and the fastest
 counts (on CPU in alternating rounds, so both rows see the same load from other processes). MFU (CUDA) counts the UNet at 677 GFLOPs per
@@ -106,7 +107,7 @@ def run_ours(pipe, args, out: Path, count: int, batch_size: int) -> float:
     return seconds
 
 
-def main(argv=None) -> int:
+def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cpu")
     p.add_argument("--full-size", action="store_true", help="SD1.5's real architecture (random weights), 512 px")
@@ -121,12 +122,16 @@ def main(argv=None) -> int:
     p.add_argument("--batch-sizes", default=None, help="comma-separated batch sizes for our rows (default 8; 32 CUDA)")
     p.add_argument("--repeats", type=int, default=3,
                    help="timed repeats per row; the fastest counts (shared machines are noisy)")
-    p.add_argument("--compile", action="store_true", help="add a row with torch.compile of the UNet (CUDA)")
+    p.add_argument("--compile", action="store_true", help="add a row with torch.compile of the UNet and the VAE decoder (CUDA)")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: torch's default). Default 1: on "
                    "a shared machine, OpenMP teams of 2+ threads stall whenever another process takes a core")
     p.add_argument("--peak-tflops", type=float, default=989.0, help="dense fp16/bf16 peak for MFU (H100/H200 SXM)")
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
-    args = p.parse_args(argv)
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
 
     import torch
 
@@ -145,6 +150,13 @@ def main(argv=None) -> int:
     build_seconds = time.perf_counter() - t_build
     work = Path(tempfile.mkdtemp(prefix="bench-generate-"))
     rows = []
+    device_name = torch.cuda.get_device_name() if cuda else f"CPU ({platform.processor() or platform.machine()}, " \
+                                                            f"{torch.get_num_threads()} threads)"
+
+    def write_json() -> None:  # after every row: a row cut off by gpu.sh's time limit loses only itself
+        if args.json:
+            args.json.write_text(json.dumps({"device": device_name, "args": {k: str(v) for k, v in vars(args).items()},
+                                             "rows": rows}, indent=2) + "\n")
 
     def record(name: str, images: int, seconds: float) -> None:
         per_s = images / seconds
@@ -154,8 +166,9 @@ def main(argv=None) -> int:
                      "mfu": round(mfu, 4) if mfu is not None else None,
                      "peak_gb": round(peak_gb, 1) if peak_gb is not None else None})
         print(f"  {name}: {images} images in {seconds:.2f}s = {per_s:.2f} img/s", flush=True)
+        write_json()
 
-    from dermt2im_hub.generation.runner import prepare_pipeline
+    from dermt2im_hub.generation.runner import compile_pipeline, prepare_pipeline
 
     run_per_image(pipe, args, work / "warm-per-image", 1, first_seed=10_000)  # warm-up
     if not cuda:
@@ -183,15 +196,13 @@ def main(argv=None) -> int:
             variants.append((f"ours + torch.compile (batch {batch_sizes[-1]})", batch_sizes[-1], True))
         for name, batch, compiled in variants:
             if compiled:
-                pipe.unet = torch.compile(pipe.unet)
+                compile_pipeline(pipe)
             torch.cuda.reset_peak_memory_stats()
             run_ours(pipe, args, work / f"warm-{len(rows)}", batch, batch)  # warm-up (and compilation)
             record(name, ours_images, min(run_ours(pipe, args, work / f"ours-{len(rows)}-{r}", ours_images, batch)
                                           for r in range(args.repeats)))
 
     baseline = rows[0]["images_per_s"]
-    device_name = torch.cuda.get_device_name() if cuda else f"CPU ({platform.processor() or platform.machine()}, " \
-                                                            f"{torch.get_num_threads()} threads)"
     print(f"\nGeneration throughput on {device_name}: {'full-size SD1.5' if args.full_size else 'tiny base'}, "
           f"{args.size} px, {args.steps} steps, CFG {args.cfg:g}, {args.sampler}, {args.dtype}; "
           f"model build {build_seconds:.1f}s (excluded)\n")
@@ -202,9 +213,6 @@ def main(argv=None) -> int:
         peak = f"{row['peak_gb']}" if row["peak_gb"] is not None else "-"
         print(f"| {row['row']} | {row['images']} | {row['seconds']} | {row['images_per_s']} | "
               f"{row['images_per_s'] / baseline:.2f}x | {mfu} | {peak} |")
-    if args.json:
-        args.json.write_text(json.dumps({"device": device_name, "args": {k: str(v) for k, v in vars(args).items()},
-                                         "rows": rows}, indent=2) + "\n")
     return 0
 
 

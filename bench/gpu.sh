@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The GPU benchmarks of issue 11 (items 1, 2 and 4) at full size on ONE prepared run, about 8 minutes,
-# for a single H100/H200 machine with no internet whose Python has torch, timm, transformers, peft and
-# accelerate but not diffusers: the wheels travel with the working tree in .whl/ (git-ignored). Fetch them here:
+# The GPU benchmarks of issue 11 (items 1, 2 and 4) at full size in ONE prepared run of at most about 9 minutes
+# (each bench has its own time limit), for a single H100/H200 machine with no internet whose Python has torch,
+# timm, transformers, peft and accelerate but not diffusers: the wheels travel with the working tree in .whl/
+# (git-ignored). Fetch them here:
 #
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 #       --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 -d .whl \
@@ -19,13 +20,16 @@ export PYTHONPATH="/tmp/site:$PWD" HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 TOKENIZER
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c "import torch, diffusers, timm; print('torch', torch.__version__, 'diffusers', diffusers.__version__, 'timm', timm.__version__)"
 
-# 1. LoRA training step: ours vs the diffusers example's per-step work, SD1.5 architecture, 512 px, bf16
+# Each bench rewrites its JSON after every row, so a bench cut off by its time limit keeps the rows it finished.
+# 1. LoRA training step: ours vs the diffusers example's per-step work, SD1.5 architecture, 512 px, bf16;
+#    the torch.compile row comes last (its compilation is the slowest part)
 timeout 240 python3 bench/train_step.py --full-size --device cuda --resolution 512 --mixed-precision bf16 \
-    --batch-size 8 --images 16 --warmup 3 --steps 24 --rounds 3 --json "$OUT/train_step.json"
-# 2. generation: ours (batched, fp16, SDPA, compiled) vs the plain pipeline once per image, 25 steps, CFG 7
-timeout 200 python3 bench/generate.py --full-size --device cuda --dtype fp16 --batch-sizes 32 --images 96 \
-    --baseline-images 8 --compile --json "$OUT/generate.json"
+    --batch-size 8 --images 16 --warmup 3 --steps 24 --rounds 3 --compile --json "$OUT/train_step.json"
+# 2. generation: ours (batched, fp16, SDPA, fused QKV; then + compiled UNet and VAE decoder) vs the plain
+#    pipeline once per image, 25 steps, CFG 7
+timeout 180 python3 bench/generate.py --full-size --device cuda --dtype fp16 --batch-sizes 32 --images 64 \
+    --baseline-images 8 --repeats 2 --compile --json "$OUT/generate.json"
 # 4. classifiers: ViT-B/16 and MobileNetV2 at 224 px, bf16, decoding and augmentation included
-timeout 120 python3 bench/classifier.py --device cuda --json "$OUT/classifier.json"
+timeout 100 python3 bench/classifier.py --device cuda --json "$OUT/classifier.json"
 
 python3 bench/gpu_summary.py "$OUT"

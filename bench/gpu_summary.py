@@ -22,16 +22,16 @@ def _training_rows(data) -> list[str]:
     if not data:
         return ["| 1. LoRA training step | not measured (bench did not finish) | | |"]
     rows = {r["name"]: r for r in data.get("results", [])}
-    reference, ours = rows.get("reference"), rows.get("ours")
+    reference, ours = (r if r and "samples_per_s" in r else None for r in (rows.get("reference"), rows.get("ours")))
     args = data.get("args", {})
     full_size = bool(args.get("full_size"))
-    # UNet training work: forward + backward = 3 x 677 GFLOPs per 512-px sample, scaled by latent area
-    flops_per_sample = 3 * 677e9 * (args.get("resolution", 512) / 512) ** 2
     lines = []
     for name, row in rows.items():
+        if "samples_per_s" not in row:
+            lines.append(f"| 1. training: {name} | failed: {row.get('error', 'no rate')} | | |")
+            continue
         ratio = f"{row['samples_per_s'] / reference['samples_per_s']:.2f}x" if reference else ""
-        mfu_value = row["samples_per_s"] * flops_per_sample / (args.get("peak_tflops", 989.0) * 1e12)
-        mfu = f", UNet MFU {100 * mfu_value:.1f}%" if full_size else ""
+        mfu = f", UNet MFU {100 * row['mfu']:.1f}%" if row.get("mfu") else ""  # train_step.py's FLOP count
         lines.append(f"| 1. training: {name} | {row['samples_per_s']:.2f} samples/s{mfu} | {ratio} | "
                      f"peak {row.get('peak_mb', 0) / 1024:.1f} GiB |")
     if ours and full_size:

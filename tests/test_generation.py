@@ -246,3 +246,47 @@ def test_kill_9_mid_run_then_resume(tiny_base, tmp_path):
     assert sorted(r["index"] for r in rows) == list(range(24))
     assert sorted(p.relative_to(out).as_posix() for p in out.glob("*/*.png")) == sorted(r["file_name"] for r in rows)
     assert not list(out.rglob("*.tmp"))
+
+
+def _pixels(folder) -> dict[str, np.ndarray]:
+    out = {}
+    for path in sorted(folder.glob("*/*.png")):
+        with Image.open(path) as image:
+            out[path.relative_to(folder).as_posix()] = np.asarray(image.convert("RGB"), dtype=np.int16)
+    return out
+
+
+def test_fused_qkv_projections_render_the_same_images(tiny_base):
+    """The CUDA fast path fuses q/k/v into one GEMM; on the tiny base it must give the same images (to float
+    precision) and really switch the processors, and prepare_pipeline must leave CPU runs unfused."""
+    import torch
+    from diffusers.models.attention_processor import FusedAttnProcessor2_0
+
+    from dermt2im_hub.generation.models import load_base
+    from dermt2im_hub.generation.runner import fuse_projections, prepare_pipeline
+
+    def render(pipe):
+        return pipe(["a mole", "a lesion"], num_inference_steps=3, height=64, width=64, output_type="np",
+                    generator=[torch.Generator().manual_seed(s) for s in (1, 2)]).images
+
+    pipe, _ = load_base(str(tiny_base), None, None)
+    prepare_pipeline(pipe, torch.device("cpu"), torch.float32)
+    assert not any(isinstance(p, FusedAttnProcessor2_0) for p in pipe.unet.attn_processors.values())
+    unfused = render(pipe)
+    assert fuse_projections(pipe)
+    assert all(isinstance(p, FusedAttnProcessor2_0) for p in pipe.unet.attn_processors.values())
+    assert all(isinstance(p, FusedAttnProcessor2_0) for p in pipe.vae.attn_processors.values())
+    np.testing.assert_allclose(render(pipe), unfused, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_compiled_generation_matches_eager(tiny_base, tmp_path):
+    """`compile: true` (the GPU benchmark's fast row) compiles the UNet and the VAE decoder; checked here on CPU
+    so a broken compile path is found before a GPU session spends its minutes on it."""
+    eager = generate(make_config(tiny_base, tmp_path / "eager", num_images=2, batch_size=2)).output
+    compiled = generate(make_config(tiny_base, tmp_path / "compiled", num_images=2, batch_size=2, compile=True))
+    assert compiled.finished == 2
+    a, b = _pixels(eager), _pixels(compiled.output)
+    assert a.keys() == b.keys() and len(a) == 2
+    for name in a:  # inductor reorders float sums: allow one grey level
+        assert np.abs(a[name] - b[name]).max() <= 1, name

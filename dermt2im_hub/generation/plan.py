@@ -97,7 +97,7 @@ class GenerationConfig:
         "help": "images per pipeline call (images sharing sampler and steps); on CPU use a multiple of 4"})
     dtype: str = field(default="auto", metadata={
         "help": "auto (float16 on CUDA, float32 on CPU), float32, float16 or bfloat16"})
-    compile: bool = field(default=False, metadata={"help": "torch.compile the UNet (GPU; worth it for long runs)"})
+    compile: bool = field(default=False, metadata={"help": "torch.compile the UNet and the VAE decoder (GPU; worth it for long runs)"})
     cpu_threads: int = field(default=0, metadata={
         "help": "torch CPU threads per process (0: leave as is). CPU float rounding depends on it, so pin it "
                 "(e.g. 1) when runs with different process counts must give bitwise-identical images"})

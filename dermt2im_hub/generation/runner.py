@@ -70,13 +70,15 @@ def load_pipeline(config: GenerationConfig, device=None, dtype=None):
     device = torch.device(device or "cpu")
     pipe, base = load_base(config.base, config.base_revision, config.single_file_config)
     adapters = load_adapters(pipe, list(config.lora), base)
-    prepare_pipeline(pipe, device, dtype or resolve_dtype(config.dtype, device), compile_unet=config.compile)
+    prepare_pipeline(pipe, device, dtype or resolve_dtype(config.dtype, device), compile_models=config.compile)
     return pipe, base, adapters
 
 
-def prepare_pipeline(pipe, device, dtype, compile_unet: bool = False):
+def prepare_pipeline(pipe, device, dtype, compile_models: bool = False):
     """Move to device/dtype and switch on the fast paths: SDPA attention (diffusers' default processor on
-    torch 2), channels_last convolutions on CUDA, optional torch.compile of the UNet."""
+    torch 2); on CUDA also fused QKV projections and channels_last convolutions; optional torch.compile of the
+    UNet and the VAE decoder. Adapters are already fused into the weights (load_adapters), so fusing the
+    projections is safe. CPU stays on the unfused path: its output is promised bitwise whatever the batch."""
     import torch
 
     pipe.to(device=device)
@@ -92,11 +94,40 @@ def prepare_pipeline(pipe, device, dtype, compile_unet: bool = False):
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
         torch.backends.cudnn.benchmark = True  # batches repeat the same few shapes: autotuned convolutions pay off
+        fuse_projections(pipe)
         pipe.unet.to(memory_format=torch.channels_last)
         pipe.vae.to(memory_format=torch.channels_last)
-    if compile_unet:
-        pipe.unet = torch.compile(pipe.unet)
+    if compile_models:
+        compile_pipeline(pipe)
     return pipe
+
+
+def fuse_projections(pipe) -> bool:
+    """One GEMM for q/k/v in self-attention (k/v in cross-attention) in the UNet and the VAE; False where the
+    pipeline has no such switch or an attention block cannot be fused (added KV projections)."""
+    if not hasattr(pipe, "fuse_qkv_projections"):
+        return False
+    try:
+        pipe.fuse_qkv_projections(unet=True, vae=True)
+    except ValueError:  # diffusers refuses models with added KV projections; the unfused path still works
+        return False
+    return True
+
+
+def compile_pipeline(pipe) -> None:
+    """torch.compile the UNet (about 93 % of a 25-step CFG image's FLOPs) and the VAE decoder (the rest); each
+    compiles on its first batch and once more per new batch shape. 1x1 convolutions as matmuls is the inductor
+    setting diffusers' own speed-up guide recommends for these UNets."""
+    import torch
+
+    if torch.cuda.is_available():
+        import torch._inductor.config as inductor_config
+
+        inductor_config.conv_1x1_as_mm = True
+    if not isinstance(pipe.unet, torch._dynamo.eval_frame.OptimizedModule):
+        pipe.unet = torch.compile(pipe.unet)
+    if not isinstance(pipe.vae.decoder, torch._dynamo.eval_frame.OptimizedModule):
+        pipe.vae.decoder = torch.compile(pipe.vae.decoder)
 
 
 def batches_for(pending: list[PlannedImage], batch_size: int, rank: int = 0, world: int = 1):
