@@ -214,6 +214,11 @@ def test_card_cli(tmp_path, run_cli):
     assert "README.md" in out and DatasetCard.load(folder / "README.md").data.pretty_name
     code, _, err = run_cli("card", tmp_path / "missing")
     assert code == 2 and "manifest.json" in err
+    before = (folder / "README.md").read_bytes()
+    for bad in ("a/b/c", "org/name--x", "org/../x", "_org/x", "org/x.git"):
+        code, _, err = run_cli("card", folder, "--repo-id", bad)
+        assert code == 2 and "--repo-id" in err and bad in err, (bad, err)
+    assert (folder / "README.md").read_bytes() == before  # a refused id leaves the card as it was
 
 
 @pytest.mark.slow

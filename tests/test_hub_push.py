@@ -177,6 +177,11 @@ def test_retries_give_up_after_the_last_attempt():
 def test_bad_inputs(tmp_path, lora_folder):
     with pytest.raises(PushError, match="ORG/NAME"):
         push_folder(lora_folder, "no-org", api=RecordingHubApiDouble())
+    for bad in ("a/b/c", "org/name--x", "org/x.git", "org/" + "x" * 100):
+        double = RecordingHubApiDouble()
+        with pytest.raises(PushError, match="repo id"):
+            push_folder(lora_folder, bad, api=double)
+        assert not double.calls, bad  # refused before any request
     with pytest.raises(PushError, match="not a folder"):
         push_folder(tmp_path / "missing", "o/n", api=RecordingHubApiDouble())
     (tmp_path / "only-logs").mkdir()

@@ -110,6 +110,11 @@ def test_unknown_section_and_stage_are_named(tmp_path):
     with pytest.raises(ConfigError, match="run.push needs the Hub"):
         run_pipeline(demo_recipe(), ["run.push.lora=org/derm-lora"], tmp_path / "pushed")
     assert not (tmp_path / "pushed" / "inputs").exists()
+    with pytest.raises(ConfigError, match="run.push.dataset must look like ORG/NAME"):
+        run_pipeline(demo_recipe(), ["run.push.dataset=org/derm/set"], tmp_path / "pushed")
+    with pytest.raises(ConfigError, match="run.push.results 'org/x--y' is not a valid Hub repo id"):
+        run_pipeline(demo_recipe(), ["run.push.results=org/x--y"], tmp_path / "pushed")
+    assert not (tmp_path / "pushed" / "inputs").exists()
 
 
 def test_until_says_what_was_not_run(tmp_path, run_cli):

@@ -57,6 +57,8 @@ def test_diffusers_flag_spellings_and_aliases():
     assert config.mixed_precision == "bf16" and config.num_train_epochs == 120  # flags override the recipe
     with pytest.raises(ConfigError, match="hf auth login"):
         normalize_argv(["--hub_token", "secret"])
+    with pytest.raises(ConfigError, match="hub_model_id must look like ORG/NAME"):  # before, not after, training
+        parse_config(["--instance_data_dir", "d", "--push_to_hub", "--hub_model_id", "org/lora/v1"])
 
 
 @pytest.mark.parametrize("case,expected", [

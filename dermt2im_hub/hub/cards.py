@@ -26,7 +26,7 @@ from typing import Any
 import jinja2
 import yaml
 
-from dermt2im_hub.hub.resolve import is_remote_hub_id
+from dermt2im_hub.hub.resolve import is_remote_hub_id, require_hub_id
 from dermt2im_hub.manifest import read_manifest
 from dermt2im_hub.utils.files import atomic_write_text
 
@@ -471,5 +471,7 @@ def render_card(folder: str | os.PathLike, kind: str | None = None, repo_id: str
     `kind` overrides the stage's card kind; `repo_id` (else the fact `repo_id`, else a placeholder) is the id
     the how-to-use snippet loads from."""
     folder = Path(folder)
+    if repo_id is not None:
+        require_hub_id(repo_id, "--repo-id")
     card = build_card(read_manifest(folder), kind=kind, repo_id=repo_id)
     return atomic_write_text(folder / CARD_NAME, str(card))

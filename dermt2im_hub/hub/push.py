@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from dermt2im_hub.hub.cards import CARD_NAME
+from dermt2im_hub.hub.resolve import HubInputError, require_hub_id
 from dermt2im_hub.utils.files import is_pickle_weight
 
 logger = logging.getLogger(__name__)
@@ -140,8 +141,10 @@ def push_folder(folder: str | os.PathLike, repo_id: str, repo_type: str = "model
     (its `.commit_url` says where the commit is). `revision` is a branch, created from main when missing."""
     if repo_type not in REPO_TYPES:
         raise PushError(f"repo_type must be one of {', '.join(REPO_TYPES)}, got {repo_type!r}")
-    if repo_id.count("/") != 1 or not all(repo_id.split("/")):
-        raise PushError(f"repo id must look like ORG/NAME, got {repo_id!r}")
+    try:
+        require_hub_id(repo_id)
+    except HubInputError as error:
+        raise PushError(str(error)) from None
     folder = Path(folder)
     paths = check_folder(folder)
     if api is None:

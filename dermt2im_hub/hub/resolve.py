@@ -40,6 +40,29 @@ def is_hub_id(value: object) -> bool:
     return isinstance(value, str) and bool(_HUB_ID.match(value)) and ".." not in value
 
 
+def hub_id_problem(value: object, what: str = "repo id") -> str | None:
+    """Why `value` is not a valid Hub repo id ORG/NAME (our shape check plus huggingface_hub's own rules,
+    which also forbid `--`, a trailing `.git` and over-long names), or None when it is one."""
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    if not is_hub_id(value):
+        return f"{what} must look like ORG/NAME (letters, digits, '-', '_', '.'), got {value!r}"
+    try:
+        validate_repo_id(value)
+    except HFValidationError as error:
+        return f"{what} {value!r} is not a valid Hub repo id: {error}"
+    return None
+
+
+def require_hub_id(value: object, what: str = "repo id") -> str:
+    """`value` if it is a valid Hub repo id, else HubInputError saying why."""
+    problem = hub_id_problem(value, what)
+    if problem:
+        raise HubInputError(problem)
+    return value
+
+
 def is_remote_hub_id(value: object) -> bool:
     """A Hub id that is not also an existing local path (which would win): only such ids may be shown as Hub
     references, e.g. in card front matter (the Hub validates them)."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from dermt2im_hub.config import ConfigError
+from dermt2im_hub.hub.resolve import hub_id_problem
 
 SECTION = "run"
 
@@ -73,6 +74,10 @@ class RunConfig:
         for source in self.real_sources:
             if not source.name or "/" in source.name or source.name.startswith("."):
                 raise ConfigError(f"run.real_sources: {source.name!r} is not a usable folder name")
+        for target in ("lora", "dataset", "real_dataset", "results"):  # refused before the first stage runs
+            repo_id = getattr(self.push, target)
+            if repo_id and hub_id_problem(repo_id):
+                raise ConfigError(hub_id_problem(repo_id, f"run.push.{target}"))
 
     def require_inputs(self) -> None:
         if not self.real_sources:

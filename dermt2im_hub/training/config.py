@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from dermt2im_hub.config import ConfigError
+from dermt2im_hub.hub.resolve import hub_id_problem
 
 SECTION = "training"
 SD15_ID = "stable-diffusion-v1-5/stable-diffusion-v1-5"
@@ -159,6 +160,8 @@ class TrainLoraConfig:
             (self.kohya_weight_name != "pytorch_lora_weights.safetensors",
              "kohya_weight_name must differ from the diffusers file name"),
             (not self.push_to_hub or bool(self.hub_model_id), "push_to_hub needs hub_model_id (ORG/NAME)"),
+            (not self.hub_model_id or not hub_id_problem(self.hub_model_id),  # refused now, not after training
+             hub_id_problem(self.hub_model_id, "hub_model_id") if self.hub_model_id else ""),
             (not self.with_prior_preservation or bool(self.class_prompt),
              "with_prior_preservation needs class_prompt"),
             (self.num_class_images >= 1, "num_class_images must be at least 1"),
