@@ -18,7 +18,6 @@ import hashlib
 import json
 import os
 import platform
-import socket
 import time
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -120,7 +119,8 @@ def write_manifest(
         "versions": package_versions(),
         "started_at": started_at,
         "ended_at": ended_at or _now(),
-        "host": {"name": socket.gethostname(), "platform": platform.platform(), "python": platform.python_version()},
+        # no host name: manifests are pushed with their folders, and a clinic's machine names are not for the Hub
+        "host": {"platform": platform.platform(), "python": platform.python_version()},
     }
     return atomic_write_json(out_dir / MANIFEST_NAME, manifest)
 

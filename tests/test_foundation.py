@@ -66,6 +66,11 @@ def test_manifest_records_config_inputs_and_status(tmp_path):
     assert m["stage"] == "unit" and m["status"] == "complete" and m["outputs"] == {"n": 3}
     assert m["inputs"]["data"]["sha256"] == "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824"
     assert m["inputs"]["base"]["kind"] == "reference" and m["versions"]["torch"]
+    import socket  # manifests travel to the Hub with their folders: no machine name in them
+
+    assert set(m["host"]) == {"platform", "python"}
+    host = socket.gethostname()
+    assert len(host) < 6 or host not in (tmp_path / "out" / "manifest.json").read_text()
     with pytest.raises(RuntimeError), StageRun(tmp_path / "bad", "unit") as run:
         raise RuntimeError("boom")
     assert read_manifest(tmp_path / "bad")["status"] == "failed"
