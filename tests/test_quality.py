@@ -229,6 +229,33 @@ def test_extractor_loads_local_safetensors_and_refuses_pickles(tmp_path):
         TimmFeatureExtractor("resnet18", weights=str(pickle))
 
 
+def test_paper_dinov2_extractor_from_a_local_file(tmp_path):
+    """paper.yaml's extractor (timm's DINOv2 ViT-S/14) offline: weights saved at their native 518 px, as the
+    Hub file is, loaded at the recipe's 224 px (timm resamples the position embeddings); random weights here,
+    since the real ones cannot be downloaded on this machine."""
+    import timm
+    import torch
+    from safetensors.torch import save_file
+
+    from dermt2im_hub.quality.features import build_extractor
+
+    recipe = load_config(QualityConfig, REPO_ROOT / "configs" / "paper.yaml", section="quality").features
+    torch.manual_seed(3)
+    source = timm.create_model(recipe.model, pretrained=False, num_classes=0)
+    assert source.pos_embed.shape[1] == 1 + 37 * 37  # 518 px / 14
+    weights = tmp_path / "dinov2_vits14.safetensors"
+    save_file({k: v.contiguous() for k, v in source.state_dict().items()}, str(weights))
+    recipe.weights, recipe.device = str(weights), "cpu"
+    extractor = build_extractor(recipe)
+    assert extractor.model.pos_embed.shape[1] == 1 + 16 * 16 and extractor.image_size == 224
+    assert torch.equal(extractor.model.blocks[0].attn.qkv.weight, source.blocks[0].attn.qkv.weight)
+    embeddings = extractor.embed([phantom(0, size=300), phantom(1, size=200), phantom(0, size=300)])
+    assert embeddings.shape == (3, 384) and np.isfinite(embeddings).all()
+    np.testing.assert_allclose(embeddings[0], embeddings[2], rtol=1e-5, atol=1e-5)
+    assert np.abs(embeddings[0] - embeddings[1]).max() > 1e-4  # random weights: close, yet not the same
+    assert extractor.describe()["weights"] == "file dinov2_vits14.safetensors"
+
+
 # ---------------------------------------------------------------- config
 
 
