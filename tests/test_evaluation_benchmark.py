@@ -277,6 +277,33 @@ def test_training_refuses_a_test_image_in_the_training_mix(inputs):
                      synthetic=inputs["synthetic"])
 
 
+def test_real_source_filter_keeps_the_second_source_unseen(inputs, shared_data):
+    """paper.yaml trains and stops early on ISIC rows only, so the HAM10000 test rows are an unseen source, as
+    in the paper; without the filter HAM10000 training rows would make that column a same-source test."""
+    import datasets
+
+    from dermt2im_hub.evaluation.benchmark import prepare_data
+
+    isic, ham = _isic_rows(shared_data), _ham_rows(shared_data)
+    train_lesions = {r["lesion_id"] for r in ham[::3]}
+    real = datasets.DatasetDict(
+        train=_dataset(isic[::6] + [r for r in ham if r["lesion_id"] in train_lesions], "real"),
+        validation=_dataset(isic[3::6], "real"),
+        test=_dataset(inputs["test_rows"], "real"))
+    config = _config(inputs["root"] / "unused", arms=["real"], real={"path": None, "source": "isic"})
+    data = prepare_data(config, real=real, needs_synthetic=False)
+    assert set(data.real_train.columns["source"]) == {"isic"} and len(data.real_train) == len(isic[::6])
+    assert set(data.validation.columns["source"]) == {"isic"}
+    assert {spec.name: len(table) for spec, table in data.test_sets} == {
+        "ISIC": sum(1 for r in inputs["test_rows"] if r["source"] == "isic"),
+        "HAM10000": sum(1 for r in inputs["test_rows"] if r["source"] == "ham10000")}
+    unfiltered = prepare_data(_config(inputs["root"] / "unused", arms=["real"]), real=real, needs_synthetic=False)
+    assert "ham10000" in set(unfiltered.real_train.columns["source"])
+    with pytest.raises(ConfigError, match="real train: split 'train' .* has no rows with source='derm7pt'"):
+        prepare_data(_config(inputs["root"] / "unused", arms=["real"], real={"path": None, "source": "derm7pt"}),
+                     real=real, needs_synthetic=False)
+
+
 def test_hybrid_without_synthetic_data_is_a_clear_error(inputs, tmp_path, run_cli):
     from dermt2im_hub.evaluation.benchmark import run_benchmark
     from dermt2im_hub.evaluation.mixes import MissingSyntheticDataError

@@ -87,7 +87,9 @@ def prepare_data(config: EvaluationConfig, real=None, synthetic=None, test_sets:
     """Load every split, hold out validation if needed, and refuse any training image that is a test image
     (same image id, lesion, patient or bytes)."""
     real_source = _source(real, config.real.path, "real dataset", "evaluation.real.path")
-    real_args = {"config_name": config.real.config_name, "revision": config.real.revision}
+    # a source filter keeps a second source (HAM10000 in the paper) out of training and early stopping alike
+    real_args = {"config_name": config.real.config_name, "revision": config.real.revision,
+                 "source_filter": config.real.source}
     real_train = load_table(real_source, config.real.split, "real train", **real_args)
     try:
         validation = load_table(real_source, config.validation_split, "real validation", **real_args)
@@ -110,7 +112,7 @@ def prepare_data(config: EvaluationConfig, real=None, synthetic=None, test_sets:
                 "real-only arm (evaluation.arms=[real])")
         spec = config.synthetic
         synthetic_table = load_table(synthetic if synthetic is not None else configured, spec.split, "synthetic",
-                                     spec.config_name, spec.revision)
+                                     spec.config_name, spec.revision, spec.source)
 
     tests = []
     for spec in config.test_sets:

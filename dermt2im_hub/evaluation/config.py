@@ -36,6 +36,9 @@ class DatasetSource:
     revision: str | None = field(default=None, metadata={"help": "Hub revision (branch, tag or commit)"})
     config_name: str | None = field(default=None, metadata={"help": "dataset config, e.g. real or synthetic"})
     split: str = field(default="train", metadata={"help": "split to train on"})
+    source: str | None = field(default=None, metadata={
+        "help": "keep only rows whose `source` column is this, e.g. isic, so that another source's test rows "
+                "form an unseen test set (for the real dataset it filters the validation split too)"})
 
 
 @dataclass

@@ -148,8 +148,8 @@ def load_table(source, split: str, name: str, config_name: str | None = None, re
     dataset = open_split(source, split, config_name, revision)
     if source_filter is not None:
         if "source" not in dataset.column_names:
-            raise ConfigError(f"test set {name!r} filters on source={source_filter!r}, but the dataset has no "
-                              "`source` column")
+            raise ConfigError(f"{name} filters on source={source_filter!r}, but the dataset has no `source` "
+                              "column")
         # in memory: every rank of a multi-process run filters the same folder, and datasets' on-disk cache
         # files (temp file + rename beside the arrow files) race between ranks
         dataset = dataset.filter(lambda value: value == source_filter, input_columns="source", keep_in_memory=True)
