@@ -177,6 +177,8 @@ def test_classifier_folders_are_hub_ready_timm_models(benchmark):
     assert card["model_name"] == "mobilenetv2_050" and card["labels"] == list(CLASS_NAMES)
     assert card["training_mix"]["synthetic_images"] > 0 and card["seed"] == 1
     assert [r["test_set"] for r in card["results"]] == ["ISIC", "HAM10000"]
+    assert {"npv", "ppv", "accuracy"} <= set(card["results"][0]["metrics"])  # counts dropped, npv kept
+    assert not {"n", "n_malignant", "n_benign"} & set(card["results"][0]["metrics"])
     config = json.loads((folder / "config.json").read_text())
     assert config["pretrained_cfg"]["input_size"] == [3, 32, 32] and config["label_names"] == list(CLASS_NAMES)
     model = timm.create_model(f"local-dir:{folder}", pretrained=True).eval()
@@ -184,10 +186,11 @@ def test_classifier_folders_are_hub_ready_timm_models(benchmark):
         assert model(torch.zeros(1, 3, 32, 32)).shape == (1, 2)
     readme = ModelCard.load(folder / "README.md")
     assert readme.data.eval_results and readme.data.library_name == "timm"
+    assert "| metric | value | 95% CI |" in readme.text  # the level the run used (default 0.95)
     assert (folder / ".eval_results" / "isic_accuracy.yaml").is_file()
 
 
-def test_leaderboard_table_plot_and_hub_metadata_parse_back(benchmark):
+def test_leaderboard_table_plot_and_hub_metadata_parse_back(benchmark, inputs):
     import yaml
     from huggingface_hub import ModelCard, metadata_load
     from huggingface_hub.repocard_data import model_index_to_eval_results
@@ -199,8 +202,14 @@ def test_leaderboard_table_plot_and_hub_metadata_parse_back(benchmark):
     assert "Table IV" in table and "ISIC real-only" in table and "HAM10000 hybrid" in table
     assert "78.89" in table  # the paper's MobileNetV2 number beside ours
     assert "McNemar" in table and "Holm" in table and " ± " in table
+    n_isic = sum(1 for r in inputs["test_rows"] if r["source"] == "isic")
+    assert f"ISIC: ours n = {n_isic}, " in table and "paper n = 659, class balance not reported" in table
+    assert "| real / synthetic train images |" in table
+    hybrid_row = next(line for line in table.splitlines() if "| r0.75 |" in line and "| ISIC |" in line)
+    assert " / 0 |" not in hybrid_row and "| 0.75 | full |" in hybrid_row  # synthetic images counted
     assert (board / "synthetic_fraction.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     summary = json.loads((board / "leaderboard.json").read_text())
+    assert all("npv" in s["metrics"] and "n_benign" not in s["metrics"] for s in summary["summaries"])
     assert len(summary["comparisons"]) == 2 * 2  # models x test sets
     for comparison in summary["comparisons"]:
         d = comparison["accuracy"]
@@ -233,6 +242,53 @@ def test_rerun_skips_finished_runs(benchmark, inputs):
     before = {p.name: p.stat().st_mtime_ns for p in records}
     run_benchmark(benchmark["config"], real=inputs["real"], synthetic=inputs["synthetic"], progress=False)
     assert {p.name: p.stat().st_mtime_ns for p in records} == before
+
+
+def test_records_of_another_sweep_are_set_aside_not_averaged(benchmark, inputs, tmp_path):
+    """A record left by other settings or data (here: a tampered sweep hash) is moved aside and its run redone;
+    the leaderboard refuses a folder that mixes sweeps (e.g. records copied in by hand)."""
+    import dataclasses
+    import shutil
+
+    from dermt2im_hub.evaluation.benchmark import RECORDS_DIR, run_benchmark
+    from dermt2im_hub.evaluation.leaderboard import render_leaderboard
+
+    output = tmp_path / "copy"
+    shutil.copytree(Path(benchmark["config"].output_dir), output)
+    records = sorted((output / "results" / RECORDS_DIR).glob("*.json"))
+    stale = json.loads(records[0].read_text())
+    assert len(stale["sweep_sha256"]) == 64
+    stale["sweep_sha256"] = "0" * 64
+    records[0].write_text(json.dumps(stale))
+    with pytest.raises(ConfigError, match="mixes runs of 2 different settings or data"):
+        render_leaderboard(output / "results", output_dir=tmp_path / "board")
+
+    untouched = {p.name: p.stat().st_mtime_ns for p in records[1:]}
+    config = dataclasses.replace(benchmark["config"], output_dir=str(output))
+    run_benchmark(config, real=inputs["real"], synthetic=inputs["synthetic"], progress=False)
+    set_aside = list((output / "records-set-aside").glob("*/*.json"))
+    assert [p.name for p in set_aside] == [records[0].name]
+    assert json.loads(set_aside[0].read_text())["sweep_sha256"] == "0" * 64  # kept as it was, not deleted
+    redone = json.loads(records[0].read_text())
+    assert redone["sweep_sha256"] != "0" * 64 and redone["run_sha256"] == stale["run_sha256"]
+    assert {p.name: p.stat().st_mtime_ns for p in records[1:]} == untouched  # the other runs were skipped
+    render_leaderboard(output / "results", output_dir=tmp_path / "board", bootstrap_resamples=20)
+
+
+def test_arms_are_paired_by_image_not_by_label_vector():
+    from dermt2im_hub.evaluation.leaderboard import compare_arms
+
+    def record(fraction: float, seed: int, ids: list[str]) -> dict:
+        predictions = [{"test_set": "ISIC", "image_id": i, "label": k % 2, "prediction": k % 2,
+                        "prob_malignant": 0.9 if k % 2 else 0.1} for k, i in enumerate(ids)]
+        return {"model": "m", "synthetic_fraction": fraction, "size_policy": "full", "hybrid_fraction": 0.75,
+                "seed": seed, "results": [{"test_set": "ISIC"}], "predictions": predictions}
+
+    same = [record(0.0, 0, ["a", "b", "c", "d"]), record(0.75, 0, ["a", "b", "c", "d"])]
+    assert compare_arms(same, n_resamples=10)[0]["n_images"] == 4
+    other_images = [record(0.0, 0, ["a", "b", "c", "d"]), record(0.75, 0, ["w", "x", "y", "z"])]
+    with pytest.raises(ValueError, match="different ISIC images"):
+        compare_arms(other_images, n_resamples=10)
 
 
 def test_leaderboard_cli(benchmark, run_cli, tmp_path):

@@ -137,6 +137,10 @@ def test_classifier_card_model_index(tmp_path):
     assert 'hf_hub_download("my-org/mnv2-hybrid", "model.safetensors")' in text
     assert "| isic-test | test | accuracy | 0.81 | 0.78, 0.84 |" in text
     assert "| ham10000-test | test | accuracy | 0.73 | not recorded |" in text
+    assert "| value | CI (level not recorded) |" in text  # these facts name no confidence level
+    facts = {**CLASSIFIER_FACTS, "results": [dict(r, confidence=0.9) for r in CLASSIFIER_FACTS["results"]]}
+    text = ModelCard.load(render_card(_write_folder(tmp_path / "ninety", "classifier", facts))).text
+    assert "| value | 90% CI |" in text and "95% CI" not in text
 
 
 def test_results_and_stage_cards(tmp_path):

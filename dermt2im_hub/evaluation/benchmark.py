@@ -52,6 +52,7 @@ logger = logging.getLogger(__name__)
 RECORDS_DIR = "records"  # not "runs/": the Hub push layer ignores runs/ (experiment-tracker logs)
 RECORD_SCHEMA = 1
 METRICS_FILE = "metrics.jsonl"
+COUNT_KEYS = frozenset({"n", "n_malignant", "n_benign"})  # image counts in a metrics dict, not metrics
 PREDICTIONS_FILE = "predictions.jsonl"
 # The paper's ViT weights: timm's copy of the original Google ImageNet-21k checkpoint.
 PAPER_WEIGHTS = {"vit_base_patch16_224.orig_in21k": "google/vit-base-patch16-224-in21k"}
@@ -137,11 +138,23 @@ def run_id_for(model_name: str, mix: Mix, seed: int) -> str:
     return f"{safe}__{mix.name}__seed{seed}"
 
 
-def run_fingerprint(config: EvaluationConfig, model_name: str, mix: Mix, seed: int, data: BenchmarkData) -> str:
+def _settings_and_inputs(config: EvaluationConfig, data: BenchmarkData) -> list:
     settings = {k: v for k, v in config_to_dict(config).items() if k in _RUN_SETTINGS}
     inputs = [t.origin.get("fingerprint") for t in (data.real_train, data.validation, data.synthetic) if t]
     inputs += [t.origin.get("fingerprint") for _, t in data.test_sets]
-    blob = json.dumps([settings, model_name, mix.key, seed, inputs], sort_keys=True, default=str)
+    return [settings, inputs]
+
+
+def run_fingerprint(config: EvaluationConfig, model_name: str, mix: Mix, seed: int, data: BenchmarkData) -> str:
+    blob = json.dumps([*_settings_and_inputs(config, data), model_name, mix.key, seed], sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def sweep_fingerprint(config: EvaluationConfig, data: BenchmarkData) -> str:
+    """What every run aggregated in one results folder must share: the settings that change what a run
+    computes and the data (not the model, mix or seed). Runs of one sweep may come from several invocations,
+    e.g. one model per machine."""
+    blob = json.dumps([*_settings_and_inputs(config, data), config.hybrid_fraction], sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
@@ -264,6 +277,7 @@ def train_classifier(config: EvaluationConfig, model_name: str, mix: Mix, seed: 
     record = {
         "schema": RECORD_SCHEMA, "run_id": run_id,
         "run_sha256": run_fingerprint(config, model_name, mix, seed, data),
+        "sweep_sha256": sweep_fingerprint(config, data),
         "model": model_name, "pretrained_weights": _pretrained_weights(model, model_name, config),
         "mix": mix.name, "arms": list(mix.arms), "synthetic_fraction": mix.synthetic_fraction,
         "size_policy": mix.size_policy, "hybrid_fraction": config.hybrid_fraction, "seed": seed,
@@ -298,9 +312,10 @@ def card_results(record: dict[str, Any]) -> list[dict[str, Any]]:
     """Contract 4's classifier `results`: metrics without the counts, CIs as [low, high]."""
     rows = []
     for result in record["results"]:
-        metrics = {k: v for k, v in result["metrics"].items() if not k.startswith("n")}
+        metrics = {k: v for k, v in result["metrics"].items() if k not in COUNT_KEYS}
         rows.append({"test_set": result["test_set"], "split": result.get("split"), "n": result["n"],
-                     "dataset_id": result.get("dataset_id"), "metrics": metrics, "ci": result["ci"]})
+                     "dataset_id": result.get("dataset_id"), "metrics": metrics, "ci": result["ci"],
+                     "confidence": result.get("confidence")})
     return rows
 
 
@@ -461,6 +476,29 @@ def render_results_card(results_dir: Path) -> Path:
 # ---------------------------------------------------------------------------------------------- the sweep
 
 
+def set_aside_other_sweeps(results_dir: Path, sweep: str) -> list[Path]:
+    """Move records of another sweep (other settings or data, or written before records named their sweep)
+    out of results/records/ into OUTPUT/records-set-aside/<time>/, so that a mean over seeds never mixes
+    them; nothing is deleted. Returns the new paths."""
+    folder = results_dir / RECORDS_DIR
+    moved: list[Path] = []
+    if not folder.is_dir():
+        return moved
+    target = results_dir.parent / "records-set-aside" / _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    for path in sorted(folder.glob("*.json")):
+        try:
+            other = json.loads(path.read_text(encoding="utf-8")).get("sweep_sha256") != sweep
+        except (json.JSONDecodeError, OSError):
+            other = True
+        if other:
+            target.mkdir(parents=True, exist_ok=True)
+            moved.append(path.rename(target / path.name))
+    if moved:
+        logger.warning("%d run record(s) in %s came from other settings or data: moved to %s (not averaged with "
+                       "this sweep)", len(moved), folder, target)
+    return moved
+
+
 def _done(results_dir: Path, run_id: str, fingerprint: str) -> bool:
     path = results_dir / RECORDS_DIR / f"{run_id}.json"
     if not path.is_file():
@@ -490,6 +528,9 @@ def run_benchmark(config: EvaluationConfig, *, real=None, synthetic=None, test_s
     plan = [(model, mix, seed) for model in config.models for mix in mixes for seed in config.seeds]
     logger.info("%d runs: %d model(s) x %d mix(es) x %d seed(s); %d training images checked against the test sets",
                 len(plan), len(config.models), len(mixes), len(config.seeds), data.training_images_checked)
+    if accelerator.is_main_process:
+        set_aside_other_sweeps(results_dir, sweep_fingerprint(config, data))
+    accelerator.wait_for_everyone()
     with StageRun(results_dir, "benchmark", config, inputs=inputs) if accelerator.is_main_process \
             else contextlib.nullcontext() as stage:
         for index, (model_name, mix, seed) in enumerate(plan, 1):

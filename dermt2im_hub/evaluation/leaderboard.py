@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from dermt2im_hub.config import ConfigError
-from dermt2im_hub.evaluation.benchmark import eval_results_entries, read_records, slug
+from dermt2im_hub.evaluation.benchmark import COUNT_KEYS, eval_results_entries, read_records, slug
 from dermt2im_hub.evaluation.stats import (
     discordant_pairs,
     holm,
@@ -44,6 +44,8 @@ PAPER_TABLE_IV = {
     ("ViT-B/16", "ISIC"): {"real": 90.74, "hybrid": 93.03},
     ("ViT-B/16", "HAM10000"): {"real": 81.50, "hybrid": 85.02},
 }
+# The paper's test set sizes (its class balance is not reported).
+PAPER_TEST_N = {"ISIC": 659, "HAM10000": 227}
 PAPER_TABLE_MARKDOWN = """| model | ISIC real-only | ISIC hybrid | HAM10000 real-only | HAM10000 hybrid |
 |---|---|---|---|---|
 | MobileNetV2 | 78.89 | 81.35 | 70.33 | 73.58 |
@@ -120,13 +122,15 @@ def aggregate(records: list[dict]) -> list[dict[str, Any]]:
         first = members[0][0]
         metrics = {}
         for name in members[0][1]["metrics"]:
-            if name.startswith("n"):
+            if name in COUNT_KEYS:
                 continue
             mean, sd, n = mean_sd([res["metrics"].get(name) for _, res in members])
             metrics[name] = {"mean": mean, "sd": sd, "n": n}
         summaries.append({"model": model, "mix": mix, "test_set": test_set, "test_set_index": order[test_set],
                           "synthetic_fraction": first["synthetic_fraction"], "size_policy": first["size_policy"],
                           "seeds": sorted(rec["seed"] for rec, _ in members), "n_images": members[0][1]["n"],
+                          "n_malignant": members[0][1]["metrics"].get("n_malignant"),
+                          "training_images": _training_counts([rec for rec, _ in members]),
                           "metrics": metrics, "subgroups": _subgroup_means(members)})
     return summaries
 
@@ -141,6 +145,15 @@ def _subgroup_means(members: list[tuple[dict, dict]]) -> list[dict[str, Any]]:
                 entry[name].append(sub["metrics"].get(name))
     return [{"attribute": a, "group": g, "n": e["n"], "accuracy": mean_sd(e["accuracy"])[0],
              "balanced_accuracy": mean_sd(e["balanced_accuracy"])[0]} for (a, g), e in values.items()]
+
+
+def _training_counts(records: list[dict]) -> dict[str, Any]:
+    """Real and synthetic training images of a mix (the same in every seed; a range if they are not)."""
+    counts = {}
+    for kind in ("real_images", "synthetic_images"):
+        values = sorted({(r.get("training_mix") or {}).get(kind) for r in records} - {None})
+        counts[kind] = values[0] if len(values) == 1 else (f"{values[0]}-{values[-1]}" if values else None)
+    return counts
 
 
 def _prediction_matrix(records: list[dict], test_set: str) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
@@ -171,9 +184,10 @@ def compare_arms(records: list[dict], n_resamples: int = 2000, confidence: float
         if not real or not hybrid:
             continue
         for test_set in [res["test_set"] for res in real[0]["results"]]:
-            _, labels, real_pred, real_prob = _prediction_matrix(real, test_set)
+            real_ids, labels, real_pred, real_prob = _prediction_matrix(real, test_set)
             hybrid_ids, hybrid_labels, hybrid_pred, hybrid_prob = _prediction_matrix(hybrid, test_set)
-            if not np.array_equal(labels, hybrid_labels):
+            # pairing is per image: the same ids, not merely the same label vector
+            if real_ids != hybrid_ids or not np.array_equal(labels, hybrid_labels):
                 raise ValueError(f"{model}: real-only and hybrid runs were tested on different {test_set} images")
             entry = {"model": model, "test_set": test_set, "n_images": int(labels.size),
                      "seeds_real": len(real), "seeds_hybrid": len(hybrid), "hybrid_fraction": hybrid_fraction}
@@ -225,6 +239,22 @@ def table_iv(summaries: list[dict], hybrid_fraction: float) -> str:
     return "\n".join(lines)
 
 
+def test_sets_note(summaries: list[dict]) -> str:
+    """Ours and the paper's test sets are different images: say how many, and how balanced ours are, so the
+    paper column is read as a reference point, not as a like-for-like comparison."""
+    parts = []
+    for test_set in _test_set_order(summaries):
+        first = next(s for s in summaries if s["test_set"] == test_set)
+        n, malignant = first["n_images"], first.get("n_malignant")
+        share = f", {malignant / n:.0%} malignant" if malignant is not None and n else ""
+        paper_n = PAPER_TEST_N.get(paper_test_set(test_set) or "")
+        paper = f"paper n = {paper_n}, class balance not reported" if paper_n else "not in the paper"
+        parts.append(f"{test_set}: ours n = {n}{share}; {paper}")
+    return ("Test sets: " + "; ".join(parts) + ". Ours and the paper's are different images (and accuracy "
+            "depends on the class balance), so compare the direction of the hybrid − real-only change, not "
+            "the numbers cell by cell.")
+
+
 def differences_table(comparisons: list[dict], confidence: float) -> str:
     if not comparisons:
         return "No model has both a real-only and a hybrid arm: nothing to compare."
@@ -249,16 +279,22 @@ def _signed_pct(value: float | None) -> str:
 
 
 def mixes_table(summaries: list[dict]) -> str:
-    header = ["Model", "Test set", "Mix", "r", "size", "seeds", *TABLE_METRICS]
+    header = ["Model", "Test set", "Mix", "r", "size", "real / synthetic train images", "seeds", *TABLE_METRICS]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     order = _test_set_order(summaries)
     for s in sorted(summaries, key=lambda s: (s["model"], order.index(s["test_set"]), s["size_policy"],
                                               s["synthetic_fraction"])):
+        counts = s.get("training_images") or {}
         cells = [f"`{s['model']}`", s["test_set"], s["mix"], f"{s['synthetic_fraction']:.2f}", s["size_policy"],
+                 f"{_count(counts.get('real_images'))} / {_count(counts.get('synthetic_images'))}",
                  str(len(s["seeds"]))]
         cells += [_mean_sd_cell(s["metrics"].get(name), 1.0 if name == "ece" else 100.0) for name in TABLE_METRICS]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _count(value) -> str:
+    return "–" if value is None else str(value)
 
 
 def subgroups_table(summaries: list[dict], hybrid_fraction: float) -> str:
@@ -292,6 +328,7 @@ def render_markdown(summaries: list[dict], comparisons: list[dict], records: lis
         "## Test accuracy (%), laid out like the paper's Table IV",
         f"Ours: mean ± SD over {len(seeds)} seed(s) ({', '.join(map(str, seeds))}). Paper: one run per cell.",
         table_iv(summaries, hybrid_fraction),
+        test_sets_note(summaries),
         "## Hybrid − real-only (percentage points)",
         f"Paired bootstrap over test images ({confidence:.0%} percentile CI; each arm averaged over its seeds). "
         "McNemar: exact binomial test on the images only one arm classifies correctly (b = hybrid only, "
@@ -428,6 +465,10 @@ def render_leaderboard(results_dir: str | Path, output_dir: str | Path | None = 
     records = read_records(results_dir)
     if not records:
         raise FileNotFoundError(f"{results_dir}/records has no run records yet: run `dermt2im benchmark` first")
+    sweeps = {r.get("sweep_sha256") for r in records}
+    if len(sweeps) > 1:  # `dermt2im benchmark` sets other sweeps aside; records copied in by hand are refused
+        raise ConfigError(f"{results_dir}/records mixes runs of {len(sweeps)} different settings or data (their "
+                          "sweep_sha256 differ); means over seeds would mix them. Keep one sweep per folder.")
     config = records[0].get("config") or {}
     if bootstrap_resamples is None:
         bootstrap_resamples = config.get("bootstrap_resamples", 2000)
