@@ -278,7 +278,8 @@ def test_folder_source_keeps_metadata_and_refuses_paths_outside(tmp_path):
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / rel).write_bytes(b"x")
     rows = [{"file_name": "benign/x.png", "image_id": "X-1", "lesion_id": "L9", "label": "malignant",
-             "extra": {"skin_tone": "dark"}},
+             "extra": {"skin_tone": "dark", "patient_name": "Jane Roe", "mrn": "5555",
+                       "orig_path": "/home/alice/clinic-x/x.png"}},
             {"file_name": "../outside.png", "image_id": "evil"},
             "not an object"]
     (tmp_path / "metadata.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
@@ -287,9 +288,10 @@ def test_folder_source_keeps_metadata_and_refuses_paths_outside(tmp_path):
     by_id = {r.image_id: r for r in records}
     assert set(by_id) == {"X-1", "y"}
     assert by_id["X-1"].label == "benign" and by_id["X-1"].lesion_id == "L9"  # the subfolder wins
-    assert by_id["X-1"].extra == {"skin_tone": "dark"}
+    assert by_id["X-1"].extra == {"skin_tone": "dark"}  # extra fields: only those dermt2im writes go on
     assert report.skipped == {"bad_metadata": 2, "not_in_class_folder": 1}
-    assert report.converted == {"folder_label_used": 1}
+    assert report.converted == {"folder_label_used": 1, "extra_fields_dropped": 1}
+    assert "Jane Roe" not in json.dumps(report.to_dict()) and "5555" not in json.dumps(report.to_dict())
 
 
 def test_index_reports_duplicate_stems(tmp_path):

@@ -232,6 +232,26 @@ def _read_folder_metadata(folder: Path, report: Report) -> dict[str, dict[str, A
     return rows
 
 
+# `extra` keys an image folder's metadata.jsonl may carry on: those our own stages write (phantoms, preprocess
+# of ISIC / HAM10000 / CSV sources). Anything else (a clinic's patient_name, mrn, dob, original path, ...) is
+# dropped, since extra fields travel on into datasets that get pushed; the report counts what was dropped.
+FOLDER_EXTRA_KEYS = frozenset({
+    "skin_tone", "colours", "has_hair", "hair_fraction", "lesion_fraction",  # phantoms
+    "source_file", "source_sha256", "conversions",  # preprocess
+    "dx", "dx_type", "ground_truth", "class_code",  # HAM10000 and ISIC challenge CSVs
+    "benign_malignant", "diagnosis_confirm_type", "melanocytic", "image_type", "pixelsX", "pixelsY",
+    "isic_archive_id",  # ISIC Archive JSON
+})
+
+
+def _allowed_extra(extra: dict[str, Any], image_id: str, path: Path, report: Report) -> dict[str, Any]:
+    dropped = sorted(str(k) for k in extra if k not in FOLDER_EXTRA_KEYS)
+    if dropped:
+        report.convert("extra_fields_dropped", image_id, path,
+                       "not carried on (not fields dermt2im writes): " + ", ".join(k[:40] for k in dropped[:10]))
+    return {k: v for k, v in extra.items() if k in FOLDER_EXTRA_KEYS}
+
+
 def _record_from_folder_row(path: Path, label: str, row: dict[str, Any] | None, report: Report) -> SourceRecord:
     row = row or {}
     raw_id = row.get("image_id")
@@ -253,7 +273,7 @@ def _record_from_folder_row(path: Path, label: str, row: dict[str, Any] | None, 
         sex=clean_sex(row.get("sex")) if isinstance(row.get("sex"), str) else None,
         site=clean_text(row.get("site")) if isinstance(row.get("site"), str) else None,
         path=path,
-        extra=dict(extra),
+        extra=_allowed_extra(extra, image_id or path.stem, path, report),
     )
 
 
