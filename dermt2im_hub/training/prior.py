@@ -30,7 +30,7 @@ def ensure_class_images(accelerator, folder: Path, base_dir: Path, components: d
 
         pipe = StableDiffusionPipeline.from_pretrained(
             str(base_dir), **components, safety_checker=None, feature_extractor=None, image_encoder=None,
-            requires_safety_checker=False)
+            requires_safety_checker=False, use_safetensors=True)  # never a pickle, whatever model_index.json names
         pipe.set_progress_bar_config(disable=True)
         taken = {p.name for p in existing}
         todo = [i for i in range(num_images) if f"class-{i:05d}.png" not in taken][: num_images - len(existing)]

@@ -40,7 +40,8 @@ class SampleWriter:
         # from_pretrained only loads what is not passed in: here the base's own inference scheduler
         self.pipe = StableDiffusionPipeline.from_pretrained(
             str(base_dir), unet=unet, text_encoder=text_encoder, vae=vae, tokenizer=tokenizer,
-            safety_checker=None, feature_extractor=None, image_encoder=None, requires_safety_checker=False)
+            safety_checker=None, feature_extractor=None, image_encoder=None, requires_safety_checker=False,
+            use_safetensors=True)  # defence in depth: a crafted model_index.json must not load a pickle
         self.pipe.set_progress_bar_config(disable=True)
         self.prompts, self.seeds = prompts, seeds
         self.resolution, self.steps, self.guidance_scale = resolution, steps, guidance_scale
