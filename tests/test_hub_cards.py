@@ -191,6 +191,35 @@ def test_untrusted_prompt_cannot_break_tables(tmp_path):
     assert "<script>" not in card.text and "| a\\|b | c d |" in card.text
 
 
+def test_mapping_keys_from_prompts_cannot_break_tables():
+    """Dataset cards list top prompts (untrusted: they come from PNG text) as the keys of a mapping."""
+    prompt = "<img src=x onerror=alert(1)> | col\nnext"
+    facts = {**DATASET_FACTS, "generation": {"top_prompts": {prompt: 3, "benign mole": 2}}}
+    card = build_card({"stage": "build_dataset", "extra": {"card": facts}})
+    assert "<img" not in card.text and "&lt;img src=x onerror=alert(1)&gt;" in card.text
+    (row,) = [line for line in card.text.splitlines() if line.startswith("| top_prompts |")]
+    assert row == ("| top_prompts | &lt;img src=x onerror=alert(1)&gt; \\| col next: 3, benign mole: 2 |")
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_cards_cut_local_paths_to_their_last_part(kind, tmp_path):
+    """Config values, facts and free text print a local path as its last part only (docs/hub.md)."""
+    data = tmp_path / "clinic-x" / "ham10000-sample"
+    data.mkdir(parents=True)
+    config = {"images": "/work/shared/data/ham10000-sample", "out": "C:\\Users\\alice\\runs\\lora",
+              "nested": {"paths": ["~/raw/isic", "relative/dir"]}, "base": "org/sd15"}
+    facts = {**FACTS[kind], "hyperparameters": {"cache_dir": "/home/alice/.cache/x"},
+             "training_data": "/home/alice/clinic-x/ham", "note": "copied /home/alice/a.png to /srv/b.png"}
+    folder = tmp_path / "out"
+    write_manifest(folder, STAGES[kind], config=config, inputs={"data": data, "hub": "my-org/isic-seed"},
+                   extra={"card": facts})
+    text = render_card(folder).read_text()
+    for local in ("/work/shared", "/home/alice", "C:\\", "Users", "~/raw", str(tmp_path), "/srv"):
+        assert local not in text, f"{local} in the {kind} card"
+    assert "images: ham10000-sample" in text and "out: lora" in text and "- isic" in text
+    assert "relative/dir" in text and "base: org/sd15" in text and "my-org/isic-seed" in text
+
+
 def test_rendering_is_a_pure_function_of_the_manifest(tmp_path):
     folder = _write_folder(tmp_path, "lora", LORA_FACTS)
     first = render_card(folder).read_text()

@@ -172,3 +172,62 @@ def test_card_snippet_names_the_published_repo(tmp_path):
     text = (_dataset_folder(tmp_path) / "README.md").read_text()
     assert re.search(r'load_dataset\("test-org/dermt2im"\)', text)
     assert io.StringIO(text).readline().strip() == "---"
+
+
+class _PublishingApi:
+    """What push_folder asks of HfApi, answered by the local Hub: upload_folder publishes the folder it is given
+    (olah is read-only, so the commit is made by `local_hub.publish`)."""
+
+    def __init__(self, local_hub):
+        self.local_hub = local_hub
+
+    def create_repo(self, repo_id, **kwargs):
+        return f"{self.local_hub.endpoint}/{repo_id}"
+
+    def repo_info(self, repo_id, **kwargs):
+        from types import SimpleNamespace
+
+        return SimpleNamespace(id=repo_id, private=True)
+
+    def upload_folder(self, *, repo_id, folder_path, **kwargs):
+        from types import SimpleNamespace
+
+        sha = self.local_hub.publish(folder_path, repo_id)
+        return SimpleNamespace(commit_url=f"{self.local_hub.endpoint}/{repo_id}/commit/{sha}")
+
+
+_DOWNLOAD_ALL = r"""
+import sys
+from huggingface_hub import snapshot_download
+print(snapshot_download(sys.argv[1]))
+"""
+
+
+def test_pushed_files_hold_no_local_path(local_hub, tmp_path):
+    """A pushed folder read back through the Hub API: manifests, configs and metadata name no local path."""
+    from pathlib import Path
+
+    from dermt2im_hub.hub.push import push_folder
+
+    data = tmp_path / "alice-clinic" / "ham10000"
+    data.mkdir(parents=True)
+    folder = tmp_path / "lora"
+    write_manifest(folder, "train_lora", config={"train_data_dir": str(data), "base": "org/sd15"},
+                   inputs={"train_data": data}, extra={"card": {"training_data": str(data)}})
+    (folder / "training_config.yaml").write_text(f"train_data_dir: {data}\n")
+    (folder / "metadata.jsonl").write_text(json.dumps({"source": str(data / "x.png")}) + "\n")
+    (folder / WEIGHT_NAME).write_bytes(b"\x00weights")
+    render_card(folder)
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    push_folder(folder, "test-org/redacted", api=_PublishingApi(local_hub))
+
+    result = local_hub.run_python(_DOWNLOAD_ALL, "test-org/redacted", timeout=300)
+    assert result.returncode == 0, result.stderr[-4000:]
+    snapshot = Path(result.stdout.strip().splitlines()[-1])
+    published = {p.relative_to(snapshot).as_posix(): p.read_bytes() for p in snapshot.rglob("*") if p.is_file()}
+    assert sorted(published) == sorted(before)
+    for name, content in published.items():
+        assert str(tmp_path).encode() not in content, name
+    assert json.loads(published["manifest.json"])["config"]["train_data_dir"] == "<local>/ham10000"
+    assert published[WEIGHT_NAME] == before[WEIGHT_NAME]
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before, "the local folder is unchanged"

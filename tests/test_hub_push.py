@@ -1,13 +1,16 @@
-"""Pushing: what would be uploaded, privacy, pickle refusal, retries, no token anywhere.
+"""Pushing: what would be uploaded, privacy, pickle refusal, retries, no token, no local path anywhere.
 
 The Hub cannot be written to offline (and no writable Hub-compatible server exists), so pushes go to
-RecordingHubApiDouble, a stand-in for HfApi that records each call and lists the files upload_folder would
-send with huggingface_hub's own pattern filter.
+RecordingHubApiDouble, a stand-in for HfApi that records each call, keeps each repo's visibility the way
+create_repo(exist_ok=True) does, and keeps the bytes of the files upload_folder would send (selected with
+huggingface_hub's own pattern filter).
 """
 
 from __future__ import annotations
 
+import json
 import logging
+from pathlib import Path
 from types import SimpleNamespace
 
 import httpx
@@ -29,17 +32,25 @@ FAKE_TOKEN = "hf_DoubleTestTokenThatMustNeverAppear0123"
 
 
 class RecordingHubApiDouble:
-    """Test double of huggingface_hub.HfApi: records create_repo/create_branch/upload_folder calls; the first
-    `failures` upload attempts raise the given errors."""
+    """Test double of huggingface_hub.HfApi: records create_repo/repo_info/create_branch/upload_folder calls;
+    `existing` maps repo ids that already exist to their visibility (True: private), which create_repo keeps,
+    as the real one does with exist_ok=True; the first `failures` upload attempts raise the given errors."""
 
-    def __init__(self, *args, failures: list[Exception] | None = None, **kwargs):
+    def __init__(self, *args, failures: list[Exception] | None = None, existing: dict[str, bool | None] | None = None,
+                 **kwargs):
         self.calls: list[tuple[str, dict]] = []
         self.uploaded: dict[str, bytes] = {}
         self.failures = list(failures or [])
+        self.private: dict[str, bool | None] = dict(existing or {})
 
     def create_repo(self, repo_id, **kwargs):
         self.calls.append(("create_repo", {"repo_id": repo_id, **kwargs}))
+        self.private.setdefault(repo_id, kwargs.get("private", False))
         return f"https://hub.invalid/{repo_id}"
+
+    def repo_info(self, repo_id, **kwargs):
+        self.calls.append(("repo_info", {"repo_id": repo_id, **kwargs}))
+        return SimpleNamespace(id=repo_id, private=self.private[repo_id])
 
     def create_branch(self, repo_id, **kwargs):
         self.calls.append(("create_branch", {"repo_id": repo_id, **kwargs}))
@@ -49,8 +60,6 @@ class RecordingHubApiDouble:
                                              **kwargs}))
         if self.failures:
             raise self.failures.pop(0)
-        from pathlib import Path
-
         root = Path(folder_path)
         paths = [p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()]
         for path in filter_repo_objects(paths, ignore_patterns=ignore_patterns + [".git/*", ".cache/huggingface/*"]):
@@ -273,3 +282,188 @@ def test_push_cli_keeps_the_dataset_memorization_rule(tmp_path, run_cli, monkeyp
     code, out, err = run_cli("push", folder, "--repo-id", "my-org/data", "--allow-memorized")
     assert code == 0, err
     assert doubles[0].call("create_repo")[0]["repo_type"] == "dataset", "the repo type follows the stage"
+
+
+# ---------------------------------------------------------------------------------------------- local paths
+
+ALICE = "/home/alice/clinic-x"
+
+
+@pytest.fixture
+def provenance_folder(tmp_path):
+    """A stage folder whose provenance files name absolute local paths, as real runs write them."""
+    folder = tmp_path / "out"
+    data = tmp_path / "data"  # an existing input: the manifest records its resolved absolute path
+    data.mkdir()
+    (data / "manifest.json").write_text("{}")
+    write_manifest(folder, "train_lora", config={"train_data_dir": f"{ALICE}/ham10000", "output_dir": str(folder),
+                                                 "base": "org/sd15", "samples": "samples/x.png"},
+                   inputs={"train_data": data}, extra={"card": {"training_data": f"{ALICE}/ham10000"}})
+    (folder / "training_config.yaml").write_text(
+        f"train_data_dir: {ALICE}/ham10000\npretrained_model_name_or_path: C:\\Users\\alice\\sd15\n"
+        "hub_model_id: org/derm-lora\nlogging_dir: logs\n")
+    rows = [{"file_name": "benign/a.png", "source_path": f"{ALICE}/raw/ISIC_1.jpg", "prompt": "benign mole"},
+            {"file_name": "malignant/b.png", "source_path": "~/raw/ISIC_2.jpg", "prompt": "and/or 1/2"}]
+    (folder / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (folder / "report.json").write_text(json.dumps({"examples": {"corrupt": [
+        {"path": f"{ALICE}/raw/bad.jpg", "detail": f"cannot identify image file '{ALICE}/raw/bad.jpg'"}]}}))
+    (folder / "test_exclusion.json").write_text(json.dumps({"source": f"{ALICE}/prep", "image_ids": ["x"]}))
+    (folder / "README.md").write_text("# card\n")
+    # a binary file goes as it is, whatever bytes it holds
+    (folder / "adapter.safetensors").write_bytes(b"\x00weights " + ALICE.encode())
+    return folder
+
+
+def test_push_redacts_local_paths_and_keeps_the_local_files(provenance_folder, tmp_path):
+    before = {p: p.read_bytes() for p in provenance_folder.rglob("*") if p.is_file()}
+    api = RecordingHubApiDouble()
+    push_folder(provenance_folder, "my-org/adapter", api=api)
+
+    assert {p: p.read_bytes() for p in provenance_folder.rglob("*") if p.is_file()} == before, "local files change"
+    assert ALICE.encode() in (provenance_folder / "manifest.json").read_bytes(), "local provenance stays complete"
+    text_files = [name for name in api.uploaded if name.endswith((".json", ".jsonl", ".yaml"))]
+    assert sorted(text_files) == ["manifest.json", "metadata.jsonl", "report.json", "test_exclusion.json",
+                                  "training_config.yaml"]
+    for name in text_files:
+        data = api.uploaded[name]
+        for local in (ALICE, str(tmp_path), "~/raw", "C:\\\\Users", "C:\\Users"):
+            assert local.encode() not in data, f"{local} reaches the Hub in {name}"
+    assert api.uploaded["adapter.safetensors"] == before[provenance_folder / "adapter.safetensors"]
+    assert api.uploaded["README.md"] == b"# card\n"
+
+    import yaml
+
+    manifest = json.loads(api.uploaded["manifest.json"])
+    assert manifest["config"]["train_data_dir"] == "<local>/ham10000"
+    assert manifest["config"]["output_dir"] == "<local>/out"
+    assert manifest["config"]["base"] == "org/sd15" and manifest["config"]["samples"] == "samples/x.png"
+    assert manifest["inputs"]["train_data"]["path"] == "<local>/data"
+    assert manifest["inputs"]["train_data"]["sha256"] == json.loads(before[provenance_folder / "manifest.json"])[
+        "inputs"]["train_data"]["sha256"]
+    config = yaml.safe_load(api.uploaded["training_config.yaml"])
+    assert config == {"train_data_dir": "<local>/ham10000", "pretrained_model_name_or_path": "<local>/sd15",
+                      "hub_model_id": "org/derm-lora", "logging_dir": "logs"}
+    rows = [json.loads(line) for line in api.uploaded["metadata.jsonl"].decode().splitlines()]
+    assert [r["source_path"] for r in rows] == ["<local>/ISIC_1.jpg", "<local>/ISIC_2.jpg"]
+    assert [r["prompt"] for r in rows] == ["benign mole", "and/or 1/2"]
+    example = json.loads(api.uploaded["report.json"])["examples"]["corrupt"][0]
+    assert example == {"path": "<local>/bad.jpg", "detail": "cannot identify image file '<local>/bad.jpg'"}
+    assert json.loads(api.uploaded["test_exclusion.json"])["source"] == "<local>/prep"
+
+
+def test_dry_run_marks_the_redacted_files(provenance_folder, run_cli):
+    code, out, err = run_cli("push", provenance_folder, "--repo-id", "my-org/adapter", "--dry-run")
+    assert code == 0, err
+    assert "manifest.json  (local paths redacted)" in out and "README.md\n" in out
+    assert ALICE not in out
+
+
+@pytest.mark.parametrize(("text", "published"), [
+    ("/home/alice/My Data/x.png", "<local>/x.png"),
+    ("C:\\Users\\Alice Smith\\x.png", "<local>/x.png"),
+    ("\\\\server\\share\\f.png", "<local>/f.png"),
+    ("file:///home/a/b.png", "<local>/b.png"),
+    ("~bob/x/y/", "<local>/y"),
+    ("/home/a/x.png has the same bytes as /srv/b/y.png", "<local>/x.png has the same bytes as <local>/y.png"),
+    ("copy at (/tmp/abc/d.png).", "copy at (<local>/d.png)."),
+    ("org/name", "org/name"),
+    ("outputs/lora", "outputs/lora"),
+    ("https://huggingface.co/org/x/resolve/main/a.png", "https://huggingface.co/org/x/resolve/main/a.png"),
+    ("benign/malignant, 1/2, it/s, a / b", "benign/malignant, 1/2, it/s, a / b"),
+])
+def test_redaction_rules(text, published):
+    from dermt2im_hub.hub.redact import redact_text
+
+    assert redact_text(text) == published
+
+
+def test_redaction_of_keys_and_unparsable_files():
+    from dermt2im_hub.hub.redact import redact_file, redact_value
+
+    assert redact_value({"/a/x": 1, "/b/x": 2, "k": ["/c/y", 3]}) == {"<local>/x": 1, "<local>/x (2)": 2,
+                                                                      "k": ["<local>/y", 3]}
+    assert redact_file("a.json", b'{"a": "org/name"}') is None, "an unchanged file goes as it is"
+    assert redact_file("a.png", b"/home/a/b") is None
+    assert redact_file("broken.json", b'{"p": "/home/a/b.png" oops') == b'{"p": "<local>/b.png" oops'
+
+
+# ---------------------------------------------------------------------------------------------- visibility
+
+
+def test_a_private_push_into_an_existing_public_repo_is_refused(lora_folder):
+    api = RecordingHubApiDouble(existing={"my-org/adapter": False})
+    with pytest.raises(PushError, match="repo my-org/adapter: .* already exists and is public"):
+        push_folder(lora_folder, "my-org/adapter", api=api)
+    assert api.call("repo_info") == [{"repo_id": "my-org/adapter", "repo_type": "model"}]
+    assert not api.call("upload_folder") and not api.uploaded
+
+    api = RecordingHubApiDouble(existing={"my-org/adapter": None})  # visibility not reported: not confirmed
+    with pytest.raises(PushError, match="does not say whether it is private"):
+        push_folder(lora_folder, "my-org/adapter", api=api)
+    assert not api.uploaded
+
+    for existing, private in (({"my-org/adapter": False}, False), ({"my-org/adapter": True}, True), ({}, True)):
+        api = RecordingHubApiDouble(existing=existing)
+        push_folder(lora_folder, "my-org/adapter", private=private, api=api)
+        assert api.uploaded, (existing, private)
+
+
+def test_push_cli_refuses_a_private_push_into_a_public_repo(lora_folder, run_cli, monkeypatch):
+    import huggingface_hub
+
+    doubles = []
+    monkeypatch.setattr(huggingface_hub, "HfApi", lambda *a, **k: doubles.append(
+        RecordingHubApiDouble(existing={"my-org/adapter": False})) or doubles[-1])
+    monkeypatch.setattr("dermt2im_hub.hub.online.hub_offline", lambda: False)
+    code, _, err = run_cli("push", lora_folder, "--repo-id", "my-org/adapter")
+    assert code == 2 and "already exists and is public" in err and "Traceback" not in err
+    assert not doubles[0].uploaded
+    code, _, err = run_cli("push", lora_folder, "--repo-id", "my-org/adapter", "--public")
+    assert code == 0, err
+
+
+# ---------------------------------------------------------------------------------------------- real images
+
+
+@pytest.mark.parametrize(("stage", "config"), [("preprocess", None), ("qa", None),
+                                               ("build_dataset", {"config_name": "real"})])
+def test_push_cli_wants_a_flag_for_real_images(tmp_path, run_cli, monkeypatch, stage, config):
+    import huggingface_hub
+
+    folder = tmp_path / stage
+    write_manifest(folder, stage, config=config)
+    (folder / "benign").mkdir()
+    (folder / "benign" / "ISIC_1.png").write_bytes(b"png")
+    (folder / ".preprocess-journal.jsonl").write_text('{"source": "/home/alice/raw/ISIC_1.jpg"}\n')
+    expected = ["benign/ISIC_1.png", "manifest.json"]
+    if stage == "build_dataset":  # the dataset stage's own rule reads the shards
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        (folder / "data").mkdir()
+        pq.write_table(pa.table({"label": [0], "mem_flagged": [False]}), folder / "data" / "train-00000-of-00001.parquet")
+        expected.insert(1, "data/train-00000-of-00001.parquet")
+    doubles = []
+    monkeypatch.setattr(huggingface_hub, "HfApi", lambda *a, **k: doubles.append(RecordingHubApiDouble()) or doubles[-1])
+    monkeypatch.setattr("dermt2im_hub.hub.online.hub_offline", lambda: False)
+    for extra in ([], ["--dry-run"]):
+        code, out, err = run_cli("push", folder, "--repo-id", "my-org/data", *extra)
+        assert code == 2 and "real patient-derived images" in err and "--allow-real-images" in err, err
+        assert not doubles and not out
+    code, out, err = run_cli("push", folder, "--repo-id", "my-org/data", "--allow-real-images", "--dry-run")
+    assert code == 0 and "benign/ISIC_1.png" in out and "journal" not in out, err
+    code, out, err = run_cli("push", folder, "--repo-id", "my-org/data", "--allow-real-images")
+    assert code == 0, err
+    assert sorted(doubles[0].uploaded) == expected
+
+
+def test_hidden_journals_are_not_uploaded(lora_folder):
+    (lora_folder / ".preprocess-journal.jsonl").write_text("{}\n")
+    (lora_folder / "samples" / ".generate-journal.jsonl").write_text("{}\n")
+    assert not [p for p in files_to_upload(lora_folder) if "journal" in p]
+
+
+def test_dry_run_checks_the_repo_id_first(lora_folder, run_cli):
+    for bad in ("../../etc", "org/x--y", "no-org"):
+        code, out, err = run_cli("push", lora_folder, "--repo-id", bad, "--dry-run")
+        assert code == 2 and "--repo-id" in err and not out, (bad, err)

@@ -234,3 +234,17 @@ def test_resume_loads_only_this_runs_own_checkpoints(tmp_path):
         find_resume_checkpoint("checkpoint-7", out)
     with pytest.raises(TrainingInputError, match="output folder"):  # the newest is that symlink
         find_resume_checkpoint("latest", out)
+
+
+def test_kohya_metadata_names_a_local_base_model_by_its_last_part(tmp_path):
+    """The kohya file's safetensors metadata is published with the adapter: no local directory layout in it."""
+    from types import SimpleNamespace
+
+    from dermt2im_hub.training.lora import kohya_metadata
+
+    unet = SimpleNamespace(r=4, lora_alpha=4)
+    assert kohya_metadata(unet, None, "/home/alice/models/sd15", 512)["ss_sd_model_name"] == "sd15"
+    assert kohya_metadata(unet, None, "C:\\models\\sd15.safetensors", 512)["ss_sd_model_name"] == "sd15.safetensors"
+    assert kohya_metadata(unet, None, str(tmp_path), 512)["ss_sd_model_name"] == tmp_path.name
+    hub_id = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+    assert kohya_metadata(unet, None, hub_id, 512)["ss_sd_model_name"] == hub_id

@@ -27,9 +27,13 @@ def register(subparsers) -> None:
         "push", help="upload a stage output folder to the Hub (private unless --public)",
         description="Create the Hub repo (private unless --public; an existing repo keeps its visibility) and "
                     "upload FOLDER, leaving out checkpoints, optimizer/scheduler states, caches, logs, "
-                    "TensorBoard events and temp files. Refuses pickle weight files (.bin .pt .pth .pkl "
-                    ".pickle .ckpt). Retries transient HTTP errors. The token comes from HF_TOKEN or the "
-                    "cached `hf auth login` and is never printed or written. Prints the commit URL.")
+                    "TensorBoard events, resume journals and temp files. Refuses pickle weight files (.bin .pt "
+                    ".pth .pkl .pickle .ckpt), a private push into an existing public repo, and folders of "
+                    "real patient-derived images (preprocess, qa, a real-config dataset) without "
+                    "--allow-real-images. Absolute local paths in JSON/JSONL/YAML files are published as "
+                    "<local>/LASTPART (the local files keep them). Retries transient HTTP errors. The token "
+                    "comes from HF_TOKEN or the cached `hf auth login` and is never printed or written. Prints "
+                    "the commit URL.")
     p.add_argument("folder", type=Path, help="the folder to upload (render its card first: dermt2im card FOLDER)")
     p.add_argument("--repo-id", required=True, help="target repo, ORG/NAME")
     p.add_argument("--repo-type", choices=["model", "dataset"], default=None,
@@ -41,6 +45,10 @@ def register(subparsers) -> None:
     p.add_argument("--allow-memorized", action="store_true",
                    help="for a build_dataset folder: push even if rows were flagged by the memorization audit "
                         "(review the audit first)")
+    p.add_argument("--allow-real-images", action="store_true",
+                   help="push a folder that holds real patient-derived images (a preprocess or qa output, or a "
+                        "dataset built with the real config); check that the source datasets' licences and "
+                        "terms allow publishing them first")
     p.add_argument("--dry-run", action="store_true", help="list what would be uploaded and stop")
     p.set_defaults(func=_push)
 
@@ -70,12 +78,19 @@ def _default_repo_type(folder: Path) -> str:
     return card_repo_type(card_kind(manifest)) if manifest else "model"
 
 
-def _check_stage_rules(folder: Path, allow_memorized: bool) -> None:
-    """Stage-specific publishing rules, so `dermt2im push` cannot bypass them: a built dataset with rows
-    flagged by the memorization audit is refused (the CLI may import stages; the hub layer may not)."""
+def _check_stage_rules(folder: Path, allow_memorized: bool, allow_real_images: bool = False) -> None:
+    """Stage-specific publishing rules, so `dermt2im push` cannot bypass them: a folder of real patient-derived
+    images needs --allow-real-images; a built dataset with rows flagged by the memorization audit is refused
+    (the CLI may import stages; the hub layer may not)."""
+    from dermt2im_hub.hub.push import PushError, real_image_content
     from dermt2im_hub.manifest import try_read_manifest
 
     manifest = try_read_manifest(folder) or {}
+    real = real_image_content(manifest)
+    if real and not allow_real_images:
+        raise PushError(f"refusing to push {folder}: this {manifest.get('stage')} output holds real patient-derived "
+                        f"images ({real}); publishing them is up to their licences and the patients' consent "
+                        "terms, not to this tool. If those allow it, pass --allow-real-images.")
     if manifest.get("stage") == "build_dataset":
         from dermt2im_hub.dataset.export import check_publishable
 
@@ -87,16 +102,21 @@ def _push(args: argparse.Namespace) -> int:
 
     from dermt2im_hub.cli import UserError
     from dermt2im_hub.hub.online import require_online
-    from dermt2im_hub.hub.push import PushError, check_folder, push_folder
+    from dermt2im_hub.hub.push import PushError, check_folder, push_folder, redacted_files
+    from dermt2im_hub.hub.resolve import hub_id_problem
 
+    problem = hub_id_problem(args.repo_id, "--repo-id")  # before anything else, a dry run included
+    if problem:
+        raise UserError(problem)
     repo_type = args.repo_type or _default_repo_type(args.folder)
     try:
-        _check_stage_rules(args.folder, args.allow_memorized)
+        _check_stage_rules(args.folder, args.allow_memorized, args.allow_real_images)
         if args.dry_run:
             paths = check_folder(args.folder)
+            redacted = redacted_files(args.folder, paths)
             print(f"would upload {len(paths)} files to {repo_type} repo {args.repo_id} "
                   f"({'public' if args.public else 'private'}):")
-            print("\n".join(f"  {p}" for p in paths))
+            print("\n".join(f"  {p}" + ("  (local paths redacted)" if p in redacted else "") for p in paths))
             return 0
         require_online("pushing", later=False)
         info = push_folder(args.folder, args.repo_id, repo_type=repo_type, private=not args.public,

@@ -26,6 +26,7 @@ from typing import Any
 import jinja2
 import yaml
 
+from dermt2im_hub.hub.redact import cut_local_paths
 from dermt2im_hub.hub.resolve import is_remote_hub_id, require_hub_id
 from dermt2im_hub.manifest import read_manifest
 from dermt2im_hub.utils.files import atomic_write_text
@@ -89,7 +90,7 @@ def show(value: Any, suffix: str = "") -> str:
     if isinstance(value, (list, tuple)):
         return ", ".join(show(v) for v in value)
     if isinstance(value, Mapping):
-        return ", ".join(f"{k}: {show(v)}" for k, v in value.items())
+        return ", ".join(f"{_escape_cell(str(k))}: {show(v)}" for k, v in value.items())
     return f"{_escape_cell(str(value))}{suffix}"
 
 
@@ -448,9 +449,13 @@ def _render_partials(ctx: dict[str, Any]) -> dict[str, str]:
 
 
 def build_card(manifest: Mapping[str, Any], kind: str | None = None, repo_id: str | None = None):
-    """The ModelCard/DatasetCard for a manifest (no file is read or written)."""
+    """The ModelCard/DatasetCard for a manifest (no file is read or written).
+
+    Every absolute local path in the manifest (config values, facts, inputs, free text) is cut to its last
+    part first, so a public card does not reveal a machine's directory layout."""
     from huggingface_hub import DatasetCard, ModelCard
 
+    manifest = cut_local_paths(manifest)
     kind = card_kind(manifest, kind)
     ctx = _CONTEXT_BUILDERS[kind](_common_context(manifest, kind, repo_id))
     ctx.update(_render_partials(ctx))

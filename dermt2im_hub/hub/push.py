@@ -3,8 +3,11 @@
     info = push_folder("outputs/lora", "my-org/dermt2im-lora")   # -> huggingface_hub CommitInfo
     print(info.commit_url)
 
-This wraps `HfApi.create_repo` + `HfApi.upload_folder`; it only adds the policy:
-- the repo is created private unless `private=False` (an existing repo keeps its visibility);
+This wraps `HfApi.create_repo` + `HfApi.repo_info` + `HfApi.upload_folder`; it only adds the policy:
+- the repo is created private unless `private=False` (an existing repo keeps its visibility), and a private
+  push into an existing public repo is refused;
+- JSON, JSONL and YAML files go up as a redacted view: every absolute local path in them becomes
+  `<local>/LASTPART` (dermt2im_hub.hub.redact); the local files keep their full provenance;
 - checkpoints, optimizer/scheduler states, caches, logs, TensorBoard events and temp files are not uploaded;
 - pickle-based weight files (.bin/.pt/.pth/.pkl/.pickle/.ckpt) are refused before anything is sent;
 - transient HTTP errors (5xx, 429, dropped connections, timeouts) are retried with exponential backoff;
@@ -15,14 +18,18 @@ This wraps `HfApi.create_repo` + `HfApi.upload_folder`; it only adds the policy:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import shutil
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
 from dermt2im_hub.hub.cards import CARD_NAME
+from dermt2im_hub.hub.redact import needs_redaction, redact_file
 from dermt2im_hub.hub.resolve import HubInputError, require_hub_id
 from dermt2im_hub.utils.files import is_pickle_weight
 
@@ -47,7 +54,16 @@ IGNORE_PATTERNS = [
     "*.log", "logs/*", "*/logs/*", "runs/*", "*/runs/*", "wandb/*", "*/wandb/*", "*events.out.tfevents.*",
     # leftovers of interrupted atomic writes (dermt2im_hub.utils.files)
     "*.tmp", ".*.tmp", "*/.*.tmp",
+    # resume journals of long jobs (the data stage's .preprocess-journal.jsonl names every source file)
+    ".*journal*", "*/.*journal*",
 ]
+
+# Stages whose output folder holds real (patient-derived) dermoscopy images, and which images: `dermt2im push`
+# wants --allow-real-images for them. A build_dataset folder built with the `real` config holds them too.
+REAL_IMAGE_STAGES = {
+    "preprocess": "the preprocessed real dermoscopy images (ISIC, HAM10000 or a clinic folder)",
+    "qa": "crops of real training images next to their closest synthetic images (closest_pairs/)",
+}
 
 TRANSIENT_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
 
@@ -72,6 +88,22 @@ def files_to_upload(folder: str | os.PathLike, ignore_patterns: list[str] | None
     paths = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
     patterns = list(IGNORE_PATTERNS if ignore_patterns is None else ignore_patterns) + list(DEFAULT_IGNORE_PATTERNS)
     return list(filter_repo_objects(paths, ignore_patterns=patterns))
+
+
+def real_image_content(manifest: dict | None) -> str | None:
+    """What real patient-derived images a stage folder holds (from its manifest), or None when it holds none."""
+    if not isinstance(manifest, dict):
+        return None
+    stage = manifest.get("stage")
+    if stage in REAL_IMAGE_STAGES:
+        return REAL_IMAGE_STAGES[stage]
+    if stage == "build_dataset":
+        config = manifest.get("config") if isinstance(manifest.get("config"), dict) else {}
+        extra = manifest.get("extra") if isinstance(manifest.get("extra"), dict) else {}
+        card = extra.get("card") if isinstance(extra.get("card"), dict) else {}
+        if "real" in (config.get("config_name"), card.get("builder_config")):
+            return "a dataset of real dermoscopy images (the `real` config)"
+    return None
 
 
 def pickle_weight_files(paths: list[str]) -> list[str]:
@@ -131,7 +163,69 @@ def with_retries(call: Callable[[], T], what: str, attempts: int = 5, backoff_se
     raise AssertionError("unreachable")
 
 
+# ---------------------------------------------------------------------------------------------- redacted view
+
+
+def redacted_files(folder: str | os.PathLike, paths: list[str]) -> dict[str, bytes]:
+    """The published bytes of each file in `paths` whose local paths are redacted (only those that change)."""
+    folder = Path(folder)
+    out = {}
+    for path in paths:
+        new = redact_file(path, (folder / path).read_bytes()) if needs_redaction(path) else None
+        if new is not None:
+            out[path] = new
+    return out
+
+
+@contextlib.contextmanager
+def staged_folder(folder: str | os.PathLike, paths: list[str]) -> Iterator[tuple[Path, list[str]]]:
+    """A temporary folder holding what a push publishes: redacted copies of the files whose local paths must
+    not go up, links to every other file in `paths` (a copy where links cannot be made). Yields the folder and
+    the redacted paths; the local folder is only read."""
+    folder = Path(folder).absolute()
+    redacted = redacted_files(folder, paths)
+    with tempfile.TemporaryDirectory(prefix="dermt2im-push-") as tmp:
+        staging = Path(tmp) / "upload"
+        for path in paths:
+            target = staging / path
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if path in redacted:
+                target.write_bytes(redacted[path])
+            else:
+                _link_or_copy(folder / path, target)
+        yield staging, sorted(redacted)
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    for link in (os.symlink, os.link):
+        try:
+            link(source, target)
+            return
+        except OSError:
+            continue
+    shutil.copy2(source, target)
+
+
 # ---------------------------------------------------------------------------------------------- push
+
+
+def check_visibility(api, repo_id: str, repo_type: str, private: bool, **retry) -> None:
+    """Refuse a private push into a repo that exists and is public (create_repo(exist_ok=True) keeps an
+    existing repo's visibility, so asking for private is not enough)."""
+    if not private:
+        return
+    repo_info = getattr(api, "repo_info", None)
+    if repo_info is None:  # a stand-in API object without repo_info: nothing to ask
+        logger.warning("the Hub API object has no repo_info; cannot check that %s is private", repo_id)
+        return
+    info = with_retries(lambda: repo_info(repo_id, repo_type=repo_type), "repo_info", **retry)
+    visibility = getattr(info, "private", None)
+    if visibility is True:
+        return
+    state = "is public" if visibility is False else "does not say whether it is private"
+    raise PushError(f"refusing to push to {repo_type} repo {repo_id}: this push is private but the repo already "
+                    f"exists and {state}; push with --public (private=False) to publish into it, or choose "
+                    "another repo id")
 
 
 def push_folder(folder: str | os.PathLike, repo_id: str, repo_type: str = "model", private: bool = True,
@@ -154,13 +248,17 @@ def push_folder(folder: str | os.PathLike, repo_id: str, repo_type: str = "model
     message = commit_message or f"Upload {folder.name} with dermt2im-hub"
     retry = {"attempts": attempts, "backoff_seconds": backoff_seconds, "sleep": sleep}
 
-    repo_url = with_retries(lambda: api.create_repo(repo_id, repo_type=repo_type, private=private,
-                                                    exist_ok=True), "create_repo", **retry)
-    if revision and revision != "main":
-        with_retries(lambda: api.create_branch(repo_id, branch=revision, repo_type=repo_type, exist_ok=True),
-                     "create_branch", **retry)
-    logger.info("uploading %d files from %s to %s (%s)", len(paths), folder, repo_url, repo_type)
-    return with_retries(lambda: api.upload_folder(
-        repo_id=repo_id, folder_path=str(folder), repo_type=repo_type, revision=revision,
-        commit_message=message, ignore_patterns=list(IGNORE_PATTERNS),  # a fresh list: upload_folder extends it
-    ), "upload_folder", **retry)
+    # the redacted view is made before the first request, so a file that cannot be read sends nothing
+    with staged_folder(folder, paths) as (staging, redacted):
+        repo_url = with_retries(lambda: api.create_repo(repo_id, repo_type=repo_type, private=private,
+                                                        exist_ok=True), "create_repo", **retry)
+        check_visibility(api, repo_id, repo_type, private, **retry)
+        if revision and revision != "main":
+            with_retries(lambda: api.create_branch(repo_id, branch=revision, repo_type=repo_type, exist_ok=True),
+                         "create_branch", **retry)
+        logger.info("uploading %d files from %s to %s (%s); local paths redacted in %d", len(paths), folder,
+                    repo_url, repo_type, len(redacted))
+        return with_retries(lambda: api.upload_folder(
+            repo_id=repo_id, folder_path=str(staging), repo_type=repo_type, revision=revision,
+            commit_message=message, ignore_patterns=list(IGNORE_PATTERNS),  # fresh list: upload_folder extends it
+        ), "upload_folder", **retry)

@@ -110,13 +110,15 @@ def peft_to_kohya(state_dict: dict[str, torch.Tensor], prefix: str, alpha: float
 
 
 def kohya_metadata(unet_config, te_config, base_model: str, resolution: int) -> dict[str, str]:
-    """The `ss_*` keys A1111 and kohya tools read to describe a LoRA."""
+    """The `ss_*` keys A1111 and kohya tools read to describe a LoRA (a local base model by its last part)."""
+    from dermt2im_hub.hub.redact import public_name
+
     return {
         "ss_network_module": "networks.lora",
         "ss_network_dim": str(unet_config.r),
         "ss_network_alpha": str(unet_config.lora_alpha),
         "ss_base_model_version": "sd_v1",
-        "ss_sd_model_name": base_model,
+        "ss_sd_model_name": public_name(base_model),
         "ss_resolution": f"({resolution}, {resolution})",
         "ss_training_comment": "dermt2im-hub train_lora; text encoder LoRA: "
                                + (f"rank {te_config.r}, alpha {te_config.lora_alpha}" if te_config else "none"),
