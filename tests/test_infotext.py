@@ -58,3 +58,17 @@ def test_pair_scan_is_a1111s_findall_in_linear_time():
         assert _param_pairs(line) == _PARAM_RE.findall(line), repr(line)
     # untrusted PNG text: a 64 KiB run without ':' used to cost seconds of backtracking per image
     assert parse_infotext("prompt\n" + "a-" * 32768)["params"] == {}
+
+
+@pytest.mark.parametrize("params, expected", [
+    ("Steps: inf, Sampler: Euler, CFG scale: nan, Seed: 1e999", (None, None, None)),
+    ("Steps: -inf, Sampler: Euler, CFG scale: 1e999, Seed: NaN", (None, None, None)),
+    ("Steps: 1e400, Sampler: Euler, CFG scale: -Infinity, Seed: 99999999999999999999999", (None, None, 10**23 - 1)),
+    ("Steps: 20.0, Sampler: Euler, CFG scale: 7.5, Seed: 18446744073709551615", (20, 7.5, 2**64 - 1)),
+])
+def test_non_finite_numbers_read_as_missing(params, expected):
+    """Untrusted PNG text: `Steps: inf` or `Seed: 1e999` once raised OverflowError and stopped a dataset build.
+    Integers are read exactly (a value out of a column's range is the dataset schema's to null)."""
+    parsed = parse_infotext(f"a mole\n{params}")
+    assert (parsed["steps"], parsed["cfg_scale"], parsed["seed"]) == expected
+    assert parsed["sampler"] == "Euler" and parsed["prompt"] == "a mole"

@@ -15,6 +15,7 @@ reads it.
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -122,12 +123,24 @@ def parse_infotext(text: str) -> dict[str, Any]:
 
 
 def _number(value: str | None, kind):
+    """An int or float from untrusted text; None when it is not a finite number (`Steps: inf`, `Seed: 1e999`,
+    `nan`), like any other unparseable value. Integers written as such are read exactly; a finite value out of
+    a column's range is left to the dataset schema, which nulls it."""
     if value is None:
         return None
+    text = value.strip()
+    if kind is int:
+        try:
+            return int(text)
+        except ValueError:
+            pass
     try:
-        return kind(float(value)) if kind is int else kind(value)
+        number = float(text)
     except ValueError:
         return None
+    if not math.isfinite(number):
+        return None
+    return int(number) if kind is int else number
 
 
 def _typed(params: Mapping[str, str]) -> dict[str, Any]:
