@@ -10,7 +10,8 @@
 
 Configs: `synthetic` (a generation output folder), `a1111` (any folder of AUTOMATIC1111 PNGs) and `real`
 (a preprocessed image folder; its split column gives the splits). Several folders: `inputs=[dir1, dir2]`.
-Rows, features and checks live in `dermt2im_hub.dataset` (sources, schema), shared with the export.
+Rows, features and checks live in `dermt2im_hub.dataset` (sources, schema), shared with the export. Images are
+stored without their metadata (EXIF, XMP, comments, PNG text but A1111's `parameters`; pixels untouched).
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ class DermT2IMConfig(datasets.BuilderConfig):
     include_rejected: bool = False
     verify_pixels: bool = False
     allow_memorized: bool = False
+    include_mem_nearest_id: bool = False
 
     def input_paths(self) -> list[Path]:
         paths = list(self.inputs) or ([self.data_dir] if self.data_dir else [])
@@ -69,7 +71,8 @@ class DermT2IMConfig(datasets.BuilderConfig):
 
     def scan_options(self) -> ScanOptions:
         return ScanOptions(split_by=self.split_by, split_fractions=tuple(self.split_fractions),
-                           include_rejected=self.include_rejected, verify_pixels=self.verify_pixels)
+                           include_rejected=self.include_rejected, verify_pixels=self.verify_pixels,
+                           include_mem_nearest_id=self.include_mem_nearest_id)
 
 
 def input_fingerprint(paths: Sequence[str | os.PathLike]) -> str:
@@ -115,7 +118,8 @@ class DermT2IM(datasets.GeneratorBasedBuilder):
         rows = []
         for folder in self.config.input_paths():
             rows.extend(read_jsonl(folder / METADATA_NAME))
-        return discover_qa_columns(r for r in rows if isinstance(r, dict))
+        return discover_qa_columns((r for r in rows if isinstance(r, dict)),
+                                   include_training_references=self.config.include_mem_nearest_id)
 
     def _info(self) -> datasets.DatasetInfo:
         return datasets.DatasetInfo(
@@ -143,9 +147,9 @@ class DermT2IM(datasets.GeneratorBasedBuilder):
     def _generate_examples(self, entries):
         columns = column_kinds(self.info.features)  # the declared schema decides what each row holds
         for index, entry in enumerate(entries):
-            data = entry.read_unchanged()
-            # bytes as they are (no re-encode); the stored path is the name inside the input folder
-            row = {"image": {"bytes": data, "path": entry.name}, "label": entry.label}
+            # the file without its metadata (EXIF, XMP, comments, PNG text but `parameters`), pixels untouched:
+            # the bytes the scan hashed into the sha256 column; the stored path is the name inside the input folder
+            row = {"image": {"bytes": entry.read_stored(), "path": entry.name}, "label": entry.label}
             row.update(clean_row(entry.values, columns))
             yield Key(0, index), row
 

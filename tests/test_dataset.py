@@ -413,6 +413,170 @@ def test_real_folder_splits_become_dataset_splits(tmp_path):
     assert json.loads(test_row["extra"])["skin_tone"] == rows[5]["extra"]["skin_tone"]
 
 
+# ------------------------------------------------------------------------------------------ image metadata
+
+SECRET = "PATIENT Jane Roe MRN 5555"
+
+
+def stored_images(folder: Path) -> list[dict[str, Any]]:
+    """Every row's stored image bytes and sha256 column, read straight from the parquet shards."""
+    import pyarrow.parquet as pq
+
+    rows = []
+    for path in sorted((folder / "data").glob("*.parquet")):
+        rows.extend(pq.read_table(path, columns=["image", "sha256", "file_name"]).to_pylist())
+    return rows
+
+
+def private_exif():
+    from PIL import Image
+
+    exif = Image.Exif()
+    exif[0x010E] = SECRET  # ImageDescription
+    exif[0xA431] = "SN-CAM-0042"  # BodySerialNumber
+    exif.get_ifd(0x8825).update({1: "N", 2: (53.0, 16.0, 42.0)})  # GPS
+    return exif
+
+
+def add_private_metadata(path: Path, infotext: str | None = None, fmt: str = "PNG") -> Path:
+    """Rewrite an image with a clinic's metadata: EXIF (GPS, serial), a comment, and PNG text chunks."""
+    from PIL import Image, PngImagePlugin
+
+    with Image.open(path) as image:
+        image.load()
+        pixels = image.convert("RGB")
+    if fmt == "PNG":
+        info = PngImagePlugin.PngInfo()
+        if infotext:
+            info.add_text("parameters", infotext)
+        info.add_text("Comment", SECRET)
+        info.add(b"tIME", b"\x07\xe8\x01\x02\x03\x04\x05")
+        pixels.save(path, "PNG", pnginfo=info, exif=private_exif())
+    else:
+        pixels.save(path, "JPEG", quality=90, exif=private_exif(), comment=SECRET.encode())
+    return path
+
+
+def png_chunk(kind: bytes, body: bytes) -> bytes:
+    import struct
+    import zlib
+
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
+
+
+def decoded_pixels(data: bytes) -> bytes:
+    import io
+
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as image:
+        return image.convert("RGB").tobytes()
+
+
+def test_real_build_stores_images_without_metadata_deterministically(tmp_path):
+    import hashlib
+
+    folder = make_phantoms(tmp_path / "real", PhantomConfig(num_images=4, size=48, seed=1), progress=False)
+    rows = read_jsonl(folder / "metadata.jsonl")
+    add_private_metadata(folder / rows[0]["file_name"])
+    jpeg_name = rows[1]["file_name"].replace(".png", ".jpg")
+    (folder / rows[1]["file_name"]).rename(folder / jpeg_name)
+    add_private_metadata(folder / jpeg_name, fmt="JPEG")
+    rows[1]["file_name"] = jpeg_name
+    for row in rows:
+        row["sha256"] = sha256_file(folder / row["file_name"])  # the metadata row describes the file as found
+    write_jsonl(folder / "metadata.jsonl", rows)
+    originals = {row["file_name"]: (folder / row["file_name"]).read_bytes() for row in rows}
+    assert SECRET.encode() in originals[rows[0]["file_name"]] and SECRET.encode() in originals[jpeg_name]
+
+    result = build(folder, tmp_path / "out", config_name="real")
+    assert result.num_rows == 4 and result.report["counts"] == {"metadata_removed": 2}
+    stored = stored_images(tmp_path / "out")
+    for row in stored:
+        data = row["image"]["bytes"]
+        assert SECRET.encode() not in data and b"Exif" not in data and b"tIME" not in data, row["file_name"]
+        assert decoded_pixels(data) == decoded_pixels(originals[row["file_name"]]), "pixels must be untouched"
+        assert row["sha256"] == hashlib.sha256(data).hexdigest(), "sha256 describes the stored bytes"
+    untouched = {r["file_name"]: r["image"]["bytes"] for r in stored}
+    assert untouched[rows[2]["file_name"]] == originals[rows[2]["file_name"]], "clean files are stored as they are"
+    manifest = (tmp_path / "out" / "manifest.json").read_text()
+    assert SECRET not in manifest and "metadata_removed" in manifest
+
+    again = build(folder, tmp_path / "again", config_name="real")
+    assert again.num_rows == 4
+    for first, second in zip(sorted((tmp_path / "out" / "data").iterdir()),
+                             sorted((tmp_path / "again" / "data").iterdir())):
+        assert first.read_bytes() == second.read_bytes()
+
+
+def test_a1111_build_keeps_parameters_and_drops_other_metadata(tmp_path):
+    import io
+
+    from PIL import Image
+
+    text = format_infotext("benign mole", None, {"Steps": 20, "Sampler": "Heun", "CFG scale": 7, "Seed": 5})
+    folder = tmp_path / "a1111"
+    clean = write_png(tmp_path / "clean.png", 0, "benign", infotext=text)  # parameters only
+    exif = private_exif().tobytes()[6:]  # without the "Exif\0\0" prefix, as the eXIf chunk holds it
+    private = clean.read_bytes()
+    ihdr_end = 8 + 12 + 13
+    private = (private[:ihdr_end] + png_chunk(b"tEXt", b"Comment\0" + SECRET.encode()) + png_chunk(b"eXIf", exif)
+               + png_chunk(b"tIME", b"\x07\xe8\x01\x02\x03\x04\x05") + private[ihdr_end:])
+    (folder / "benign").mkdir(parents=True)
+    (folder / "benign" / "00000-5.png").write_bytes(private)
+    shutil.copyfile(clean, folder / "benign" / "00001-5.png")  # a duplicate of the first once its metadata goes
+    result = build(folder, tmp_path / "out", config_name="a1111")
+    assert result.num_rows == 1 and result.report["counts"] == {"metadata_removed": 1, "duplicate": 1}
+    (row,) = stored_images(tmp_path / "out")
+    data = row["image"]["bytes"]
+    assert SECRET.encode() not in data and b"Comment" not in data and b"eXIf" not in data
+    with Image.open(io.BytesIO(data)) as image:
+        assert image.info["parameters"] == text
+    assert data == clean.read_bytes(), "what remains is exactly a file with the parameters chunk alone"
+    (loaded,) = load(tmp_path / "out", split="train")
+    assert loaded["infotext"] == text and loaded["sampler"] == "Heun" and loaded["seed"] == 5
+
+
+def test_a1111_infotext_with_non_finite_numbers_does_not_stop_the_build(tmp_path):
+    folder = tmp_path / "a1111"
+    write_png(folder / "benign" / "00000-1.png", 0, "benign",
+              infotext="benign mole\nSteps: inf, Sampler: Euler, CFG scale: nan, Seed: 1e999")
+    write_png(folder / "malignant" / "00001-2.png", 1, "malignant",
+              infotext="malignant mole\nSteps: 1e400, Sampler: Euler, Seed: 99999999999999999999999")
+    result = build(folder, tmp_path / "out", config_name="a1111")
+    assert result.num_rows == 2
+    rows = {r["file_name"]: r for r in load(tmp_path / "out", split="train")}
+    first, second = rows["benign/00000-1.png"], rows["malignant/00001-2.png"]
+    assert (first["steps"], first["cfg_scale"], first["seed"], first["sampler"]) == (None, None, None, "Euler")
+    assert (second["steps"], second["seed"]) == (None, None)  # a huge seed is out of the int64 column's range
+
+
+# ------------------------------------------------------------------------------------------ memorization audit ids
+
+
+def test_mem_nearest_id_is_left_out_unless_asked(tmp_path, run_cli):
+    training_name = "patient-jane-roe/ISIC_0000123.jpg"
+    folder = write_generated_folder(tmp_path / "gen", n=2, qa={
+        0: {"qa_passed": True, "mem_flagged": False, "mem_nearest_id": training_name, "mem_phash_distance": 90,
+            "mem_cosine": 0.41},
+        1: {"qa_passed": True, "mem_flagged": False, "mem_nearest_id": "ISIC_0000007", "mem_cosine": 0.3},
+    })
+    build(folder, tmp_path / "out")
+    dataset = load(tmp_path / "out", split="train")
+    assert "mem_nearest_id" not in dataset.features and dataset[0]["mem_cosine"] == 0.41
+    assert all(training_name not in (row["extra"] or "") for row in dataset)
+    assert training_name not in (tmp_path / "out" / "manifest.json").read_text()
+    assert training_name not in (tmp_path / "out" / "README.md").read_text()
+
+    build(folder, tmp_path / "with", include_mem_nearest_id=True)
+    kept = load(tmp_path / "with", split="train")
+    assert kept["mem_nearest_id"] == [training_name, "ISIC_0000007"]
+
+    code, _, err = run_cli("build-dataset", folder, "-o", tmp_path / "cli", "--include-mem-nearest-id", "--quiet")
+    assert code == 0, err
+    assert load(tmp_path / "cli", split="train")["mem_nearest_id"][0] == training_name
+
+
 # ------------------------------------------------------------------------------------------ units, config, CLI
 
 

@@ -15,7 +15,8 @@ def register(subparsers) -> None:
     p = subparsers.add_parser(
         "build-dataset", help="build the `datasets` dataset (parquet + card) from image folders",
         description="Read INPUT folders with the DermT2IM builder and write DIR/data/{split}-NNNNN-of-NNNNN.parquet "
-                    "(PNG bytes embedded as they are), DIR/README.md (dataset card with a configs block), "
+                    "(image bytes without metadata: pixels untouched, only the A1111 `parameters` text kept), "
+                    "DIR/README.md (dataset card with a configs block), "
                     "DIR/sample_grid.png and DIR/manifest.json, so that load_dataset(DIR) - or "
                     "load_dataset('ORG/NAME') after --push-to-hub - gives ClassLabel and Image features. "
                     "Duplicates (same bytes) are kept once, corrupt files skipped, both reported. Rows flagged "

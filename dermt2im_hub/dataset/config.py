@@ -44,6 +44,10 @@ class DatasetConfig:
         "help": "synthetic: also take images under rejected/ and rows with qa_passed false"})
     allow_memorized: bool = field(default=False, metadata={
         "help": "build and push even when rows carry mem_flagged true (the memorization audit flagged them)"})
+    include_mem_nearest_id: bool = field(default=False, metadata={
+        "help": "synthetic: keep the QA stage's mem_nearest_id column (the real training image each synthetic "
+                "image is closest to). Off by default: it reveals which images were in the training set and, "
+                "for a plain folder, their file names"})
     verify_pixels: bool = field(default=False, metadata={
         "help": "decode every image fully (slower); by default PNG chunk checksums are verified, which catches "
                 "truncated and damaged files"})

@@ -1,6 +1,6 @@
 """`build_dataset`: run the DermT2IM builder and write a Hub-ready folder that `load_dataset` reads natively.
 
-    DIR/data/{split}-NNNNN-of-NNNNN.parquet   image bytes embedded as they were on disk (no re-encode)
+    DIR/data/{split}-NNNNN-of-NNNNN.parquet   image bytes as on disk minus their metadata (no pixel re-encode)
     DIR/README.md                             dataset card with a `configs:` block (rendered from the manifest)
     DIR/manifest.json                         stage build_dataset; extra.card = the card's facts
     DIR/sample_grid.png
@@ -57,7 +57,8 @@ def make_builder(config: DatasetConfig, inputs: Sequence[str | Path], cache_dir:
     return DermT2IM(config_name=config.config_name, inputs=[str(Path(p)) for p in inputs],
                     cache_dir=str(cache_dir) if cache_dir else None, split_by=config.split_by,
                     split_fractions=tuple(config.split_fractions), include_rejected=config.include_rejected,
-                    verify_pixels=config.verify_pixels, allow_memorized=config.allow_memorized)
+                    verify_pixels=config.verify_pixels, allow_memorized=config.allow_memorized,
+                    include_mem_nearest_id=config.include_mem_nearest_id)
 
 
 def build_dataset(inputs: Sequence[str | Path], output_dir: str | Path, config: DatasetConfig | None = None, *,

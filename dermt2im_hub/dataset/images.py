@@ -3,7 +3,9 @@
 File names (from metadata.jsonl or a directory walk) and PNG metadata come from outside: a name must stay
 inside its folder (`utils.files.safe_join`: no absolute paths, no `..`, no backslash, no symlink that leads
 out), files and pixel counts are capped,
-and a file Pillow cannot open or whose PNG chunk checksums fail is reported as corrupt, never stored.
+and a file Pillow cannot open or whose PNG chunk checksums fail is reported as corrupt, never stored. What
+is stored is the file without its metadata (`utils.image_metadata`); `stored_text_keys` says which PNG text
+chunks a config keeps.
 """
 
 from __future__ import annotations
@@ -15,12 +17,19 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from dermt2im_hub.generation.infotext import read_infotext
+from dermt2im_hub.dataset.config import A1111, SYNTHETIC
+from dermt2im_hub.generation.infotext import PARAMETERS_KEY, read_infotext
 
 MAX_FILE_BYTES = 64 * 2**20
 MAX_PIXELS = 8192 * 8192
 MAX_INFOTEXT_CHARS = 65536
 IMAGE_SUFFIXES = (".png",)
+
+
+def stored_text_keys(config_name: str) -> tuple[str, ...]:
+    """PNG text keywords the stored bytes keep: the A1111 `parameters` chunk where the config reads infotext
+    (synthetic, a1111; it is also the `infotext` column), none for real images."""
+    return (PARAMETERS_KEY,) if config_name in (SYNTHETIC, A1111) else ()
 
 
 class CorruptImage(ValueError):

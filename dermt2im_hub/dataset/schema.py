@@ -3,8 +3,9 @@
 Every config shares the core columns (image, label, file_name, source, sha256, width, height, prompt, extra).
 `synthetic` and `a1111` add the generation columns, so the two concatenate; `synthetic` adds the QA columns
 (always present, null until `dermt2im qa` has run, plus any further `qa_*`/`mem_*` scores the QA stage
-wrote); `real` adds the data stage's identifiers. `extra` is a JSON object string holding whatever the
-source had that no column names (unknown infotext keys, adapter details), so nothing is dropped.
+wrote, without `mem_nearest_id` unless asked for); `real` adds the data stage's identifiers. `extra` is a JSON
+object string holding whatever the source had that no column names (unknown infotext keys, adapter details),
+so nothing is dropped.
 """
 
 from __future__ import annotations
@@ -40,6 +41,10 @@ REAL_COLUMNS: dict[str, str] = {
     "sex": STRING, "site": STRING,
 }
 QA_PREFIXES = ("qa_", "mem_", "ita")
+# QA keys that name real training images (the memorization audit's nearest match): publishing them reveals which
+# images were in the training set and, for a plain folder, file names that may identify patients. Left out of a
+# built dataset unless DatasetConfig.include_mem_nearest_id.
+TRAINING_REFERENCE_KEYS = frozenset({"mem_nearest_id"})
 _MAX_QA_COLUMNS = 64
 _COLUMN_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_")
 
@@ -62,13 +67,17 @@ def _kind_of(value: Any) -> str | None:
     return STRING  # anything else is kept as JSON text
 
 
-def discover_qa_columns(rows: Iterable[Mapping[str, Any]]) -> dict[str, str]:
+def discover_qa_columns(rows: Iterable[Mapping[str, Any]], include_training_references: bool = False
+                        ) -> dict[str, str]:
     """QA columns for a synthetic folder: the core ones plus every further `qa_*`/`mem_*`/`ita*` key the rows
-    carry, typed from their values (mixed types fall back to text). Names are sorted for a stable schema."""
+    carry, typed from their values (mixed types fall back to text), except TRAINING_REFERENCE_KEYS unless
+    `include_training_references`. Names are sorted for a stable schema."""
     seen: dict[str, set[str]] = {}
     for row in rows:
         for key, value in row.items():
             if key in QA_CORE_COLUMNS or not is_qa_key(key) or not _safe_column_name(key):
+                continue
+            if key in TRAINING_REFERENCE_KEYS and not include_training_references:
                 continue
             kinds = seen.setdefault(key, set())
             if (kind := _kind_of(value)) is not None:

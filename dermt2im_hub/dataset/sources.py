@@ -6,8 +6,11 @@
   the prompt's class word; metadata from the PNG's infotext (PNGs without one are kept, metadata null).
 - `real`: a preprocessed image folder (contract 1); its `split` column gives the dataset splits.
 
-The scan reads every file once before anything is written: it hashes the bytes (duplicates are kept once,
-the first in input order), checks the image (corrupt files are skipped), and assigns the split. Everything
+The scan reads every file once before anything is written: it checks the image (corrupt files are skipped),
+removes its metadata (`utils.image_metadata`: EXIF, XMP, comments, PNG text chunks but the A1111 `parameters`
+chunk of the synthetic and a1111 configs; pixels untouched), hashes the bytes that will be stored (duplicates
+are kept once, the first in input order), and assigns the split. The builder reads each file again and removes
+the same metadata the same way, so the stored bytes are the ones the `sha256` column describes. Everything
 skipped is counted in a `ScanReport`, never dropped silently. Row order is input order, then metadata order
 (synthetic, real) or sorted path order (a1111), so the same inputs always give the same rows.
 """
@@ -28,21 +31,23 @@ from dermt2im_hub.dataset.images import (
     ImageFacts,
     inspect_image,
     read_file_bytes,
+    stored_text_keys,
     walk_images,
 )
-from dermt2im_hub.dataset.schema import extra_json, is_qa_key
+from dermt2im_hub.dataset.schema import TRAINING_REFERENCE_KEYS, extra_json, is_qa_key
 from dermt2im_hub.dataset.splits import hashed_split, split_key
 from dermt2im_hub.labels import CLASS_NAMES
 from dermt2im_hub.records import METADATA_NAME, ImageRecord
 from dermt2im_hub.utils.files import read_jsonl, safe_join, sha256_bytes
+from dermt2im_hub.utils.image_metadata import MalformedImage, UnsupportedImage, strip_metadata
 
 REJECTED_DIR = "rejected"
 _MAX_EXAMPLES = 20  # per kind of problem, in the report
 
 # Report kinds, in the order a summary lists them.
-PROBLEM_KINDS = ("duplicate", "corrupt", "unreadable", "missing", "unsafe_name", "invalid_row", "unlabeled",
-                 "rejected", "failed_qa", "unsplit", "sha256_mismatch", "no_infotext", "oversized_infotext",
-                 "label_conflict")
+PROBLEM_KINDS = ("duplicate", "corrupt", "unsupported_format", "unreadable", "missing", "unsafe_name",
+                 "invalid_row", "unlabeled", "rejected", "failed_qa", "unsplit", "sha256_mismatch", "no_infotext",
+                 "oversized_infotext", "label_conflict", "metadata_removed", "reencoded_png")
 
 
 class MemorizationError(ValueError):
@@ -57,10 +62,12 @@ class Entry:
     name: str
     label: str
     split: str
-    sha256: str
+    sha256: str  # of the stored bytes (the file without its metadata; the same as the file's when none was removed)
     values: dict[str, Any]
     stamp: tuple[int, int] = (0, 0)  # (size, mtime_ns) when scanned: a later read checks the file is unchanged
     input_index: int = 0
+    file_sha256: str = ""  # of the file as found (input fingerprints, the metadata row's own sha256)
+    keep_text: tuple[str, ...] = ()  # PNG text keywords kept in the stored bytes
 
     def read_unchanged(self) -> bytes:
         """The file's bytes, refusing a file that changed since the scan hashed it."""
@@ -68,6 +75,11 @@ class Entry:
         if file_stamp(self.path) != self.stamp or len(data) != self.stamp[0]:
             raise RuntimeError(f"{self.path} changed while the dataset was being built; run the build again")
         return data
+
+    def read_stored(self) -> bytes:
+        """The bytes the dataset stores: the unchanged file without its metadata, exactly as the scan hashed
+        them (metadata removal is deterministic)."""
+        return strip_metadata(self.read_unchanged(), self.keep_text).data
 
 
 def file_stamp(path: Path) -> tuple[int, int]:
@@ -108,6 +120,7 @@ class ScanOptions:
     split_fractions: Sequence[float] = (0.8, 0.1, 0.1)
     include_rejected: bool = False
     verify_pixels: bool = False
+    include_mem_nearest_id: bool = False
 
 
 @dataclass
@@ -126,7 +139,7 @@ class Scan:
         for entry in self.entries:
             if input_index is not None and entry.input_index != input_index:
                 continue
-            digest.update(f"{entry.name}\0{entry.sha256}\n".encode())
+            digest.update(f"{entry.name}\0{entry.file_sha256 or entry.sha256}\n".encode())
         return digest.hexdigest()
 
     def flagged(self) -> list[Entry]:
@@ -191,34 +204,48 @@ def _admit(config_name: str, folder: Path, where: str, candidate: _Candidate, op
     if path is None:
         report.note("unsafe_name", repr(candidate.name)[:200])
         return None
+    keep_text = stored_text_keys(config_name)
     try:
         stamp = file_stamp(path)
         data = read_file_bytes(path)
-        digest = sha256_bytes(data)
-        if digest in seen:
-            report.note("duplicate", f"{where} has the same bytes as {seen[digest]}")
+        file_digest = sha256_bytes(data)
+        if file_digest in seen:
+            report.note("duplicate", f"{where} has the same bytes as {seen[file_digest]}")
             return None
         facts = inspect_image(data, want_infotext=config_name != REAL, verify_pixels=options.verify_pixels)
+        stored = strip_metadata(data, keep_text)
     except FileNotFoundError:
         report.note("missing", where)
         return None
-    except CorruptImage as exc:
+    except (CorruptImage, MalformedImage) as exc:
         report.note("corrupt", f"{where}: {exc}")
+        return None
+    except UnsupportedImage as exc:
+        report.note("unsupported_format", f"{where}: {exc}")
         return None
     except OSError as exc:  # permissions, I/O errors: the file is skipped, the build goes on
         report.note("unreadable", f"{where}: {type(exc).__name__}: {exc}"[:300])
         return None
-    if candidate.expected_sha256 and candidate.expected_sha256 != digest:
+    digest = sha256_bytes(stored.data) if stored.changed else file_digest
+    if digest in seen:
+        report.note("duplicate", f"{where} has the same image bytes (without metadata) as {seen[digest]}")
+        return None
+    if candidate.expected_sha256 and candidate.expected_sha256 != file_digest:
         report.note("sha256_mismatch", where)
     label, values = _complete(config_name, candidate, facts, where, report)
     if label is None:
         report.note("unlabeled", where)
         return None
-    seen[digest] = where  # only admitted files count as originals: a labelled copy of a skipped file stays
+    # only admitted files count as originals: a labelled copy of a skipped file stays
+    seen[digest] = seen[file_digest] = where
+    if stored.reencoded:
+        report.note("reencoded_png", f"{where}: {', '.join(stored.removed)}")
+    elif stored.removed:  # names of what went (chunk types, segment markers), never its content
+        report.note("metadata_removed", f"{where}: {', '.join(stored.removed)}")
     values.update(file_name=candidate.name, sha256=digest, width=facts.width, height=facts.height)
     split = candidate.split or _split_for(options, values, digest)
     return Entry(path=path, name=candidate.name, label=label, split=split, sha256=digest, values=values,
-                 stamp=stamp)
+                 stamp=stamp, file_sha256=file_digest, keep_text=keep_text)
 
 
 def _complete(config_name: str, candidate: _Candidate, facts: ImageFacts, where: str,
@@ -286,12 +313,12 @@ def _synthetic_candidates(folder: Path, options: ScanOptions, report: ScanReport
         if not options.include_rejected and row.get("qa_passed") is False:
             report.note("failed_qa", name)
             continue
-        yield _Candidate(name=name, label=row["label"], values=_synthetic_values(row),
+        yield _Candidate(name=name, label=row["label"], values=_synthetic_values(row, options),
                          extra={k: v for k, v in row.items() if k not in _SYNTHETIC_HANDLED and not is_qa_key(k)},
                          expected_sha256=row.get("sha256") if isinstance(row.get("sha256"), str) else None)
 
 
-def _synthetic_values(row: dict[str, Any]) -> dict[str, Any]:
+def _synthetic_values(row: dict[str, Any], options: ScanOptions) -> dict[str, Any]:
     values = {key: row.get(key) for key in _SYNTHETIC_DIRECT}
     adapters = row.get("adapters") if isinstance(row.get("adapters"), list) else []
     adapter_ids = [str(a["id"]) for a in adapters if isinstance(a, dict) and a.get("id")]
@@ -299,7 +326,10 @@ def _synthetic_values(row: dict[str, Any]) -> dict[str, Any]:
     values.update(model=row.get("base_model"), model_hash=row.get("base_model_hash"),
                   adapter="+".join(adapter_ids) or None, source=SYNTHETIC,
                   version=f"dermt2im-hub {version}" if version else None)
-    values.update({key: value for key, value in row.items() if is_qa_key(key)})
+    # the QA stage's keys become columns, except the names of real training images (the memorization audit's
+    # nearest match), which reveal training-set membership and need include_mem_nearest_id
+    values.update({key: value for key, value in row.items() if is_qa_key(key)
+                   and (options.include_mem_nearest_id or key not in TRAINING_REFERENCE_KEYS)})
     return values
 
 
