@@ -91,6 +91,11 @@ class HubApiDouble:
         self.calls.append(("create_repo", {"repo_id": repo_id, **kwargs}))
         return f"https://hub.invalid/datasets/{repo_id}"
 
+    def repo_info(self, repo_id, **kwargs):
+        self.calls.append(("repo_info", {"repo_id": repo_id, **kwargs}))
+        private = next(kw["private"] for name, kw in self.calls if name == "create_repo" and kw["repo_id"] == repo_id)
+        return SimpleNamespace(private=private)
+
     def upload_folder(self, **kwargs):
         self.calls.append(("upload_folder", kwargs))
         return SimpleNamespace(commit_url=f"https://hub.invalid/datasets/{kwargs['repo_id']}/commit/1")
@@ -293,7 +298,8 @@ def test_memorized_rows_stop_build_and_push_unless_allowed(tmp_path, run_cli, mo
         push_dataset(out, "org/dermt2im", api=api)
     assert api.calls == [], "nothing may reach the Hub API before the refusal"
     push_dataset(out, "org/dermt2im", allow_memorized=True, api=api)
-    (create, created), (upload, uploaded) = api.calls
+    (create, created), (info, asked), (upload, uploaded) = api.calls
+    assert info == "repo_info" and asked["repo_type"] == "dataset"  # a private push checks the repo is private
     assert create == "create_repo" and created["private"] is True and created["repo_type"] == "dataset"
     assert upload == "upload_folder" and uploaded["repo_type"] == "dataset"
     assert '"org/dermt2im"' in (out / "README.md").read_text(), "card snippet names the pushed repo"

@@ -214,11 +214,7 @@ def check_visibility(api, repo_id: str, repo_type: str, private: bool, **retry) 
     existing repo's visibility, so asking for private is not enough)."""
     if not private:
         return
-    repo_info = getattr(api, "repo_info", None)
-    if repo_info is None:  # a stand-in API object without repo_info: nothing to ask
-        logger.warning("the Hub API object has no repo_info; cannot check that %s is private", repo_id)
-        return
-    info = with_retries(lambda: repo_info(repo_id, repo_type=repo_type), "repo_info", **retry)
+    info = with_retries(lambda: api.repo_info(repo_id, repo_type=repo_type), "repo_info", **retry)
     visibility = getattr(info, "private", None)
     if visibility is True:
         return
