@@ -191,6 +191,19 @@ def test_untrusted_prompt_cannot_break_tables(tmp_path):
     assert "<script>" not in card.text and "| a\\|b | c d |" in card.text
 
 
+def test_untrusted_config_value_cannot_close_the_config_block():
+    """The resolved config is dumped in a fenced block; a value holding a line of ``` (YAML indents it by two
+    spaces, which still closes a CommonMark fence) must stay inside the block."""
+    import re
+
+    config = {"instance_prompt": "a mole\n```\n<script>alert(1)</script>\n````", "rank": 4}
+    card = build_card({"stage": "train_lora", "config": config, "extra": {"card": {}}})
+    fence = re.search(r"^(`{3,})yaml$", card.text, re.MULTILINE).group(1)
+    assert len(fence) == 5  # longer than the longest backtick run in the value (4)
+    block = card.text.split(fence + "yaml\n", 1)[1].split("\n" + fence, 1)[0]
+    assert "<script>alert(1)</script>" in block and "rank: 4" in block
+
+
 def test_mapping_keys_from_prompts_cannot_break_tables():
     """Dataset cards list top prompts (untrusted: they come from PNG text) as the keys of a mapping."""
     prompt = "<img src=x onerror=alert(1)> | col\nnext"

@@ -370,6 +370,8 @@ def test_dry_run_marks_the_redacted_files(provenance_folder, run_cli):
     ("outputs/lora", "outputs/lora"),
     ("https://huggingface.co/org/x/resolve/main/a.png", "https://huggingface.co/org/x/resolve/main/a.png"),
     ("benign/malignant, 1/2, it/s, a / b", "benign/malignant, 1/2, it/s, a / b"),
+    ("a prompt with <b>bold</b> and </script>", "a prompt with <b>bold</b> and </script>"),
+    ("<local>/x.png and <local>/y", "<local>/x.png and <local>/y"),  # redacting twice changes nothing
 ])
 def test_redaction_rules(text, published):
     from dermt2im_hub.hub.redact import redact_text

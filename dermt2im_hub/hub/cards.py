@@ -220,6 +220,13 @@ def _sample_images(value: Any) -> list[dict[str, str]]:
     return samples
 
 
+def code_fence(text: str) -> str:
+    """A backtick fence longer than any backtick run in `text`: config values are untrusted (prompts, paths)
+    and a line of ``` inside them must not close the code block and let the rest render as Markdown/HTML."""
+    longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
+    return "`" * max(3, longest + 1)
+
+
 def _common_context(manifest: Mapping[str, Any], kind: str, repo_id: str | None) -> dict[str, Any]:
     facts = _card_facts(manifest)
     repo_id = repo_id or facts.get("repo_id") or PLACEHOLDER_REPO_ID
@@ -227,6 +234,7 @@ def _common_context(manifest: Mapping[str, Any], kind: str, repo_id: str | None)
     host = manifest.get("host") or {}
     extra = manifest.get("extra") or {}
     config = manifest.get("config")
+    config_yaml = yaml.safe_dump(config, sort_keys=False).strip() if is_recorded(config) else None
     license_recorded = is_recorded(facts.get("license"))
     return {
         "f": facts,
@@ -245,7 +253,8 @@ def _common_context(manifest: Mapping[str, Any], kind: str, repo_id: str | None)
         "versions_table": kv_table(versions, "package", "version"),
         "inputs_table": rows_table(_inputs_rows(manifest.get("inputs")), ["role", "kind", "name", "sha256"]),
         "outputs_table": kv_table(manifest.get("outputs"), "output", "value"),
-        "config_yaml": yaml.safe_dump(config, sort_keys=False).strip() if is_recorded(config) else None,
+        "config_yaml": config_yaml,
+        "config_fence": code_fence(config_yaml or ""),
         "config_sha256": manifest.get("config_sha256"),
         "license": facts.get("license") if license_recorded else DEFAULT_LICENSES[kind],
         "license_recorded": license_recorded,

@@ -31,11 +31,12 @@ REDACTED_SUFFIXES = (".json", ".jsonl", ".yaml", ".yml")
 _WHOLE_PATH = re.compile(r"""^(?:file://|~(?:[\w.-]*/|$)|/|[A-Za-z]:[\\/]|\\\\)""")
 _TOKEN = r"""[^\s'"`<>|,;()\[\]{}]"""
 # A URL is matched first so that the paths inside it are kept; a path must start at a boundary (not after a
-# letter, digit, '.', '-', '+', '~' or a slash, so `org/name`, `and/or`, `1/2` and base64 stay as they are).
+# letter, digit, '.', '-', '+', '~', a slash or an angle bracket, so `org/name`, `and/or`, `1/2`, base64, HTML
+# such as `</b>` and an already redacted `<local>/x` stay as they are).
 _EMBEDDED = re.compile(
     r"(?P<file>file://" + _TOKEN + r"+)"
     r"|(?P<url>\b[A-Za-z][A-Za-z0-9+.-]*://" + _TOKEN + r"*)"
-    r"|(?<![\w.~+/\\-])(?P<path>(?:~[\w.-]*/|[A-Za-z]:[\\/]|\\\\|/)" + _TOKEN + r"+)")
+    r"|(?<![\w.~+/\\<>-])(?P<path>(?:~[\w.-]*/|[A-Za-z]:[\\/]|\\\\|/)" + _TOKEN + r"+)")
 
 
 def is_local_path(value: Any) -> bool:
