@@ -290,3 +290,33 @@ def test_compiled_generation_matches_eager(tiny_base, tmp_path):
     assert a.keys() == b.keys() and len(a) == 2
     for name in a:  # inductor reorders float sums: allow one grey level
         assert np.abs(a[name] - b[name]).max() <= 1, name
+
+
+def test_a_failing_torch_compile_falls_back_to_eager(tiny_base, tmp_path, monkeypatch, caplog):
+    """`compile: true` where torch.compile cannot build kernels (no compiler, no Triton): the run warns,
+    continues with the eager modules and gives the eager images."""
+    import logging
+
+    import torch
+    from torch._dynamo.exc import BackendCompilerFailed
+
+    class CannotCompile(torch.nn.Module):
+        def __init__(self, module):
+            super().__init__()
+            self._orig_mod = module
+
+        def forward(self, *args, **kwargs):
+            raise BackendCompilerFailed(lambda *a: None, RuntimeError("no C compiler"), None)
+
+        def __getattr__(self, name):  # the pipeline reads .config, .dtype ... of the UNet
+            try:
+                return super().__getattr__(name)
+            except AttributeError:
+                return getattr(self._orig_mod, name)
+
+    monkeypatch.setattr(torch, "compile", CannotCompile)
+    caplog.set_level(logging.WARNING)
+    eager = generate(make_config(tiny_base, tmp_path / "eager", num_images=2, batch_size=2)).output
+    fallback = generate(make_config(tiny_base, tmp_path / "fallback", num_images=2, batch_size=2, compile=True))
+    assert fallback.finished == 2 and "torch.compile failed" in caplog.text
+    assert png_bytes(fallback.output) == png_bytes(eager)

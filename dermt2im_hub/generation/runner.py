@@ -130,6 +130,38 @@ def compile_pipeline(pipe) -> None:
         pipe.vae.decoder = torch.compile(pipe.vae.decoder)
 
 
+def _compile_errors() -> tuple[type[BaseException], ...]:
+    """What torch.compile raises when it cannot build a kernel (no C compiler, no Triton, a lowering bug)."""
+    from torch._dynamo.exc import TorchDynamoException
+    from torch._inductor.exc import CppCompileError, InductorError
+
+    return TorchDynamoException, InductorError, CppCompileError
+
+
+def uncompile_pipeline(pipe) -> bool:
+    """Put the eager UNet and VAE decoder back; False when nothing was compiled."""
+    restored = False
+    if hasattr(pipe.unet, "_orig_mod"):
+        pipe.unet, restored = pipe.unet._orig_mod, True
+    if hasattr(pipe.vae.decoder, "_orig_mod"):
+        pipe.vae.decoder, restored = pipe.vae.decoder._orig_mod, True
+    return restored
+
+
+def render_batch_or_fall_back(pipe, batch: list[PlannedImage], device, scheduler_cache: dict) -> list:
+    """render_batch; when torch.compile fails (it compiles on the first batch and on each new batch shape),
+    warn, go back to the eager modules and render the batch again: `compile` is a speed option, and losing it
+    must not lose a run that has already loaded its models."""
+    try:
+        return render_batch(pipe, batch, device, scheduler_cache)
+    except _compile_errors() as error:
+        if not uncompile_pipeline(pipe):
+            raise
+        log.warning("torch.compile failed (%s: %s); generating without it", type(error).__name__,
+                    str(error).splitlines()[0][:200] if str(error) else "")
+        return render_batch(pipe, batch, device, scheduler_cache)
+
+
 def batches_for(pending: list[PlannedImage], batch_size: int, rank: int = 0, world: int = 1):
     """This rank's batches: images grouped by (sampler, steps, cfg, size), each group split by rank in strides
     and cut into batches of `batch_size`."""
@@ -216,7 +248,7 @@ def generate(config: GenerationConfig, after_batch: Callable[[list[PlannedImage]
         try:
             with _progress(sum(len(b) for b in batches), config.progress, rank, world) as bar:
                 for batch in batches:
-                    writer.submit(batch, render_batch(pipe, batch, device, scheduler_cache))
+                    writer.submit(batch, render_batch_or_fall_back(pipe, batch, device, scheduler_cache))
                     # PNG encoding of this batch overlaps the next batch's sampling
                     for written in writer.completed(keep=1):
                         generated += len(written)
