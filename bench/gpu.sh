@@ -27,7 +27,7 @@ timeout 240 python3 bench/train_step.py --full-size --device cuda --resolution 5
     --batch-size 8 --images 16 --warmup 3 --steps 24 --rounds 3 --compile --json "$OUT/train_step.json"
 # 2. generation: ours (batched, fp16, SDPA, fused QKV; then + compiled UNet and VAE decoder) vs the plain
 #    pipeline once per image, 25 steps, CFG 7
-timeout 180 python3 bench/generate.py --full-size --device cuda --dtype fp16 --batch-sizes 32 --images 64 \
+timeout 180 python3 bench/generate.py --full-size --device cuda --dtype fp16 --batch-sizes 32 --images 48 \
     --baseline-images 8 --repeats 2 --compile --json "$OUT/generate.json"
 # 4. classifiers: ViT-B/16 and MobileNetV2 at 224 px, bf16, decoding and augmentation included
 timeout 100 python3 bench/classifier.py --device cuda --json "$OUT/classifier.json"
