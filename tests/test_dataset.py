@@ -676,3 +676,20 @@ def test_build_rate_on_1000_small_phantoms(tmp_path):
     elapsed = time.perf_counter() - start
     print(f"\nbuild rate: {result.num_rows / elapsed:.0f} images/s ({result.num_rows} 64-px PNGs in {elapsed:.2f} s)")
     assert result.num_rows == 1000 and result.report["counts"] == {}
+
+
+def test_local_model_paths_stay_out_of_the_parquet(tmp_path):
+    """The parquet shards are published byte for byte (push redacts text files only), so a local base model or
+    LoRA folder is named by its last part in the `model`, `adapter` and `extra` columns."""
+    folder = write_generated_folder(tmp_path / "gen", n=2)
+    rows = read_jsonl(folder / "metadata.jsonl")
+    for row in rows:
+        row["base_model"] = "/home/alice/models/sd15"
+        row["adapters"] = [dict(ADAPTER, id="/home/alice/clinic-x/run1/lora")]
+    write_jsonl(folder / "metadata.jsonl", rows)
+    out = tmp_path / "built"
+    build(folder, out)
+    assert all(b"/home/alice" not in p.read_bytes() for p in (out / "data").glob("*.parquet"))
+    dataset = load(out)["train"]
+    assert set(dataset["model"]) == {"sd15"} and set(dataset["adapter"]) == {"lora"}
+    assert "/home/alice" not in json.dumps(list(dataset["extra"]))

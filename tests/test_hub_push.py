@@ -372,11 +372,27 @@ def test_dry_run_marks_the_redacted_files(provenance_folder, run_cli):
     ("benign/malignant, 1/2, it/s, a / b", "benign/malignant, 1/2, it/s, a / b"),
     ("a prompt with <b>bold</b> and </script>", "a prompt with <b>bold</b> and </script>"),
     ("<local>/x.png and <local>/y", "<local>/x.png and <local>/y"),  # redacting twice changes nothing
+    ("OSError: No such file: '/clinic/Jane Doe/scan.png'", "OSError: No such file: '<local>/scan.png'"),
+    ("copied /data/Patients/John Smith/a.png to /out/x.png", "copied <local>/a.png to <local>/x.png"),
+    ("</home/alice/x>", "<<local>/x>"),
+    ("*/logs/*", "*/logs/*"),
+    ("//</w>", "//</w>"), ("/@</w>", "/@</w>"), ("////", "////"),
 ])
 def test_redaction_rules(text, published):
     from dermt2im_hub.hub.redact import redact_text
 
     assert redact_text(text) == published
+
+
+def test_tokenizer_files_are_never_rewritten_and_markdown_is():
+    from dermt2im_hub.hub.redact import redact_file
+
+    vocab = b'{"//</w>": 1, "/@</w>": 2, "/home</w>": 3}'
+    assert redact_file("text_encoder/vocab.json", vocab) is None
+    assert redact_file("tokenizer/tokenizer.json", vocab) is None
+    card = b"# old card\n\nimages: /home/alice/clinic-x/ham\nsee https://hub.invalid/a/b and org/name\n"
+    assert redact_file("README.md", card) == (b"# old card\n\nimages: <local>/ham\n"
+                                              b"see https://hub.invalid/a/b and org/name\n")
 
 
 def test_redaction_of_keys_and_unparsable_files():
@@ -457,6 +473,23 @@ def test_push_cli_wants_a_flag_for_real_images(tmp_path, run_cli, monkeypatch, s
     code, out, err = run_cli("push", folder, "--repo-id", "my-org/data", "--allow-real-images")
     assert code == 0, err
     assert sorted(doubles[0].uploaded) == expected
+
+
+def test_pushing_a_parent_folder_does_not_bypass_the_real_image_rule(tmp_path, run_cli, lora_folder):
+    """`dermt2im push RUN_ROOT` would upload data/<source>/ too: every stage folder inside is checked."""
+    import shutil
+
+    root = tmp_path / "run"
+    shutil.copytree(lora_folder, root / "lora")
+    write_manifest(root / "data" / "isic", "preprocess")
+    (root / "data" / "isic" / "benign").mkdir()
+    (root / "data" / "isic" / "benign" / "ISIC_1.png").write_bytes(b"png")
+    code, out, err = run_cli("push", root, "--repo-id", "my-org/run", "--dry-run")
+    assert code == 2 and "inside it: data/isic" in err and "--allow-real-images" in err and not out
+    code, out, err = run_cli("push", root, "--repo-id", "my-org/run", "--dry-run", "--allow-real-images")
+    assert code == 0 and "data/isic/benign/ISIC_1.png" in out, err
+    code, out, err = run_cli("push", root / "lora", "--repo-id", "my-org/run", "--dry-run")
+    assert code == 0, err
 
 
 def test_hidden_journals_are_not_uploaded(lora_folder):

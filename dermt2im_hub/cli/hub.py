@@ -79,22 +79,27 @@ def _default_repo_type(folder: Path) -> str:
 
 
 def _check_stage_rules(folder: Path, allow_memorized: bool, allow_real_images: bool = False) -> None:
-    """Stage-specific publishing rules, so `dermt2im push` cannot bypass them: a folder of real patient-derived
-    images needs --allow-real-images; a built dataset with rows flagged by the memorization audit is refused
-    (the CLI may import stages; the hub layer may not)."""
-    from dermt2im_hub.hub.push import PushError, real_image_content
-    from dermt2im_hub.manifest import try_read_manifest
+    """Stage-specific publishing rules, for FOLDER and every stage folder inside it (pushing a run's root must
+    not bypass them): a folder of real patient-derived images needs --allow-real-images; a built dataset with
+    rows flagged by the memorization audit is refused (the CLI may import stages; the hub layer may not)."""
+    from dermt2im_hub.hub.push import PushError, files_to_upload, real_image_content
+    from dermt2im_hub.manifest import MANIFEST_NAME, try_read_manifest
 
-    manifest = try_read_manifest(folder) or {}
-    real = real_image_content(manifest)
-    if real and not allow_real_images:
-        raise PushError(f"refusing to push {folder}: this {manifest.get('stage')} output holds real patient-derived "
-                        f"images ({real}); publishing them is up to their licences and the patients' consent "
-                        "terms, not to this tool. If those allow it, pass --allow-real-images.")
-    if manifest.get("stage") == "build_dataset":
-        from dermt2im_hub.dataset.export import check_publishable
+    inner = [folder / p for p in files_to_upload(folder) if Path(p).name == MANIFEST_NAME] if folder.is_dir() else []
+    stage_folders = sorted({folder, *(path.parent for path in inner)})
+    for stage_folder in stage_folders:
+        manifest = try_read_manifest(stage_folder) or {}
+        real = real_image_content(manifest)
+        if real and not allow_real_images:
+            where = "" if stage_folder == folder else f" (inside it: {stage_folder.relative_to(folder)})"
+            raise PushError(f"refusing to push {folder}{where}: this {manifest.get('stage')} output holds real "
+                            f"patient-derived images ({real}); publishing them is up to their licences and the "
+                            "patients' consent terms, not to this tool. If those allow it, pass "
+                            "--allow-real-images.")
+        if manifest.get("stage") == "build_dataset":
+            from dermt2im_hub.dataset.export import check_publishable
 
-        check_publishable(folder, allow_memorized=allow_memorized)
+            check_publishable(stage_folder, allow_memorized=allow_memorized)
 
 
 def _push(args: argparse.Namespace) -> int:

@@ -36,6 +36,7 @@ from dermt2im_hub.dataset.images import (
 )
 from dermt2im_hub.dataset.schema import TRAINING_REFERENCE_KEYS, extra_json, is_qa_key
 from dermt2im_hub.dataset.splits import hashed_split, split_key
+from dermt2im_hub.hub.redact import cut_local_paths, public_name
 from dermt2im_hub.labels import CLASS_NAMES
 from dermt2im_hub.records import METADATA_NAME, ImageRecord
 from dermt2im_hub.utils.files import read_jsonl, safe_join, sha256_bytes
@@ -313,17 +314,21 @@ def _synthetic_candidates(folder: Path, options: ScanOptions, report: ScanReport
         if not options.include_rejected and row.get("qa_passed") is False:
             report.note("failed_qa", name)
             continue
+        extra = {k: v for k, v in row.items() if k not in _SYNTHETIC_HANDLED and not is_qa_key(k)}
         yield _Candidate(name=name, label=row["label"], values=_synthetic_values(row, options),
-                         extra={k: v for k, v in row.items() if k not in _SYNTHETIC_HANDLED and not is_qa_key(k)},
+                         extra=cut_local_paths(extra),  # e.g. adapters[].id: a local LoRA folder's path
                          expected_sha256=row.get("sha256") if isinstance(row.get("sha256"), str) else None)
 
 
 def _synthetic_values(row: dict[str, Any], options: ScanOptions) -> dict[str, Any]:
     values = {key: row.get(key) for key in _SYNTHETIC_DIRECT}
     adapters = row.get("adapters") if isinstance(row.get("adapters"), list) else []
-    adapter_ids = [str(a["id"]) for a in adapters if isinstance(a, dict) and a.get("id")]
+    # parquet is published as it is (push redacts text files only): a local model is named by its last part
+    adapter_ids = [public_name(str(a["id"])) for a in adapters if isinstance(a, dict) and a.get("id")]
     version = row.get("package_version")
-    values.update(model=row.get("base_model"), model_hash=row.get("base_model_hash"),
+    base_model = row.get("base_model")
+    values.update(model=public_name(base_model) if isinstance(base_model, str) else None,
+                  model_hash=row.get("base_model_hash"),
                   adapter="+".join(adapter_ids) or None, source=SYNTHETIC,
                   version=f"dermt2im-hub {version}" if version else None)
     # the QA stage's keys become columns, except the names of real training images (the memorization audit's

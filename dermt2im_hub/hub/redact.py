@@ -25,18 +25,28 @@ from typing import Any
 logger = logging.getLogger(__name__)
 
 LOCAL = "<local>"
-# Structured text files whose string values are redacted before upload; any other file goes as it is.
-REDACTED_SUFFIXES = (".json", ".jsonl", ".yaml", ".yml")
+# Text files redacted before upload: structured ones value by value, Markdown (cards, model-index.md, a card
+# rendered by an older version) as text; any other file goes as it is.
+REDACTED_SUFFIXES = (".json", ".jsonl", ".yaml", ".yml", ".md")
 
 _WHOLE_PATH = re.compile(r"""^(?:file://|~(?:[\w.-]*/|$)|/|[A-Za-z]:[\\/]|\\\\)""")
 _TOKEN = r"""[^\s'"`<>|,;()\[\]{}]"""
-# A URL is matched first so that the paths inside it are kept; a path must start at a boundary (not after a
-# letter, digit, '.', '-', '+', '~', a slash or an angle bracket, so `org/name`, `and/or`, `1/2`, base64, HTML
-# such as `</b>` and an already redacted `<local>/x` stay as they are).
+_ROOT = r"(?:~[\w.-]*/|[A-Za-z]:[\\/]|\\\\|/(?![A-Za-z][\w-]*>))"  # `/`, but not the `/` of `</b>`
+# A path may run on over spaces while each further word still holds a separator (`/clinic/Jane Doe/a.png`);
+# `and/or` after a path is swallowed too, which errs on the side of hiding.
+_PATH_BODY = _TOKEN + r"*[\w]" + _TOKEN + r"*(?: " + _TOKEN + r"*[\\/]" + _TOKEN + r"*)*"
+# A URL is matched first so that the paths inside it are kept; a quoted path is taken whole, spaces and all; a
+# bare path must start at a boundary (not after a letter, digit, '.', '-', '+', '~', '*', '>' or a slash, so
+# `org/name`, `and/or`, `1/2`, base64, globs like `*/logs/*` and an already redacted `<local>/x` stay) and
+# hold a letter or digit (so tokenizer entries like `//` or `/@` are not paths).
 _EMBEDDED = re.compile(
     r"(?P<file>file://" + _TOKEN + r"+)"
     r"|(?P<url>\b[A-Za-z][A-Za-z0-9+.-]*://" + _TOKEN + r"*)"
-    r"|(?<![\w.~+/\\<>-])(?P<path>(?:~[\w.-]*/|[A-Za-z]:[\\/]|\\\\|/)" + _TOKEN + r"+)")
+    r"|(?<=['\"])(?P<quoted>" + _ROOT + r"[^'\"\n]*[\w][^'\"\n]*)(?=['\"])"
+    r"|(?<![\w.~+*/\\>-])(?P<path>" + _ROOT + _PATH_BODY + r")")
+# Files whose keys and values are vocabulary, not provenance: never rewritten.
+_NOT_REDACTED_NAMES = frozenset({"vocab.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                                 "added_tokens.json", "merges.txt"})
 
 
 def is_local_path(value: Any) -> bool:
@@ -123,7 +133,8 @@ def public_name(value: str) -> str:
 
 
 def needs_redaction(name: str) -> bool:
-    return name.lower().endswith(REDACTED_SUFFIXES)
+    lower = name.lower()
+    return lower.endswith(REDACTED_SUFFIXES) and lower.rsplit("/", 1)[-1] not in _NOT_REDACTED_NAMES
 
 
 def redact_file(name: str, data: bytes) -> bytes | None:
@@ -136,7 +147,9 @@ def redact_file(name: str, data: bytes) -> bytes | None:
     text = data.decode("utf-8", errors="surrogateescape")
     lower = name.lower()
     try:
-        if lower.endswith(".jsonl"):
+        if lower.endswith(".md"):
+            new = redact_text(text)
+        elif lower.endswith(".jsonl"):
             new = _redact_jsonl(text)
         elif lower.endswith(".json"):
             new = _redact_json(text)
