@@ -245,8 +245,9 @@ def test_rerun_skips_finished_runs(benchmark, inputs):
 
 
 def test_records_of_another_sweep_are_set_aside_not_averaged(benchmark, inputs, tmp_path):
-    """A record left by other settings or data (here: a tampered sweep hash) is moved aside and its run redone;
-    the leaderboard refuses a folder that mixes sweeps (e.g. records copied in by hand)."""
+    """A record left by other settings or data (a tampered sweep hash; an r > 0 run with other synthetic
+    data) is moved aside and its run redone; a record written before records named their sweep stays when
+    its run hash is a planned run's; the leaderboard refuses a folder that mixes sweeps."""
     import dataclasses
     import shutil
 
@@ -256,23 +257,47 @@ def test_records_of_another_sweep_are_set_aside_not_averaged(benchmark, inputs, 
     output = tmp_path / "copy"
     shutil.copytree(Path(benchmark["config"].output_dir), output)
     records = sorted((output / "results" / RECORDS_DIR).glob("*.json"))
-    stale = json.loads(records[0].read_text())
-    assert len(stale["sweep_sha256"]) == 64
-    stale["sweep_sha256"] = "0" * 64
-    records[0].write_text(json.dumps(stale))
-    with pytest.raises(ConfigError, match="mixes runs of 2 different settings or data"):
+    by_kind = {"real": [p for p in records if "__real__" in p.name], "hybrid": [p for p in records if "__r0" in p.name]}
+    other_sweep, other_synthetic, legacy = by_kind["real"][0], by_kind["hybrid"][0], by_kind["real"][1]
+    originals = {p: json.loads(p.read_text()) for p in (other_sweep, other_synthetic, legacy)}
+    assert len(originals[other_sweep]["sweep_sha256"]) == 64 and originals[other_sweep]["synthetic_sha256"] is None
+    assert originals[other_synthetic]["synthetic_sha256"]
+    other_sweep.write_text(json.dumps(dict(originals[other_sweep], sweep_sha256="0" * 64)))
+    with pytest.raises(ConfigError, match="mixes runs of different settings or data"):
         render_leaderboard(output / "results", output_dir=tmp_path / "board")
+    other_synthetic.write_text(json.dumps(dict(originals[other_synthetic], synthetic_sha256="1" * 64)))
+    old = {k: v for k, v in originals[legacy].items() if k not in ("sweep_sha256", "synthetic_sha256")}
+    legacy.write_text(json.dumps(dict(old, written_by="an earlier version")))
 
-    untouched = {p.name: p.stat().st_mtime_ns for p in records[1:]}
+    untouched = [p for p in records if p not in originals]
+    mtimes = {p.name: p.stat().st_mtime_ns for p in untouched}
     config = dataclasses.replace(benchmark["config"], output_dir=str(output))
     run_benchmark(config, real=inputs["real"], synthetic=inputs["synthetic"], progress=False)
-    set_aside = list((output / "records-set-aside").glob("*/*.json"))
-    assert [p.name for p in set_aside] == [records[0].name]
-    assert json.loads(set_aside[0].read_text())["sweep_sha256"] == "0" * 64  # kept as it was, not deleted
-    redone = json.loads(records[0].read_text())
-    assert redone["sweep_sha256"] != "0" * 64 and redone["run_sha256"] == stale["run_sha256"]
-    assert {p.name: p.stat().st_mtime_ns for p in records[1:]} == untouched  # the other runs were skipped
+    set_aside = sorted((output / "records-set-aside").glob("*/*.json"))
+    assert [p.name for p in set_aside] == sorted([other_sweep.name, other_synthetic.name])  # kept, not deleted
+    for path in (other_sweep, other_synthetic):
+        redone = json.loads(path.read_text())
+        assert redone["sweep_sha256"] == originals[path]["sweep_sha256"]
+        assert redone["synthetic_sha256"] == originals[path]["synthetic_sha256"]
+    migrated = json.loads(legacy.read_text())  # not retrained: stamped with this sweep's hashes
+    assert migrated["written_by"] == "an earlier version" and migrated["sweep_sha256"] == originals[legacy]["sweep_sha256"]
+    assert {p.name: p.stat().st_mtime_ns for p in untouched} == mtimes  # the other runs were skipped
     render_leaderboard(output / "results", output_dir=tmp_path / "board", bootstrap_resamples=20)
+
+
+def test_real_only_first_and_synthetic_arms_later_are_one_sweep(inputs, tmp_path):
+    """`arms=[real]` without synthetic data (what the missing-synthetic error suggests), then the hybrid arm
+    with it: the real-only records belong to the same sweep and are neither set aside nor retrained."""
+    from dermt2im_hub.evaluation.benchmark import RECORDS_DIR, run_benchmark
+
+    common = {"models": TINY_MODELS[:1], "seeds": [0]}
+    run_benchmark(_config(tmp_path, arms=["real"], **common), real=inputs["real"], progress=False)
+    real_record = next((tmp_path / "results" / RECORDS_DIR).glob("*__real__*.json"))
+    before = real_record.stat().st_mtime_ns
+    run_benchmark(_config(tmp_path, arms=["real", "hybrid"], **common), real=inputs["real"],
+                  synthetic=inputs["synthetic"], progress=False)
+    assert real_record.stat().st_mtime_ns == before and not (tmp_path / "records-set-aside").exists()
+    assert len(list((tmp_path / "results" / RECORDS_DIR).glob("*.json"))) == 2
 
 
 def test_arms_are_paired_by_image_not_by_label_vector():

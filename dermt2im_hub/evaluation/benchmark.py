@@ -138,24 +138,33 @@ def run_id_for(model_name: str, mix: Mix, seed: int) -> str:
     return f"{safe}__{mix.name}__seed{seed}"
 
 
-def _settings_and_inputs(config: EvaluationConfig, data: BenchmarkData) -> list:
-    settings = {k: v for k, v in config_to_dict(config).items() if k in _RUN_SETTINGS}
-    inputs = [t.origin.get("fingerprint") for t in (data.real_train, data.validation, data.synthetic) if t]
-    inputs += [t.origin.get("fingerprint") for _, t in data.test_sets]
-    return [settings, inputs]
+def _run_settings(config: EvaluationConfig) -> dict[str, Any]:
+    return {k: v for k, v in config_to_dict(config).items() if k in _RUN_SETTINGS}
 
 
 def run_fingerprint(config: EvaluationConfig, model_name: str, mix: Mix, seed: int, data: BenchmarkData) -> str:
-    blob = json.dumps([*_settings_and_inputs(config, data), model_name, mix.key, seed], sort_keys=True, default=str)
+    """What one run computes from: settings, model, mix, seed and its data (the synthetic data only where the
+    mix uses it, so a real-only run stays done when synthetic data is added later)."""
+    synthetic = data.synthetic if mix.synthetic_fraction > 0 else None
+    inputs = [t.origin.get("fingerprint") for t in (data.real_train, data.validation, synthetic) if t]
+    inputs += [t.origin.get("fingerprint") for _, t in data.test_sets]
+    blob = json.dumps([_run_settings(config), model_name, mix.key, seed, inputs], sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
 def sweep_fingerprint(config: EvaluationConfig, data: BenchmarkData) -> str:
     """What every run aggregated in one results folder must share: the settings that change what a run
-    computes and the data (not the model, mix or seed). Runs of one sweep may come from several invocations,
-    e.g. one model per machine."""
-    blob = json.dumps([*_settings_and_inputs(config, data), config.hybrid_fraction], sort_keys=True, default=str)
+    computes, the real and test data (not the model, mix or seed, and not the synthetic data, which only the
+    r > 0 runs use: see synthetic_fingerprint). Runs of one sweep may come from several invocations, e.g. one
+    model per machine, or the real-only arm first and the synthetic arms later."""
+    inputs = [t.origin.get("fingerprint") for t in (data.real_train, data.validation)]
+    inputs += [t.origin.get("fingerprint") for _, t in data.test_sets]
+    blob = json.dumps([_run_settings(config), inputs, config.hybrid_fraction], sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def synthetic_fingerprint(data: BenchmarkData) -> str | None:
+    return data.synthetic.origin.get("fingerprint") if data.synthetic is not None else None
 
 
 def _pretrained_weights(model, model_name: str, config: EvaluationConfig) -> str | None:
@@ -278,6 +287,7 @@ def train_classifier(config: EvaluationConfig, model_name: str, mix: Mix, seed: 
         "schema": RECORD_SCHEMA, "run_id": run_id,
         "run_sha256": run_fingerprint(config, model_name, mix, seed, data),
         "sweep_sha256": sweep_fingerprint(config, data),
+        "synthetic_sha256": synthetic_fingerprint(data) if mix.synthetic_fraction > 0 else None,
         "model": model_name, "pretrained_weights": _pretrained_weights(model, model_name, config),
         "mix": mix.name, "arms": list(mix.arms), "synthetic_fraction": mix.synthetic_fraction,
         "size_policy": mix.size_policy, "hybrid_fraction": config.hybrid_fraction, "seed": seed,
@@ -476,10 +486,13 @@ def render_results_card(results_dir: Path) -> Path:
 # ---------------------------------------------------------------------------------------------- the sweep
 
 
-def set_aside_other_sweeps(results_dir: Path, sweep: str) -> list[Path]:
-    """Move records of another sweep (other settings or data, or written before records named their sweep)
-    out of results/records/ into OUTPUT/records-set-aside/<time>/, so that a mean over seeds never mixes
-    them; nothing is deleted. Returns the new paths."""
+def set_aside_other_sweeps(results_dir: Path, sweep: str, synthetic: str | None,
+                           planned: dict[str, str]) -> list[Path]:
+    """Move records of another sweep out of results/records/ into OUTPUT/records-set-aside/<time>/, so that a
+    mean over seeds never mixes them; nothing is deleted. Another sweep: other settings or real/test data, or
+    (when this run has synthetic data) an r > 0 run made with other synthetic data. A record written before
+    records named their sweep stays when its run_sha256 is that of a planned run (then it is provably of this
+    sweep and gets the sweep's hashes); `planned` maps run ids to run_sha256. Returns the new paths."""
     folder = results_dir / RECORDS_DIR
     moved: list[Path] = []
     if not folder.is_dir():
@@ -487,9 +500,16 @@ def set_aside_other_sweeps(results_dir: Path, sweep: str) -> list[Path]:
     target = results_dir.parent / "records-set-aside" / _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     for path in sorted(folder.glob("*.json")):
         try:
-            other = json.loads(path.read_text(encoding="utf-8")).get("sweep_sha256") != sweep
+            record = json.loads(path.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, OSError):
-            other = True
+            record = {}
+        uses_synthetic = (record.get("synthetic_fraction") or 0) > 0
+        if "sweep_sha256" not in record and record.get("run_sha256") and \
+                planned.get(record.get("run_id")) == record["run_sha256"]:
+            record.update(sweep_sha256=sweep, synthetic_sha256=synthetic if uses_synthetic else None)
+            atomic_write_json(path, record)
+        other = record.get("sweep_sha256") != sweep or (
+            synthetic is not None and uses_synthetic and record.get("synthetic_sha256") != synthetic)
         if other:
             target.mkdir(parents=True, exist_ok=True)
             moved.append(path.rename(target / path.name))
@@ -529,7 +549,9 @@ def run_benchmark(config: EvaluationConfig, *, real=None, synthetic=None, test_s
     logger.info("%d runs: %d model(s) x %d mix(es) x %d seed(s); %d training images checked against the test sets",
                 len(plan), len(config.models), len(mixes), len(config.seeds), data.training_images_checked)
     if accelerator.is_main_process:
-        set_aside_other_sweeps(results_dir, sweep_fingerprint(config, data))
+        planned = {run_id_for(m, mix, seed): run_fingerprint(config, m, mix, seed, data)
+                   for m in config.models for mix in mixes for seed in config.seeds}
+        set_aside_other_sweeps(results_dir, sweep_fingerprint(config, data), synthetic_fingerprint(data), planned)
     accelerator.wait_for_everyone()
     with StageRun(results_dir, "benchmark", config, inputs=inputs) if accelerator.is_main_process \
             else contextlib.nullcontext() as stage:

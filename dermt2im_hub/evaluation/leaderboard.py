@@ -465,10 +465,12 @@ def render_leaderboard(results_dir: str | Path, output_dir: str | Path | None = 
     records = read_records(results_dir)
     if not records:
         raise FileNotFoundError(f"{results_dir}/records has no run records yet: run `dermt2im benchmark` first")
+    # `dermt2im benchmark` sets other sweeps aside; records copied in by hand are refused
     sweeps = {r.get("sweep_sha256") for r in records}
-    if len(sweeps) > 1:  # `dermt2im benchmark` sets other sweeps aside; records copied in by hand are refused
-        raise ConfigError(f"{results_dir}/records mixes runs of {len(sweeps)} different settings or data (their "
-                          "sweep_sha256 differ); means over seeds would mix them. Keep one sweep per folder.")
+    synthetic = {r.get("synthetic_sha256") for r in records if (r.get("synthetic_fraction") or 0) > 0}
+    if len(sweeps) > 1 or len(synthetic) > 1:
+        raise ConfigError(f"{results_dir}/records mixes runs of different settings or data (their sweep_sha256 "
+                          "or synthetic_sha256 differ); means over seeds would mix them. Keep one sweep per folder.")
     config = records[0].get("config") or {}
     if bootstrap_resamples is None:
         bootstrap_resamples = config.get("bootstrap_resamples", 2000)
