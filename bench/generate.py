@@ -199,6 +199,8 @@ def main(argv=None) -> int:
                 compile_pipeline(pipe)
             torch.cuda.reset_peak_memory_stats()
             run_ours(pipe, args, work / f"warm-{len(rows)}", batch, batch)  # warm-up (and compilation)
+            if compiled and not hasattr(pipe.unet, "_orig_mod"):  # generate() fell back to eager: say so
+                name = f"ours, torch.compile FAILED so eager (batch {batch})"
             record(name, ours_images, min(run_ours(pipe, args, work / f"ours-{len(rows)}-{r}", ours_images, batch)
                                           for r in range(args.repeats)))
 
