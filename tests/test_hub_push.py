@@ -502,3 +502,15 @@ def test_dry_run_checks_the_repo_id_first(lora_folder, run_cli):
     for bad in ("../../etc", "org/x--y", "no-org"):
         code, out, err = run_cli("push", lora_folder, "--repo-id", bad, "--dry-run")
         assert code == 2 and "--repo-id" in err and not out, (bad, err)
+
+
+def test_redaction_stays_linear_on_adversarial_text():
+    """Prompts from PNG files are untrusted and land in pushed JSON: a 64 KiB text built to make a
+    backtracking pattern quadratic (a quote, a slash, no closing quote) must be redacted at once."""
+    import subprocess
+    import sys
+
+    code = ("from dermt2im_hub.hub.redact import redact_text\n"
+            "for text in [\"'/\" + 'a' * 65536, '\"/' + 'ab c/' * 13000, ' /x' * 20000]:\n"
+            "    redact_text(text)\n")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=30)  # quadratic: minutes; linear: ~0.1 s

@@ -33,17 +33,19 @@ _WHOLE_PATH = re.compile(r"""^(?:file://|~(?:[\w.-]*/|$)|/|[A-Za-z]:[\\/]|\\\\)"
 _TOKEN = r"""[^\s'"`<>|,;()\[\]{}]"""
 _ROOT = r"(?:~[\w.-]*/|[A-Za-z]:[\\/]|\\\\|/(?![A-Za-z][\w-]*>))"  # `/`, but not the `/` of `</b>`
 # A path may run on over spaces while each further word still holds a separator (`/clinic/Jane Doe/a.png`);
-# `and/or` after a path is swallowed too, which errs on the side of hiding.
-_PATH_BODY = _TOKEN + r"*[\w]" + _TOKEN + r"*(?: " + _TOKEN + r"*[\\/]" + _TOKEN + r"*)*"
+# `and/or` after a path is swallowed too, which errs on the side of hiding. Possessive quantifiers: the text
+# is untrusted (prompts from PNG files), so matching must stay linear, with no backtracking.
+_PATH_BODY = _TOKEN + r"*+(?: (?=" + _TOKEN + r"*[\\/])" + _TOKEN + r"*+)*+"
 # A URL is matched first so that the paths inside it are kept; a quoted path is taken whole, spaces and all; a
 # bare path must start at a boundary (not after a letter, digit, '.', '-', '+', '~', '*', '>' or a slash, so
-# `org/name`, `and/or`, `1/2`, base64, globs like `*/logs/*` and an already redacted `<local>/x` stay) and
-# hold a letter or digit (so tokenizer entries like `//` or `/@` are not paths).
+# `org/name`, `and/or`, `1/2`, base64, globs like `*/logs/*` and an already redacted `<local>/x` stay). A
+# match without a letter or digit is not a path (tokenizer entries like `//` or `/@`): _path_matches drops it.
 _EMBEDDED = re.compile(
-    r"(?P<file>file://" + _TOKEN + r"+)"
-    r"|(?P<url>\b[A-Za-z][A-Za-z0-9+.-]*://" + _TOKEN + r"*)"
-    r"|(?<=['\"])(?P<quoted>" + _ROOT + r"[^'\"\n]*[\w][^'\"\n]*)(?=['\"])"
+    r"(?P<file>file://" + _TOKEN + r"++)"
+    r"|(?P<url>\b[A-Za-z][A-Za-z0-9+.-]*+://" + _TOKEN + r"*+)"
+    r"|(?<=['\"])(?P<quoted>" + _ROOT + r"[^'\"\n]*+)(?=['\"])"
     r"|(?<![\w.~+*/\\>-])(?P<path>" + _ROOT + _PATH_BODY + r")")
+_WORD = re.compile(r"\w")
 # Files whose keys and values are vocabulary, not provenance: never rewritten.
 _NOT_REDACTED_NAMES = frozenset({"vocab.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                                  "added_tokens.json", "merges.txt"})
@@ -72,7 +74,7 @@ def local_marker(path: str) -> str:
 
 
 def _path_matches(text: str) -> list[re.Match]:
-    return [m for m in _EMBEDDED.finditer(text) if m.group("url") is None]
+    return [m for m in _EMBEDDED.finditer(text) if m.group("url") is None and _WORD.search(m.group(0))]
 
 
 def redact_text(text: str, replace: Callable[[str], str] = local_marker) -> str:
