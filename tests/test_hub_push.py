@@ -377,11 +377,38 @@ def test_dry_run_marks_the_redacted_files(provenance_folder, run_cli):
     ("</home/alice/x>", "<<local>/x>"),
     ("*/logs/*", "*/logs/*"),
     ("//</w>", "//</w>"), ("/@</w>", "/@</w>"), ("////", "////"),
+    # names with spaces, commas or apostrophes inside longer text; Windows paths in text; home and file URIs
+    ("copied /data/Mary Ann Smith/a.png to out", "copied <local>/a.png to out"),
+    ('No such file: "/clinic/O\'Brien Mary/scan.png"', 'No such file: "<local>/scan.png"'),
+    ("copied /data/Smith, John/a.png", "copied <local>/a.png"),
+    ("C:\\Users\\Alice B Smith\\x.png in text", "<local>/x.png in text"),
+    ("see ~alice/notes and ~alice", "see <local>/notes and <local>"),
+    ("FILE:///home/a/b.png", "<local>/b.png"), ("foo-file:///home/a/b.png", "<local>/b.png"),
+    ("| images | /home/a/x | 1/2 |", "| images | <local>/x | 1/2 |"),
+    # not paths: one part, arithmetic, fragments, Markdown links to Hub pages, dates, approximations
+    ("(a+b)/2, x[0]/x[1], 50%/50%, #/definitions/x", "(a+b)/2, x[0]/x[1], 50%/50%, #/definitions/x"),
+    ("| /n | /imagine dermoscopy, /benign |", "| /n | /imagine dermoscopy, /benign |"),
+    ("[docs](/datasets/org/x) on 2026/11/26, ~5 minutes", "[docs](/datasets/org/x) on 2026/11/26, ~5 minutes"),
 ])
 def test_redaction_rules(text, published):
     from dermt2im_hub.hub.redact import redact_text
 
     assert redact_text(text) == published
+
+
+def test_paths_in_yaml_comments_json_escapes_and_colliding_keys():
+    import json
+
+    from dermt2im_hub.hub.redact import redact_file, redact_value
+
+    assert redact_file("config.yaml", b"rank: 4  # data from /home/alice/clinic-x/ham\n") == (
+        b"rank: 4  # data from <local>/ham\n")
+    broken = b'{"images": "\\/home\\/alice\\/ham", '  # does not parse: raw text, escapes undone
+    assert b"alice" not in redact_file("manifest.json", broken)
+    keys = {f"/home/u{i}/same": i for i in range(2000)}  # two paths with one last part keep both entries
+    redacted = redact_value(keys)
+    assert len(redacted) == 2000 and redacted["<local>/same"] == 0 and redacted["<local>/same (2000)"] == 1999
+    assert json.loads(json.dumps(redacted)) == redacted
 
 
 def test_tokenizer_files_are_never_rewritten_and_markdown_is():

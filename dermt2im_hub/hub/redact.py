@@ -29,22 +29,22 @@ LOCAL = "<local>"
 # rendered by an older version) as text; any other file goes as it is.
 REDACTED_SUFFIXES = (".json", ".jsonl", ".yaml", ".yml", ".md")
 
-_WHOLE_PATH = re.compile(r"""^(?:file://|~(?:[\w.-]*/|$)|/|[A-Za-z]:[\\/]|\\\\)""")
+_WHOLE_PATH = re.compile(r"""^(?:file://|~(?:[\w.-]*/|$)|/|[A-Za-z]:[\\/]|\\\\)""", re.IGNORECASE)
 _TOKEN = r"""[^\s'"`<>|,;()\[\]{}]"""
-_ROOT = r"(?:~[\w.-]*/|[A-Za-z]:[\\/]|\\\\|/(?![A-Za-z][\w-]*>))"  # `/`, but not the `/` of `</b>`
-# A path may run on over spaces while each further word still holds a separator (`/clinic/Jane Doe/a.png`);
-# `and/or` after a path is swallowed too, which errs on the side of hiding. Possessive quantifiers: the text
-# is untrusted (prompts from PNG files), so matching must stay linear, with no backtracking.
-_PATH_BODY = _TOKEN + r"*+(?: (?=" + _TOKEN + r"*[\\/])" + _TOKEN + r"*+)*+"
-# A URL is matched first so that the paths inside it are kept; a quoted path is taken whole, spaces and all; a
-# bare path must start at a boundary (not after a letter, digit, '.', '-', '+', '~', '*', '>' or a slash, so
-# `org/name`, `and/or`, `1/2`, base64, globs like `*/logs/*` and an already redacted `<local>/x` stay). A
-# match without a letter or digit is not a path (tokenizer entries like `//` or `/@`): _path_matches drops it.
-_EMBEDDED = re.compile(
-    r"(?P<file>file://" + _TOKEN + r"++)"
-    r"|(?P<url>\b[A-Za-z][A-Za-z0-9+.-]*+://" + _TOKEN + r"*+)"
-    r"|(?<=['\"])(?P<quoted>" + _ROOT + r"[^'\"\n]*+)(?=['\"])"
-    r"|(?<![\w.~+*/\\>-])(?P<path>" + _ROOT + _PATH_BODY + r")")
+# URLs are kept, except file URIs (any scheme ending in `file`). The boundary is a lookbehind, not \b: a
+# scheme cannot start inside a run like `a.a.a.`, so matching stays linear on untrusted text.
+_URL = re.compile(r"(?<![A-Za-z0-9+.-])(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*+)://" + _TOKEN + r"*+")
+# Where an absolute path may start: `/`, `~/` or `~user/`, `C:\` or `C:/`, `\\server`. Not after a letter,
+# digit or one of . ~ + * / \ > ) ] % # $ - (so `org/name`, `and/or`, `1/2`, `(a+b)/2`, `50%/50%`, `#/defs`,
+# base64, globs like `*/logs/*` and an already redacted `<local>/x` stay), not at a Markdown link target
+# `](/...)` (a Hub-relative link) and not at the `/` of an HTML end tag such as `</b>`.
+_ROOT = re.compile(r"(?<![\w.~+*/\\>)\]%#$-])(?<!\]\()"
+                   r"(?:(?P<home>~/|~[A-Za-z][\w.-]*+/?)|[A-Za-z]:[\\/]|\\\\(?=\w)|/(?![A-Za-z][\w-]*>))")
+# A path runs on, over spaces and commas (`/clinic/Smith, John/a.png`), to its last separator before the next
+# path, the end of the line, a table or code delimiter, or its closing quote; then through its last part. A
+# `/` or drive path needs two parts (a lone `/imagine` or `/2` is not one); a home path always counts.
+_HARD_STOP = r"\n\r\t|`<>"
+_TAIL = re.compile(_TOKEN + r"*+")
 _WORD = re.compile(r"\w")
 # Files whose keys and values are vocabulary, not provenance: never rewritten.
 _NOT_REDACTED_NAMES = frozenset({"vocab.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
@@ -58,9 +58,7 @@ def is_local_path(value: Any) -> bool:
 
 def last_part(path: str) -> str:
     """The last non-empty part of a POSIX or Windows path ('' for a root such as `/`, `~` or `C:\\`)."""
-    text = path.strip()
-    if text.startswith("file://"):
-        text = text[len("file://"):]
+    text = re.sub(r"^[A-Za-z0-9+.-]*file://", "", path.strip(), flags=re.IGNORECASE)
     parts = [p for p in re.split(r"[\\/]+", text) if p]
     if not parts or re.fullmatch(r"~[\w.-]*|[A-Za-z]:", parts[-1]):
         return ""
@@ -73,24 +71,58 @@ def local_marker(path: str) -> str:
     return f"{LOCAL}/{part}" if part else LOCAL
 
 
-def _path_matches(text: str) -> list[re.Match]:
-    return [m for m in _EMBEDDED.finditer(text) if m.group("url") is None and _WORD.search(m.group(0))]
+_STOPS = re.compile(f"[{_HARD_STOP}]")
+_STOPS_OR_QUOTE = {quote: re.compile(f"[{_HARD_STOP}{quote}]") for quote in "'\""}
+
+
+def _path_spans(text: str) -> list[tuple[int, int]]:
+    """(start, end) of every absolute local path in `text`, in order; one linear pass."""
+    spans: list[tuple[int, int]] = []
+    urls = [(url.start(), url.end(), url.group("scheme").lower().endswith("file")) for url in _URL.finditer(text)]
+    spans += [(a, b) for a, b, is_file in urls if is_file]
+    url_index, pos = 0, 0
+    for root in _ROOT.finditer(text):
+        start = root.start()
+        while url_index < len(urls) and urls[url_index][1] <= start:
+            url_index += 1
+        if start < pos or (url_index < len(urls) and urls[url_index][0] <= start):
+            continue  # inside a URL (kept) or a file URI (already a span)
+        following = _ROOT.search(text, root.end())
+        window_end = following.start() if following else len(text)
+        opener = text[start - 1] if start else ""
+        stop = _STOPS_OR_QUOTE.get(opener, _STOPS).search(text, start, window_end)
+        limit = stop.start() if stop else window_end
+        body = text[start:limit]
+        last_separator = max(body.rfind("/"), body.rfind("\\"))
+        root_length = root.end() - start
+        home = root.group("home") is not None
+        if last_separator < root_length - 1 or (last_separator == root_length - 1 and not home):
+            if not home:
+                continue  # one part only: `/imagine`, `/2`
+            last_separator = root_length - 1
+        tail = _TAIL.match(text, start + last_separator + 1)
+        end = max(min(tail.end(), limit), root.end())
+        if not home and _WORD.search(text, start + root_length, end) is None:
+            continue  # `//`, `/@`: tokenizer entries, not paths
+        spans.append((start, end))
+        pos = end
+    return sorted(spans)
 
 
 def redact_text(text: str, replace: Callable[[str], str] = local_marker) -> str:
-    """`text` with every absolute local path in it replaced.
+    """`text` with every absolute local path in it replaced by `replace(path)`.
 
-    A string that is one path (spaces allowed, e.g. `/home/a/My Data/x.png`) becomes `replace(text)`;
-    paths inside other text (`copy of /a/x.png and /a/y.png`) are replaced one by one, up to whitespace."""
-    matches = _path_matches(text)
-    if not matches:
+    A string that is one path (spaces allowed, e.g. `/home/a/My Data/x.png`) becomes `replace(text)`; paths
+    inside other text (`copy of /a/x.png and /a/y.png`) are replaced one by one (see _ROOT for the rules)."""
+    spans = _path_spans(text)
+    if not spans:
         return text
-    if len(matches) == 1 and is_local_path(text):
+    if len(spans) == 1 and is_local_path(text):
         return replace(text)
     pieces, end = [], 0
-    for match in matches:
-        pieces += [text[end:match.start()], replace(match.group(0))]
-        end = match.end()
+    for start, stop in spans:
+        pieces += [text[end:start], replace(text[start:stop])]
+        end = stop
     return "".join(pieces) + text[end:]
 
 
@@ -107,12 +139,14 @@ def _redact(value: Any, replace: Callable[[str], str], changed: list) -> Any:
         return new
     if isinstance(value, Mapping):
         out: dict[Any, Any] = {}
+        next_suffix: dict[Any, int] = {}
         for key, item in value.items():
             new_key = _redact(key, replace, changed) if isinstance(key, str) else key
             if new_key in out:  # two local paths with the same last part: keep both entries
-                n = 2
+                n = next_suffix.get(new_key, 2)
                 while f"{new_key} ({n})" in out:
                     n += 1
+                next_suffix[new_key] = n + 1
                 new_key = f"{new_key} ({n})"
             out[new_key] = _redact(item, replace, changed)
         return out
@@ -159,10 +193,20 @@ def redact_file(name: str, data: bytes) -> bytes | None:
             new = _redact_yaml(text)
     except Exception as error:  # any parse error: fall back to the raw text
         logger.warning("%s does not parse (%s); replacing local paths in its raw text", name, type(error).__name__)
-        new = redact_text(text)
+        new = _redact_raw(name, text)
+    if new is None and not lower.endswith(".md"):  # no value changed, yet a comment may hold a path (YAML `#`)
+        raw = _redact_raw(name, text)
+        new = raw if raw != text else None
     if new is None or new == text:
         return None
     return new.encode("utf-8", errors="surrogateescape")
+
+
+def _redact_raw(name: str, text: str) -> str:
+    """The paths in a file's raw text replaced; JSON's `\\/` escape (the same character as `/`) first."""
+    if name.lower().endswith((".json", ".jsonl")) and "\\/" in text:
+        text = text.replace("\\/", "/")
+    return redact_text(text)
 
 
 def _redact_json(text: str) -> str | None:
