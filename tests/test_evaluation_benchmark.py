@@ -245,9 +245,9 @@ def test_rerun_skips_finished_runs(benchmark, inputs):
 
 
 def test_records_of_another_sweep_are_set_aside_not_averaged(benchmark, inputs, tmp_path):
-    """A record left by other settings or data (a tampered sweep hash; an r > 0 run with other synthetic
-    data) is moved aside and its run redone; a record written before records named their sweep stays when
-    its run hash is a planned run's; the leaderboard refuses a folder that mixes sweeps."""
+    """Records left by other settings or data (a tampered sweep hash; an r > 0 run with other synthetic data;
+    a record from a version that named no sweep) are moved aside with their classifier folders and their runs
+    redone; the other runs are skipped; the leaderboard refuses a folder that mixes sweeps."""
     import dataclasses
     import shutil
 
@@ -257,8 +257,8 @@ def test_records_of_another_sweep_are_set_aside_not_averaged(benchmark, inputs, 
     output = tmp_path / "copy"
     shutil.copytree(Path(benchmark["config"].output_dir), output)
     records = sorted((output / "results" / RECORDS_DIR).glob("*.json"))
-    by_kind = {"real": [p for p in records if "__real__" in p.name], "hybrid": [p for p in records if "__r0" in p.name]}
-    other_sweep, other_synthetic, legacy = by_kind["real"][0], by_kind["hybrid"][0], by_kind["real"][1]
+    real = [p for p in records if "__real__" in p.name]
+    other_sweep, legacy, other_synthetic = real[0], real[1], next(p for p in records if "__r0" in p.name)
     originals = {p: json.loads(p.read_text()) for p in (other_sweep, other_synthetic, legacy)}
     assert len(originals[other_sweep]["sweep_sha256"]) == 64 and originals[other_sweep]["synthetic_sha256"] is None
     assert originals[other_synthetic]["synthetic_sha256"]
@@ -266,23 +266,45 @@ def test_records_of_another_sweep_are_set_aside_not_averaged(benchmark, inputs, 
     with pytest.raises(ConfigError, match="mixes runs of different settings or data"):
         render_leaderboard(output / "results", output_dir=tmp_path / "board")
     other_synthetic.write_text(json.dumps(dict(originals[other_synthetic], synthetic_sha256="1" * 64)))
-    old = {k: v for k, v in originals[legacy].items() if k not in ("sweep_sha256", "synthetic_sha256")}
-    legacy.write_text(json.dumps(dict(old, written_by="an earlier version")))
+    legacy.write_text(json.dumps({k: v for k, v in originals[legacy].items()
+                                  if k not in ("sweep_sha256", "synthetic_sha256")}))
 
     untouched = [p for p in records if p not in originals]
     mtimes = {p.name: p.stat().st_mtime_ns for p in untouched}
     config = dataclasses.replace(benchmark["config"], output_dir=str(output))
     run_benchmark(config, real=inputs["real"], synthetic=inputs["synthetic"], progress=False)
-    set_aside = sorted((output / "records-set-aside").glob("*/*.json"))
-    assert [p.name for p in set_aside] == sorted([other_sweep.name, other_synthetic.name])  # kept, not deleted
-    for path in (other_sweep, other_synthetic):
+    (batch,) = (output / "records-set-aside").iterdir()
+    assert sorted(p.name for p in batch.glob("*.json")) == sorted(p.name for p in originals)  # kept, not deleted
+    assert sorted(p.name for p in (batch / "classifiers").iterdir()) == sorted(p.stem for p in originals)
+    for path in originals:  # redone with this sweep's hashes
         redone = json.loads(path.read_text())
         assert redone["sweep_sha256"] == originals[path]["sweep_sha256"]
         assert redone["synthetic_sha256"] == originals[path]["synthetic_sha256"]
-    migrated = json.loads(legacy.read_text())  # not retrained: stamped with this sweep's hashes
-    assert migrated["written_by"] == "an earlier version" and migrated["sweep_sha256"] == originals[legacy]["sweep_sha256"]
+        assert (output / "classifiers" / path.stem / "model.safetensors").is_file()
     assert {p.name: p.stat().st_mtime_ns for p in untouched} == mtimes  # the other runs were skipped
     render_leaderboard(output / "results", output_dir=tmp_path / "board", bootstrap_resamples=20)
+
+
+def test_run_hashes_follow_content_not_the_folder_or_file_times(tmp_path):
+    """Moving, copying or re-syncing a dataset (or reading it from another mount on another machine) must not
+    make finished runs look stale: tables hash ids, labels and image bytes, not paths or mtimes."""
+    import os
+    import shutil
+
+    import datasets
+
+    from dermt2im_hub.evaluation.data import load_table
+
+    rows = _phantom_rows(_phantoms(tmp_path, "p", 8, 3))
+    _dataset(rows, "real").to_parquet(str(tmp_path / "a" / "data" / "train-00000-of-00001.parquet"))
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    os.utime(tmp_path / "b" / "data" / "train-00000-of-00001.parquet", (1, 1))
+    first, moved = (load_table(str(tmp_path / name), "train", "real train") for name in ("a", "b"))
+    assert first.origin["content_sha256"] == moved.origin["content_sha256"]
+    changed = [dict(r) for r in rows]
+    changed[0]["label"] = "malignant" if changed[0]["label"] == "benign" else "benign"
+    other = load_table(datasets.DatasetDict(train=_dataset(changed, "real")), "train", "real train")
+    assert other.origin["content_sha256"] != first.origin["content_sha256"]
 
 
 def test_real_only_first_and_synthetic_arms_later_are_one_sweep(inputs, tmp_path):

@@ -146,8 +146,8 @@ def run_fingerprint(config: EvaluationConfig, model_name: str, mix: Mix, seed: i
     """What one run computes from: settings, model, mix, seed and its data (the synthetic data only where the
     mix uses it, so a real-only run stays done when synthetic data is added later)."""
     synthetic = data.synthetic if mix.synthetic_fraction > 0 else None
-    inputs = [t.origin.get("fingerprint") for t in (data.real_train, data.validation, synthetic) if t]
-    inputs += [t.origin.get("fingerprint") for _, t in data.test_sets]
+    inputs = [t.origin.get("content_sha256") for t in (data.real_train, data.validation, synthetic) if t]
+    inputs += [t.origin.get("content_sha256") for _, t in data.test_sets]
     blob = json.dumps([_run_settings(config), model_name, mix.key, seed, inputs], sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
 
@@ -157,14 +157,14 @@ def sweep_fingerprint(config: EvaluationConfig, data: BenchmarkData) -> str:
     computes, the real and test data (not the model, mix or seed, and not the synthetic data, which only the
     r > 0 runs use: see synthetic_fingerprint). Runs of one sweep may come from several invocations, e.g. one
     model per machine, or the real-only arm first and the synthetic arms later."""
-    inputs = [t.origin.get("fingerprint") for t in (data.real_train, data.validation)]
-    inputs += [t.origin.get("fingerprint") for _, t in data.test_sets]
+    inputs = [t.origin.get("content_sha256") for t in (data.real_train, data.validation)]
+    inputs += [t.origin.get("content_sha256") for _, t in data.test_sets]
     blob = json.dumps([_run_settings(config), inputs, config.hybrid_fraction], sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
 def synthetic_fingerprint(data: BenchmarkData) -> str | None:
-    return data.synthetic.origin.get("fingerprint") if data.synthetic is not None else None
+    return data.synthetic.origin.get("content_sha256") if data.synthetic is not None else None
 
 
 def _pretrained_weights(model, model_name: str, config: EvaluationConfig) -> str | None:
@@ -486,37 +486,47 @@ def render_results_card(results_dir: Path) -> Path:
 # ---------------------------------------------------------------------------------------------- the sweep
 
 
-def set_aside_other_sweeps(results_dir: Path, sweep: str, synthetic: str | None,
-                           planned: dict[str, str]) -> list[Path]:
-    """Move records of another sweep out of results/records/ into OUTPUT/records-set-aside/<time>/, so that a
-    mean over seeds never mixes them; nothing is deleted. Another sweep: other settings or real/test data, or
-    (when this run has synthetic data) an r > 0 run made with other synthetic data. A record written before
-    records named their sweep stays when its run_sha256 is that of a planned run (then it is provably of this
-    sweep and gets the sweep's hashes); `planned` maps run ids to run_sha256. Returns the new paths."""
+def set_aside_other_sweeps(results_dir: Path, sweep: str, synthetic: str | None) -> list[Path]:
+    """Move records of another sweep out of results/records/ (with their classifier folders) into
+    OUTPUT/records-set-aside/<time>/, so that a mean over seeds never mixes them; nothing is deleted. Another
+    sweep: other settings or real/test data, an r > 0 run made with other synthetic data (when this run has
+    synthetic data), or a record from a version that did not name its sweep. Returns the moved records."""
     folder = results_dir / RECORDS_DIR
     moved: list[Path] = []
     if not folder.is_dir():
         return moved
-    target = results_dir.parent / "records-set-aside" / _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    target = results_dir.parent / "records-set-aside" / _dt.datetime.now().strftime("%Y%m%d-%H%M%S-%f")
     for path in sorted(folder.glob("*.json")):
         try:
             record = json.loads(path.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, OSError):
             record = {}
         uses_synthetic = (record.get("synthetic_fraction") or 0) > 0
-        if "sweep_sha256" not in record and record.get("run_sha256") and \
-                planned.get(record.get("run_id")) == record["run_sha256"]:
-            record.update(sweep_sha256=sweep, synthetic_sha256=synthetic if uses_synthetic else None)
-            atomic_write_json(path, record)
-        other = record.get("sweep_sha256") != sweep or (
-            synthetic is not None and uses_synthetic and record.get("synthetic_sha256") != synthetic)
-        if other:
-            target.mkdir(parents=True, exist_ok=True)
-            moved.append(path.rename(target / path.name))
+        if record.get("sweep_sha256") == sweep and not (
+                synthetic is not None and uses_synthetic and record.get("synthetic_sha256") != synthetic):
+            continue
+        target.mkdir(parents=True, exist_ok=True)
+        moved.append(path.rename(target / path.name))
+        classifier = results_dir.parent / "classifiers" / path.stem  # would otherwise be published as current
+        if classifier.is_dir():
+            (target / "classifiers").mkdir(exist_ok=True)
+            classifier.rename(target / "classifiers" / path.stem)
     if moved:
         logger.warning("%d run record(s) in %s came from other settings or data: moved to %s (not averaged with "
                        "this sweep)", len(moved), folder, target)
     return moved
+
+
+def _runs_done(results_dir: Path, plan: list, config: EvaluationConfig, data: BenchmarkData, accelerator) -> list:
+    """Which planned runs have a current record, decided by the main process and sent to every rank: ranks
+    that disagreed (a records folder not shared, a record written in between) would hang in collectives."""
+    done = [_done(results_dir, run_id_for(model, mix, seed), run_fingerprint(config, model, mix, seed, data))
+            for model, mix, seed in plan] if accelerator.is_main_process else [False] * len(plan)
+    if accelerator.num_processes > 1:
+        from accelerate.utils import broadcast_object_list
+
+        done = broadcast_object_list(done)
+    return done
 
 
 def _done(results_dir: Path, run_id: str, fingerprint: str) -> bool:
@@ -549,15 +559,14 @@ def run_benchmark(config: EvaluationConfig, *, real=None, synthetic=None, test_s
     logger.info("%d runs: %d model(s) x %d mix(es) x %d seed(s); %d training images checked against the test sets",
                 len(plan), len(config.models), len(mixes), len(config.seeds), data.training_images_checked)
     if accelerator.is_main_process:
-        planned = {run_id_for(m, mix, seed): run_fingerprint(config, m, mix, seed, data)
-                   for m in config.models for mix in mixes for seed in config.seeds}
-        set_aside_other_sweeps(results_dir, sweep_fingerprint(config, data), synthetic_fingerprint(data), planned)
+        set_aside_other_sweeps(results_dir, sweep_fingerprint(config, data), synthetic_fingerprint(data))
     accelerator.wait_for_everyone()
+    done = _runs_done(results_dir, plan, config, data, accelerator)
     with StageRun(results_dir, "benchmark", config, inputs=inputs) if accelerator.is_main_process \
             else contextlib.nullcontext() as stage:
         for index, (model_name, mix, seed) in enumerate(plan, 1):
             run_id = run_id_for(model_name, mix, seed)
-            if _done(results_dir, run_id, run_fingerprint(config, model_name, mix, seed, data)):
+            if done[index - 1]:
                 logger.info("[%d/%d] %s: done earlier, skipped", index, len(plan), run_id)
                 continue
             logger.info("[%d/%d] %s", index, len(plan), run_id)

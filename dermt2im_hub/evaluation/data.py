@@ -7,6 +7,7 @@ undecoded (bytes), so decoding happens once, in the image cache, at the size eac
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,7 +57,8 @@ class ImageTable:
             images = [self.images[i] for i in indices]
         columns = {key: [values[i] for i in indices] for key, values in self.columns.items()}
         origin = dict(self.origin, fingerprint=getattr(images, "_fingerprint", None) or
-                      f"{self.origin.get('fingerprint')}[{sha256_bytes(indices.tobytes())[:16]}]")
+                      f"{self.origin.get('fingerprint')}[{sha256_bytes(indices.tobytes())[:16]}]",
+                      content_sha256=sha256_bytes(f"{self.origin.get('content_sha256')}".encode() + indices.tobytes()))
         return ImageTable(name or self.name, images, self.labels[indices], columns, origin)
 
 
@@ -139,8 +141,19 @@ def make_table(dataset, name: str, origin: dict[str, Any] | None = None,
         columns["image_id"] = [f"{id_prefix or name}-{i:06d}" for i in range(len(dataset))]
     columns["image_id"] = [str(v) for v in columns["image_id"]]
     images = dataset.select_columns(["image"]).cast_column("image", datasets.Image(decode=False))
-    origin = dict(origin or {}, fingerprint=getattr(dataset, "_fingerprint", None), num_rows=len(dataset))
+    stored = dataset["sha256"] if "sha256" in dataset.column_names else [None] * len(dataset)
+    digests = [value or image_sha256(images, i) for i, value in enumerate(stored)]
+    origin = dict(origin or {}, fingerprint=getattr(dataset, "_fingerprint", None), num_rows=len(dataset),
+                  content_sha256=content_sha256(columns["image_id"], labels, digests))
     return ImageTable(name, images, labels, columns, origin)
+
+
+def content_sha256(image_ids: list[str], labels: np.ndarray, image_digests: list[str | None]) -> str:
+    """What a table holds, whatever folder it was loaded from and whenever its files were touched: ids, labels
+    and the sha256 of every stored image. Run and sweep hashes use it, so moving or re-syncing a dataset (or
+    reading it from another mount on another machine) does not make finished runs look stale."""
+    blob = json.dumps([list(image_ids), np.asarray(labels).tolist(), list(image_digests)])
+    return sha256_bytes(blob.encode())
 
 
 def load_table(source, split: str, name: str, config_name: str | None = None, revision: str | None = None,
