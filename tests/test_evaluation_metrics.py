@@ -190,3 +190,32 @@ def test_config_is_validated_with_clear_errors(tmp_path):
         path = Path(__file__).resolve().parents[1] / "configs" / f"{recipe}.yaml"
         loaded = load_config(EvaluationConfig, path, section="evaluation")
         assert loaded.models and not math.isnan(loaded.hybrid_fraction)
+
+
+def test_difference_ci_carries_seed_to_seed_spread():
+    """Two seeds of one arm that disagree completely (one right on every image, one wrong on every image)
+    average to 0.5 on each image: an images-only bootstrap would call the difference certain. The two-level
+    bootstrap resamples seeds too, so the interval is wide; with one seed per arm it is the usual paired
+    bootstrap over images (checked against scipy's)."""
+    from scipy import stats
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 200)
+    split_arm = np.stack([labels, 1 - labels])
+    steady_arm = np.where(rng.random((2, 200)) < 0.5, labels, 1 - labels)
+    wide = paired_bootstrap_difference("accuracy", labels, split_arm, steady_arm, n_resamples=2000)
+    assert wide["ci_high"] - wide["ci_low"] > 0.8  # images alone: about 0.14
+
+    a = np.where(rng.random(200) < 0.8, labels, 1 - labels)
+    b = np.where(rng.random(200) < 0.7, labels, 1 - labels)
+    ours = paired_bootstrap_difference("balanced_accuracy", labels, a, b, n_resamples=4000, seed=3)
+
+    def statistic(y, ca, cb, axis=-1):
+        return correctness_metric("balanced_accuracy", y, ca, axis) - correctness_metric("balanced_accuracy", y, cb,
+                                                                                           axis)
+
+    reference = stats.bootstrap((labels, (a == labels) * 1.0, (b == labels) * 1.0), statistic, paired=True,
+                                vectorized=True, n_resamples=4000, method="percentile",
+                                rng=np.random.default_rng(3)).confidence_interval
+    assert ours["ci_low"] == pytest.approx(reference.low, abs=0.02)
+    assert ours["ci_high"] == pytest.approx(reference.high, abs=0.02)

@@ -3,7 +3,7 @@
 From `RESULTS_DIR/records/*.json` it writes (default `RESULTS_DIR/leaderboard/`, stage "leaderboard"):
 
     leaderboard.md            Table IV layout (mean +- SD over seeds, the paper's number beside each cell),
-                              hybrid - real differences with paired-bootstrap 95% CIs, exact McNemar p-values
+                              hybrid - real differences with bootstrap 95% CIs (over seeds and images), exact McNemar p-values
                               (Holm-adjusted across models x test sets), every mix, and subgroups
     leaderboard.json          the same numbers, machine-readable
     synthetic_fraction.png    accuracy and balanced accuracy vs synthetic fraction, per model and test set
@@ -170,7 +170,7 @@ def _prediction_matrix(records: list[dict], test_set: str) -> tuple[list[str], n
 
 
 def compare_arms(records: list[dict], n_resamples: int = 2000, confidence: float = 0.95) -> list[dict[str, Any]]:
-    """Hybrid vs real-only per (model, test set): paired bootstrap CIs of the differences, exact McNemar on
+    """Hybrid vs real-only per (model, test set): two-level bootstrap CIs (seeds and images) of the differences, exact McNemar on
     the seed-ensembled predictions, Holm across the whole family of comparisons."""
     hybrid_fraction = _hybrid_fraction(records)
     by_arm: dict[tuple[str, str], list[dict]] = defaultdict(list)
@@ -330,7 +330,8 @@ def render_markdown(summaries: list[dict], comparisons: list[dict], records: lis
         table_iv(summaries, hybrid_fraction),
         test_sets_note(summaries),
         "## Hybrid − real-only (percentage points)",
-        f"Paired bootstrap over test images ({confidence:.0%} percentile CI; each arm averaged over its seeds). "
+        f"Two-level bootstrap over seeds and test images ({confidence:.0%} percentile CI; the same images for "
+        "both arms, each arm's seeds drawn with replacement and averaged). "
         "McNemar: exact binomial test on the images only one arm classifies correctly (b = hybrid only, "
         "c = real-only only), using each arm's seed-averaged probability; Holm-adjusted across models x "
         "test sets.",

@@ -5,8 +5,8 @@ real-only is paired on the same test images:
 
 - `mean_sd`: mean and sample SD (ddof=1) over seeds.
 - `bootstrap_ci`: percentile CI of a run's accuracy-type metric over test images (scipy.stats.bootstrap).
-- `paired_bootstrap_difference`: CI of (hybrid - real) where each resample draws the same test images
-  for both arms; each arm's metric is the mean over its seeds.
+- `paired_bootstrap_difference`: CI of (hybrid - real) from a two-level bootstrap: each resample draws the
+  same test images for both arms and, per arm, its seeds; each arm's metric is the mean over its seeds.
 - `mcnemar_exact`: exact (binomial) McNemar test on the discordant pairs of two paired predictions.
 - `holm`: Holm's step-down adjustment across the family of comparisons (models x test sets).
 """
@@ -90,17 +90,43 @@ def paired_bootstrap_difference(name: str, labels, predictions_a, predictions_b,
 
     `predictions_a` / `predictions_b` are (seeds, images) arrays (or one run each, (images,)); each arm's
     metric is its mean over seeds, which for these metrics equals the metric of seed-averaged correctness.
+    The CI comes from a two-level bootstrap: every resample draws the test images (the same ones for both
+    arms, so the comparison stays paired) and, independently per arm, its seeds, so the interval carries the
+    run-to-run spread of training as well as the test-set sampling. With one seed per arm it is the usual
+    paired bootstrap over images.
     """
     labels = np.asarray(labels, dtype=np.int64)
-    correct_a = (np.atleast_2d(np.asarray(predictions_a)) == labels).mean(axis=0)
-    correct_b = (np.atleast_2d(np.asarray(predictions_b)) == labels).mean(axis=0)
-
-    def statistic(y, ca, cb, axis=-1):
-        return correctness_metric(name, y, ca, axis) - correctness_metric(name, y, cb, axis)
-
-    point = float(statistic(labels, correct_a, correct_b))
-    low, high = _percentile_bootstrap(statistic, (labels, correct_a, correct_b), n_resamples, confidence, seed)
+    right_a = (np.atleast_2d(np.asarray(predictions_a)) == labels).astype(np.float64)
+    right_b = (np.atleast_2d(np.asarray(predictions_b)) == labels).astype(np.float64)
+    point = float(correctness_metric(name, labels, right_a.mean(axis=0))
+                  - correctness_metric(name, labels, right_b.mean(axis=0)))
+    low, high = _two_level_bootstrap(name, labels, right_a, right_b, n_resamples, confidence, seed)
     return {"difference": point, "ci_low": low, "ci_high": high}
+
+
+def _two_level_bootstrap(name: str, labels: np.ndarray, right_a: np.ndarray, right_b: np.ndarray,
+                         n_resamples: int, confidence: float, seed: int,
+                         chunk: int = 256) -> tuple[float | None, float | None]:
+    if n_resamples <= 0 or labels.size < 2:
+        return None, None
+    rng = np.random.default_rng(seed)
+    statistics = []
+    for start in range(0, n_resamples, chunk):  # chunks keep memory at chunk x images
+        size = min(chunk, n_resamples - start)
+        images = rng.integers(0, labels.size, (size, labels.size))
+        per_arm = []
+        for right in (right_a, right_b):
+            seeds = rng.integers(0, right.shape[0], (size, right.shape[0]))
+            weights = np.stack([np.bincount(row, minlength=right.shape[0]) for row in seeds]) / right.shape[0]
+            per_arm.append(np.take_along_axis(weights @ right, images, axis=1))  # seed-averaged, then images
+        drawn = labels[images]
+        statistics.append(correctness_metric(name, drawn, per_arm[0]) - correctness_metric(name, drawn, per_arm[1]))
+    values = np.concatenate(statistics)
+    values = values[~np.isnan(values)]
+    if values.size == 0:
+        return None, None
+    tail = (1.0 - confidence) / 2 * 100
+    return float(np.percentile(values, tail)), float(np.percentile(values, 100 - tail))
 
 
 def discordant_pairs(labels, predictions_a, predictions_b) -> tuple[int, int]:
