@@ -519,6 +519,29 @@ def test_pushing_a_parent_folder_does_not_bypass_the_real_image_rule(tmp_path, r
     assert code == 0, err
 
 
+def test_phantom_folders_are_not_real_images_and_data_stages_default_to_dataset_repos(tmp_path, run_cli):
+    """The demo's preprocess and real-dataset folders come from procedural phantoms: no patient behind them,
+    so no --allow-real-images; a preprocess folder of real images (or of images whose origin cannot be
+    followed) still needs it. Stages that hold images or tables push to dataset repos by default."""
+    write_manifest(tmp_path / "phantoms", "phantoms")
+    for name, images in (("pre-phantoms", tmp_path / "phantoms"), ("pre-real", tmp_path / "isic")):
+        write_manifest(tmp_path / name, "preprocess", config={"source": "folder", "images": str(images)})
+        (tmp_path / name / "benign").mkdir()
+        (tmp_path / name / "benign" / "x.png").write_bytes(b"png")
+    write_manifest(tmp_path / "real-set", "build_dataset", config={"config_name": "real"},
+                   inputs={"input_0": tmp_path / "pre-phantoms"})
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    (tmp_path / "real-set" / "data").mkdir()
+    pq.write_table(pa.table({"label": [0]}), tmp_path / "real-set" / "data" / "train-00000-of-00001.parquet")
+    for folder in ("pre-phantoms", "real-set"):
+        code, out, err = run_cli("push", tmp_path / folder, "--repo-id", "my-org/demo", "--dry-run")
+        assert code == 0 and "to dataset repo my-org/demo" in out, err
+    code, _, err = run_cli("push", tmp_path / "pre-real", "--repo-id", "my-org/demo", "--dry-run")
+    assert code == 2 and "--allow-real-images" in err
+
+
 def test_hidden_journals_are_not_uploaded(lora_folder):
     (lora_folder / ".preprocess-journal.jsonl").write_text("{}\n")
     (lora_folder / "samples" / ".generate-journal.jsonl").write_text("{}\n")

@@ -70,12 +70,19 @@ def _card(args: argparse.Namespace) -> int:
     return 0
 
 
+DATA_STAGES = frozenset({"phantoms", "preprocess", "generate", "qa", "build_dataset", "benchmark"})
+
+
 def _default_repo_type(folder: Path) -> str:
     from dermt2im_hub.hub.cards import card_kind, card_repo_type
     from dermt2im_hub.manifest import try_read_manifest
 
     manifest = try_read_manifest(folder)
-    return card_repo_type(card_kind(manifest)) if manifest else "model"
+    if not manifest:
+        return "model"
+    if manifest.get("stage") in DATA_STAGES:  # folders of images or tables, not weights
+        return "dataset"
+    return card_repo_type(card_kind(manifest))
 
 
 def _check_stage_rules(folder: Path, allow_memorized: bool, allow_real_images: bool = False) -> None:

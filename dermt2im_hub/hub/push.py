@@ -95,6 +95,8 @@ def real_image_content(manifest: dict | None) -> str | None:
     if not isinstance(manifest, dict):
         return None
     stage = manifest.get("stage")
+    if stage in ("preprocess", "build_dataset") and _phantoms_only(manifest):
+        return None  # procedural phantoms (the demo's inputs): no patient behind them
     if stage in REAL_IMAGE_STAGES:
         return REAL_IMAGE_STAGES[stage]
     if stage == "build_dataset":
@@ -104,6 +106,28 @@ def real_image_content(manifest: dict | None) -> str | None:
         if "real" in (config.get("config_name"), card.get("builder_config")):
             return "a dataset of real dermoscopy images (the `real` config)"
     return None
+
+
+def _phantoms_only(manifest: dict, depth: int = 3) -> bool:
+    """Whether a preprocess or dataset folder was made from `dermt2im make-phantoms` images alone, following
+    the recorded input folders (preprocess: config.images; a dataset: its inputs). Anything that cannot be
+    followed counts as real."""
+    from dermt2im_hub.manifest import try_read_manifest
+
+    stage = manifest.get("stage")
+    if stage == "phantoms":
+        return True
+    if depth == 0 or stage not in ("preprocess", "build_dataset"):
+        return False
+    if stage == "preprocess":
+        config = manifest.get("config") if isinstance(manifest.get("config"), dict) else {}
+        sources = [config.get("images")]
+    else:
+        inputs = manifest.get("inputs") if isinstance(manifest.get("inputs"), dict) else {}
+        sources = [item.get("path") for item in inputs.values() if isinstance(item, dict)]
+    if not sources or not all(isinstance(path, str) and path for path in sources):
+        return False
+    return all(_phantoms_only(try_read_manifest(path) or {}, depth - 1) for path in sources)
 
 
 def pickle_weight_files(paths: list[str]) -> list[str]:
