@@ -151,6 +151,9 @@ def test_results_and_stage_cards(tmp_path):
     stage = ModelCard.load(render_card(_write_folder(tmp_path, "stage", {"num_images": 6})))
     assert "`generate`" in stage.text and "| num_images | 6 |" in stage.text
     assert "my-org/isic-seed" in stage.text  # inputs table
+    assert 'repo_type="dataset"' in stage.text  # generated images go to a dataset repo, as `push` does
+    write_manifest(tmp_path / "other", "some_tool", extra={"card": {}})
+    assert 'repo_type="model"' in ModelCard.load(render_card(tmp_path / "other")).text
 
 
 @pytest.mark.parametrize("kind", KINDS)

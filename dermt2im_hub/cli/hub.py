@@ -37,7 +37,8 @@ def register(subparsers) -> None:
     p.add_argument("folder", type=Path, help="the folder to upload (render its card first: dermt2im card FOLDER)")
     p.add_argument("--repo-id", required=True, help="target repo, ORG/NAME")
     p.add_argument("--repo-type", choices=["model", "dataset"], default=None,
-                   help="repo type (default: dataset for a build_dataset folder, else model)")
+                   help="repo type (default: dataset for folders of images or tables - phantoms, "
+                        "preprocess, generate, qa, build_dataset, benchmark results - else model)")
     p.add_argument("--public", action="store_true", help="create the repo public (default: private)")
     p.add_argument("--revision", default=None, metavar="BRANCH",
                    help="branch to commit to, created from main if missing (default: main)")
@@ -70,19 +71,12 @@ def _card(args: argparse.Namespace) -> int:
     return 0
 
 
-DATA_STAGES = frozenset({"phantoms", "preprocess", "generate", "qa", "build_dataset", "benchmark"})
-
-
 def _default_repo_type(folder: Path) -> str:
     from dermt2im_hub.hub.cards import card_kind, card_repo_type
     from dermt2im_hub.manifest import try_read_manifest
 
     manifest = try_read_manifest(folder)
-    if not manifest:
-        return "model"
-    if manifest.get("stage") in DATA_STAGES:  # folders of images or tables, not weights
-        return "dataset"
-    return card_repo_type(card_kind(manifest))
+    return card_repo_type(card_kind(manifest), manifest.get("stage")) if manifest else "model"
 
 
 def _check_stage_rules(folder: Path, allow_memorized: bool, allow_real_images: bool = False) -> None:

@@ -138,9 +138,14 @@ def card_kind(manifest: Mapping[str, Any], kind: str | None = None) -> str:
     return kind
 
 
-def card_repo_type(kind: str) -> str:
-    """The Hub repo type a card kind belongs in."""
-    return "dataset" if kind == "dataset" else "model"
+# Stages whose folders hold images or tables, not weights: they belong in dataset repos.
+DATA_STAGES = frozenset({"phantoms", "preprocess", "generate", "qa", "build_dataset", "benchmark"})
+
+
+def card_repo_type(kind: str, stage: str | None = None) -> str:
+    """The Hub repo type a card kind (and its stage, for the generic card) belongs in; `dermt2im push`
+    defaults to the same, so a card's snippet loads from the repo type it was pushed to."""
+    return "dataset" if kind == "dataset" or stage in DATA_STAGES else "model"
 
 
 def read_template(name: str) -> str:
@@ -242,6 +247,7 @@ def _common_context(manifest: Mapping[str, Any], kind: str, repo_id: str | None)
         "repo_id": repo_id,
         "repo_name": _repo_name(repo_id),
         "repo_id_is_placeholder": repo_id == PLACEHOLDER_REPO_ID,
+        "repo_type": card_repo_type(kind, manifest.get("stage")),
         "stage": manifest.get("stage"),
         "status": manifest.get("status"),
         "started_at": manifest.get("started_at"),
