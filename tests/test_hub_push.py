@@ -542,6 +542,30 @@ def test_phantom_folders_are_not_real_images_and_data_stages_default_to_dataset_
     assert code == 2 and "--allow-real-images" in err
 
 
+def test_generated_folders_annotated_by_qa_follow_the_dataset_rules(tmp_path, run_cli):
+    """A generation folder after QA: a flagged image needs --allow-memorized, the audit's nearest real image
+    (a training-set member's name) needs --allow-real-images, and the .generate/ state never goes up."""
+    import json
+
+    folder = tmp_path / "generated"
+    write_manifest(folder, "generate")
+    (folder / "benign").mkdir()
+    (folder / "benign" / "00000-1.png").write_bytes(b"png")
+    (folder / ".generate").mkdir()
+    (folder / ".generate" / "rows-rank0.jsonl").write_text("{}\n")
+    rows = [{"file_name": "benign/00000-1.png", "label": "benign", "mem_flagged": True,
+             "mem_nearest_id": "DOE_Jane_MRN123"}]
+    (folder / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    code, out, err = run_cli("push", folder, "--repo-id", "my-org/gen", "--dry-run")
+    assert code == 2 and "--allow-memorized" in err and "DOE_Jane" not in err
+    code, out, err = run_cli("push", folder, "--repo-id", "my-org/gen", "--dry-run", "--allow-memorized")
+    assert code == 2 and "mem_nearest_id" in err and "--allow-real-images" in err and "DOE_Jane" not in err
+    code, out, err = run_cli("push", folder, "--repo-id", "my-org/gen", "--dry-run", "--allow-memorized",
+                             "--allow-real-images")
+    assert code == 0 and "metadata.jsonl" in out and ".generate" not in out, err
+    assert "to dataset repo" in out
+
+
 def test_hidden_journals_are_not_uploaded(lora_folder):
     (lora_folder / ".preprocess-journal.jsonl").write_text("{}\n")
     (lora_folder / "samples" / ".generate-journal.jsonl").write_text("{}\n")

@@ -44,8 +44,8 @@ def register(subparsers) -> None:
                    help="branch to commit to, created from main if missing (default: main)")
     p.add_argument("--commit-message", default=None, help="commit message (default: 'Upload FOLDER ...')")
     p.add_argument("--allow-memorized", action="store_true",
-                   help="for a build_dataset folder: push even if rows were flagged by the memorization audit "
-                        "(review the audit first)")
+                   help="for a built dataset or a generated folder: push even if images were flagged by the "
+                        "memorization audit (review the audit first)")
     p.add_argument("--allow-real-images", action="store_true",
                    help="push a folder that holds real patient-derived images (a preprocess or qa output, or a "
                         "dataset built with the real config); check that the source datasets' licences and "
@@ -101,6 +101,32 @@ def _check_stage_rules(folder: Path, allow_memorized: bool, allow_real_images: b
             from dermt2im_hub.dataset.export import check_publishable
 
             check_publishable(stage_folder, allow_memorized=allow_memorized)
+        if manifest.get("stage") == "generate":
+            _check_generated_rows(folder, stage_folder, allow_memorized, allow_real_images)
+
+
+def _check_generated_rows(folder: Path, stage_folder: Path, allow_memorized: bool, allow_real_images: bool) -> None:
+    """A generation folder the QA stage has annotated: flagged rows need --allow-memorized (as for a built
+    dataset), and the names of real training images (the audit's nearest match, which build-dataset leaves
+    out) need --allow-real-images."""
+    from dermt2im_hub.dataset.schema import TRAINING_REFERENCE_KEYS
+    from dermt2im_hub.hub.push import PushError
+    from dermt2im_hub.records import METADATA_NAME
+    from dermt2im_hub.utils.files import read_jsonl
+
+    path = stage_folder / METADATA_NAME
+    rows = [row for row in read_jsonl(path) if isinstance(row, dict)] if path.is_file() else []
+    flagged = sum(1 for row in rows if row.get("mem_flagged") is True)
+    if flagged and not allow_memorized:
+        raise PushError(f"refusing to push {folder}: {flagged} generated image(s) in {stage_folder.name} were "
+                        "flagged by the memorization audit (mem_flagged); review qa/ first, then pass "
+                        "--allow-memorized to publish them anyway")
+    named = sorted({key for row in rows for key in TRAINING_REFERENCE_KEYS if row.get(key)})
+    if named and not allow_real_images:
+        raise PushError(f"refusing to push {folder}: {METADATA_NAME} in {stage_folder.name} names the real training "
+                        f"image closest to each generated one ({', '.join(named)}), which reveals who is in the "
+                        "training set; push the dataset built from it (build-dataset leaves that out) or pass "
+                        "--allow-real-images")
 
 
 def _push(args: argparse.Namespace) -> int:

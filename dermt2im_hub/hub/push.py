@@ -54,8 +54,9 @@ IGNORE_PATTERNS = [
     "*.log", "logs/*", "*/logs/*", "runs/*", "*/runs/*", "wandb/*", "*/wandb/*", "*events.out.tfevents.*",
     # leftovers of interrupted atomic writes (dermt2im_hub.utils.files)
     "*.tmp", ".*.tmp", "*/.*.tmp",
-    # resume journals of long jobs (the data stage's .preprocess-journal.jsonl names every source file)
-    ".*journal*", "*/.*journal*",
+    # resume journals and state of long jobs (the data stage's .preprocess-journal.jsonl names every source
+    # file; generation keeps per-rank rows and its plan state in .generate/)
+    ".*journal*", "*/.*journal*", ".generate/*", "*/.generate/*",
 ]
 
 # Stages whose output folder holds real (patient-derived) dermoscopy images, and which images: `dermt2im push`
