@@ -693,3 +693,109 @@ def test_local_model_paths_stay_out_of_the_parquet(tmp_path):
     dataset = load(out)["train"]
     assert set(dataset["model"]) == {"sd15"} and set(dataset["adapter"]) == {"lora"}
     assert "/home/alice" not in json.dumps(list(dataset["extra"]))
+
+
+# ------------------------------------------------------------------------------------------ cards state what was recorded
+
+
+def _card_text(folder: Path) -> str:
+    from huggingface_hub import DatasetCard
+
+    return DatasetCard.load(folder / "README.md").text
+
+
+def _card_data(folder: Path) -> dict[str, Any]:
+    from huggingface_hub import DatasetCard
+
+    return DatasetCard.load(folder / "README.md").data.to_dict()
+
+
+def _facts(folder: Path) -> dict[str, Any]:
+    return json.loads((folder / "manifest.json").read_text())["extra"]["card"]
+
+
+# wording that only fits images this pipeline generated, or facts nothing in an a1111 build records
+A1111_OVERCLAIMS = ("dermt2im-hub's\nreproduction", "reproduction of Derm-T2IM", "fine-tuned on ISIC",
+                    "hair was removed with DullRazor", "removed with DullRazor before training, which",
+                    "the licence the inputs impose", "Hair was removed")
+
+
+def test_a1111_card_states_only_what_the_infotext_records(tmp_path):
+    text = format_infotext("benign mole on neck", None, {"Steps": 20, "Sampler": "Heun", "CFG scale": 7,
+                                                         "Seed": 5, "Size": (64, 64), "Model hash": "8d72386f9b",
+                                                         "Model": "Skin Mole_lora"})
+    write_png(tmp_path / "in" / "benign" / "00000-5.png", 0, "benign", infotext=text)
+    write_png(tmp_path / "in" / "malignant" / "00001-6.png", 1, "malignant",
+              infotext=text.replace("benign", "malignant").replace("Seed: 5", "Seed: 6"))
+    build(tmp_path / "in", tmp_path / "out", config_name="a1111")
+    card, data = _card_text(tmp_path / "out"), _card_data(tmp_path / "out")
+    for claim in A1111_OVERCLAIMS:
+        assert claim not in card, claim
+    assert "Third-party PNG images, read as AUTOMATIC1111" in card and "did not generate them" in card
+    assert data["license"] == "unknown" and "licence: not recorded" in card
+    assert "lora" not in data["tags"]  # no adapter was recorded
+    # the model hash is the PNG's own claim, labelled as such, not a sha256 dermt2im-hub computed
+    (model,) = _facts(tmp_path / "out")["base_models"]
+    assert model["sha256"] == "8d72386f9b" and model["hash_of"].startswith("A1111 `Model hash`")
+    assert "| Skin Mole_lora | 8d72386f9b | A1111 `Model hash` from the PNG infotext" in card
+    # a licence given by the user is stated as recorded
+    build(tmp_path / "in", tmp_path / "licensed", config_name="a1111", license="cc-by-4.0")
+    assert _card_data(tmp_path / "licensed")["license"] == "cc-by-4.0"
+    assert "`cc-by-4.0` (as recorded by the run)" in _card_text(tmp_path / "licensed")
+
+
+def test_a1111_card_of_the_authors_samples_makes_no_pipeline_claims(shared_data, tmp_path):
+    sample = shared_data / "dermt2im-sample"
+    if not sample.is_dir():
+        pytest.skip(f"{sample} is absent: this test needs the real samples in ../shared/data/dermt2im-sample")
+    build(sample, tmp_path / "out", config_name="a1111", sample_grid_per_class=0)
+    card = _card_text(tmp_path / "out")
+    for claim in A1111_OVERCLAIMS:
+        assert claim not in card, claim
+    assert _card_data(tmp_path / "out")["license"] == "unknown"
+
+
+def test_synthetic_card_names_what_the_base_model_hash_is_of(generated_dir, built_dir, tmp_path):
+    from dermt2im_hub.manifest import write_manifest
+
+    unet = "unet/diffusion_pytorch_model.safetensors"
+    folder = tmp_path / "generated"
+    shutil.copytree(generated_dir, folder)
+    write_manifest(folder, "generate", extra={"base_model": {"id": "/models/tiny-sd15", "kind": "folder",
+                                                             "sha256": "cd" * 32, "hashed_file": unet}})
+    build(folder, tmp_path / "out")
+    (model,) = _facts(tmp_path / "out")["base_models"]
+    assert model == {"id": "tiny-sd15", "sha256": "cd" * 32, "hash_of": f"sha256 of {unet}", "revision": "r1"}
+    card = _card_text(tmp_path / "out")
+    assert f"| tiny-sd15 | {'cd' * 32} | sha256 of {unet} |" in card
+    assert "made by dermt2im-hub's\n`generate` stage" in card and "fine-tuned on ISIC" not in card
+    assert "| org/dermt2im-lora | pytorch_lora_weights.safetensors | " + "ab" * 32 + " | 1 |" in card
+    # a folder built without its generate manifest: the hash is shown, what it is of is not recorded
+    (model,) = _facts(built_dir)["base_models"]
+    assert model["hash_of"] is None and f"| tiny-sd15 | {'cd' * 32} | not recorded |" in _card_text(built_dir)
+
+
+def test_real_card_states_the_recorded_preprocessing(tmp_path):
+    from dermt2im_hub.manifest import write_manifest
+
+    folder = make_phantoms(tmp_path / "real", PhantomConfig(num_images=4, size=48, seed=1), progress=False)
+    rows = read_jsonl(folder / "metadata.jsonl")
+    for row in rows:
+        row["split"] = "train"
+    write_jsonl(folder / "metadata.jsonl", rows)
+    build(folder, tmp_path / "phantoms-out", config_name="real", sample_grid_per_class=0)
+    facts, card = _facts(tmp_path / "phantoms-out"), _card_text(tmp_path / "phantoms-out")
+    assert facts["preprocessing"] == [{"input": "real", "stage": "phantoms", "source": None, "size": None,
+                                       "hair_removal": None}]
+    assert facts["hair_removal"] is None
+    for claim in ("(hair removal, resize and centre crop)", "grouped by lesion and patient",
+                  "Synthetic images are not real lesions", "Hair was removed", "Stable Diffusion v1.5"):
+        assert claim not in card, claim
+    assert "Sources recorded in the\n`source` column: phantom: 4" in card
+    assert "| real | phantoms | not recorded | not recorded | not recorded |" in card
+    # a preprocess output that recorded no hair removal says so
+    write_manifest(folder, "preprocess", extra={"card": {"source": "isic", "size": 48, "hair_removal": False}})
+    build(folder, tmp_path / "out", config_name="real", sample_grid_per_class=0)
+    card = _card_text(tmp_path / "out")
+    assert _facts(tmp_path / "out")["hair_removal"] is False
+    assert "| real | preprocess | isic | 48 | no |" in card and "No hair removal was applied (as recorded)" in card

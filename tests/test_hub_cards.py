@@ -7,7 +7,7 @@ import re
 
 import jinja2
 import pytest
-from huggingface_hub import DatasetCard, ModelCard
+from huggingface_hub import DatasetCard, ModelCard, metadata_load
 
 from dermt2im_hub.hub.cards import (
     KINDS,
@@ -37,7 +37,7 @@ LORA_FACTS = {
     "datasets": ["my-org/isic-seed"],
 }
 DATASET_FACTS = {
-    "pretty_name": "Derm-T2IM synthetic (test)", "num_rows": 6, "splits": {"train": 4, "test": 2},
+    "pretty_name": "Derm-T2IM synthetic (test)", "builder_config": "synthetic", "num_rows": 6, "splits": {"train": 4, "test": 2},
     "per_class": {"benign": 3, "malignant": 3}, "per_sampler": {"Euler": 6}, "per_steps": {"22": 6},
     "transformation_counts": {"size:tiny": 2}, "generation": {"cfg_scale": 7},
     "base_models": [{"id": "stable-diffusion-v1-5/stable-diffusion-v1-5", "sha256": "ab" * 32}],
@@ -297,3 +297,125 @@ def test_templates_render_from_a_built_wheel(tmp_path):
     ran = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path,
                          timeout=120)
     assert ran.returncode == 0 and ran.stdout.strip() == "True", ran.stderr[-3000:]
+
+
+# ---------------------------------------------------------------------------------------------- one hash per base
+
+
+UNET_FILE = "unet/diffusion_pytorch_model.safetensors"
+
+
+def test_base_model_hash_is_the_same_quantity_in_lora_generate_and_dataset_cards(tiny_base, tmp_path):
+    """The LoRA card, the generated-images card and the dataset card name one base model by one hash (the
+    sha256 of its UNet weights file) and say what it is of; the base folder's fingerprint over all its files
+    stays in the inputs table, labelled as such (docs/hub.md, "Which hash is which")."""
+    from dermt2im_hub.generation.models import folder_model_sha256
+    from dermt2im_hub.manifest import fingerprint
+    from dermt2im_hub.training.facts import unet_weights_sha256
+
+    sha, hashed = unet_weights_sha256(tiny_base)
+    assert (sha, hashed) == folder_model_sha256(tiny_base) == (sha, UNET_FILE)
+    assert unet_weights_sha256(tmp_path) == (None, None)  # no UNet weights: nothing to claim
+    labelled = f"sha256 of `{UNET_FILE}`: {sha}"
+
+    lora = tmp_path / "lora"
+    write_manifest(lora, "train_lora", input_fingerprints={"base_model": fingerprint(tiny_base)},
+                   extra={"card": {**LORA_FACTS, "base_model": str(tiny_base), "base_model_sha256": sha,
+                                   "base_model_hash_of": hashed}})
+    lora_text = render_card(lora).read_text()
+    assert labelled in lora_text
+    folder_fp = fingerprint(tiny_base)["sha256"]
+    assert folder_fp != sha
+    assert f"| base_model | folder | {tiny_base.name} | {folder_fp} | all its files (fingerprint" in lora_text
+
+    generated = tmp_path / "generate"
+    write_manifest(generated, "generate", inputs={"base": tiny_base},
+                   extra={"base_model": {"id": str(tiny_base), "kind": "folder", "revision": None, "sha256": sha,
+                                         "hashed_file": hashed}})
+    assert f"- Base model: {tiny_base.name} ({labelled})" in render_card(generated).read_text()
+
+    dataset = tmp_path / "dataset"
+    facts = {**DATASET_FACTS, "base_models": [{"id": tiny_base.name, "sha256": sha, "hash_of": f"sha256 of {hashed}"}]}
+    write_manifest(dataset, "build_dataset", extra={"card": facts})
+    assert f"| {tiny_base.name} | {sha} | sha256 of {UNET_FILE} |" in render_card(dataset).read_text()
+
+
+def test_a_hash_without_what_it_is_of_says_so(tmp_path):
+    """Manifests written before the hash was labelled (their LoRA hash was the base folder's fingerprint)."""
+    text = build_card({"stage": "train_lora", "extra": {"card": {"base_model_sha256": "ab" * 32}}}).text
+    assert f"sha256 {'ab' * 32} (what it is a hash of: not recorded)" in text
+    text = build_card({"stage": "build_dataset", "extra": {"card": DATASET_FACTS}}).text
+    assert f"| stable-diffusion-v1-5/stable-diffusion-v1-5 | {'ab' * 32} | not recorded |" in text
+
+
+def test_inputs_table_says_what_each_fingerprint_is_of(tmp_path):
+    (tmp_path / "plain").mkdir()
+    (tmp_path / "plain" / "a.png").write_bytes(b"x")
+    write_manifest(tmp_path / "stage_out", "preprocess")
+    (tmp_path / "w.safetensors").write_bytes(b"w")
+    folder = tmp_path / "out"
+    write_manifest(folder, "generate", inputs={"plain": tmp_path / "plain", "data": tmp_path / "stage_out",
+                                               "lora": tmp_path / "w.safetensors", "hub": "org/sd15"})
+    text = render_card(folder).read_text()
+    assert "| role | kind | name | sha256 | sha256 of |" in text
+    rows = {line.split(" | ")[0].strip("| "): line for line in text.splitlines() if line.startswith("| ")}
+    assert rows["plain"].endswith("| all its files (fingerprint of path, size and sha256 of each) |")
+    assert rows["data"].endswith("| its manifest.json |") and rows["lora"].endswith("| the file |")
+    assert rows["hub"].endswith("| not recorded | not recorded |")
+
+
+# ---------------------------------------------------------------------------------------------- dataset wording
+
+
+@pytest.mark.parametrize("config", ["synthetic", "a1111", "real", None])
+def test_dataset_card_wording_follows_the_builder_config(config):
+    """A dataset card describes the images as what its builder config read, and claims nothing (generator,
+    hair removal, licence) that the manifest does not record."""
+    facts = {"builder_config": config, "num_rows": 2, "per_class": {"benign": 1, "malignant": 1}}
+    card = build_card({"stage": "build_dataset", "extra": {"card": facts}})
+    text, data = card.text, card.data.to_dict()
+    for claim in ("hair was removed with DullRazor", "removed with DullRazor before training, which",
+                  "fine-tuned on ISIC", "(hair removal, resize and centre crop)", "grouped by lesion and patient"):
+        assert claim not in text, (config, claim)
+    assert "Hair was removed" not in text and "Whether hair was removed from" in text
+    intro = text.split("## How to use")[0]
+    if config == "synthetic":
+        assert "made by dermt2im-hub's\n`generate` stage" in intro and "no\nLoRA adapter was recorded" in intro
+        assert data["license"] == "cc-by-nc-4.0" and "the pipeline's default" in text
+        assert "synthetic" in data["tags"] and "lora" not in data["tags"]
+    elif config == "a1111":
+        assert "Third-party PNG images, read as AUTOMATIC1111" in intro and "cannot verify" in intro
+        assert data["license"] == "unknown" and "licence: not recorded" in text
+        assert "the licence the inputs impose" not in text and "ISIC Archive (https" not in text
+    elif config == "real":
+        assert "read from preprocessed image folders" in intro and "Synthetic images are not real" not in text
+        assert "synthetic" not in data["tags"] and "Stable Diffusion v1.5" not in text
+        assert "| input | written by stage |" not in text and "### Preprocessing\n\nnot recorded" in text
+    else:
+        assert "was not recorded" in intro and data["license"] == "unknown"
+        assert "synthetic" not in data["tags"] and "dermt2im-hub's\n`generate` stage" not in intro
+
+
+@pytest.mark.parametrize("recorded, phrase", [(True, "Hair was removed (DullRazor-style, as recorded"),
+                                              (False, "No hair removal was applied (as recorded")])
+def test_hair_removal_is_stated_only_as_recorded(recorded, phrase):
+    lora = build_card({"stage": "train_lora", "extra": {"card": {**LORA_FACTS, "hair_removal": recorded}}}).text
+    assert phrase in lora and f"- Hair removal of the training images: {'yes' if recorded else 'no'}" in lora
+    real = build_card({"stage": "build_dataset", "extra": {"card": {"builder_config": "real",
+                                                                     "hair_removal": recorded}}}).text
+    assert phrase in real
+    assert "Whether hair was removed from the training images:\n  not recorded" in build_card(
+        {"stage": "train_lora", "extra": {"card": LORA_FACTS}}).text
+
+
+def test_recorded_configs_block_survives_any_rerender(tmp_path):
+    """The benchmark results folder records its `configs:` block (metrics / predictions); `dermt2im run`
+    re-renders every card, and the block must survive that, or load_dataset(REPO, "metrics") breaks."""
+    configs = [{"config_name": "metrics", "data_files": [{"split": "train", "path": "metrics.jsonl"}],
+                "default": True}]
+    write_manifest(tmp_path / "results", "benchmark",
+                   extra={"card": {"configs": configs, "pretty_name": "Derm-T2IM classifier benchmark results"}})
+    path = render_card(tmp_path / "results", repo_id="my-org/results")
+    metadata = metadata_load(path)
+    assert metadata["configs"] == configs and metadata["pretty_name"].startswith("Derm-T2IM")
+    assert 'snapshot_download("my-org/results", repo_type="dataset")' in path.read_text()

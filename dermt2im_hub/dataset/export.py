@@ -121,7 +121,8 @@ def _build_rows(inputs, output_dir: Path, staging: Path, config: DatasetConfig, 
     card = card_facts(output_dir, scan.report.summary(), config_name=config.config_name,
                       pretty_name=config.pretty_name or DEFAULT_PRETTY_NAMES[config.config_name],
                       license=config.license, source_datasets=list(config.source_datasets),
-                      sample_grid=SAMPLE_GRID if grid else None, allow_memorized=config.allow_memorized)
+                      sample_grid=SAMPLE_GRID if grid else None, allow_memorized=config.allow_memorized,
+                      inputs=input_records(inputs))
     card["dataset_info"] = dataset_info_yaml(builder, output_dir)
     save_config(config, output_dir / CONFIG_NAME)
     outputs.update(num_rows=card["num_rows"], splits=card["splits"], per_class=card["per_class"], data_files=shards,
@@ -129,6 +130,26 @@ def _build_rows(inputs, output_dir: Path, staging: Path, config: DatasetConfig, 
     extra.update(card=card, build_report=scan.report.summary())
     return BuildResult(output_dir, card["num_rows"], card["splits"], shards, scan.report.summary(),
                        messages=[scan.report.describe()])
+
+
+def input_records(inputs) -> list[dict[str, Any]]:
+    """What each input folder's own manifest recorded that the dataset card may repeat (the card is rendered
+    from this build's manifest alone, so these facts are copied into it now): the stage that wrote the folder,
+    a `generate` output's base-model hash and which file it is the sha256 of, and a `preprocess`
+    output's source, image size and whether hair was removed. A folder without a manifest records nothing."""
+    records = []
+    for folder in inputs:
+        manifest = try_read_manifest(folder) or {}
+        extra = manifest.get("extra") if isinstance(manifest.get("extra"), dict) else {}
+        card = extra.get("card") if isinstance(extra.get("card"), dict) else {}
+        record: dict[str, Any] = {"input": Path(folder).name, "stage": manifest.get("stage")}
+        if manifest.get("stage") == "generate" and isinstance(extra.get("base_model"), dict):
+            base = extra["base_model"]
+            record["base_model"] = {"sha256": base.get("sha256"), "hashed_file": base.get("hashed_file")}
+        if manifest.get("stage") == "preprocess":
+            record.update(source=card.get("source"), size=card.get("size"), hair_removal=card.get("hair_removal"))
+        records.append(record)
+    return records
 
 
 def _input_fingerprints(inputs, scan) -> dict[str, Any]:

@@ -97,13 +97,30 @@ def generation_facts(rows: list[dict]) -> dict[str, Any]:
     }
 
 
-def provenance_facts(rows: list[dict]) -> dict[str, list[dict[str, Any]]]:
-    """Distinct base models (id, hash, revision) and adapters (id, sha256, scale) across rows."""
+# What the `model_hash` column of an a1111 build holds: the PNG's own claim, in whatever form the A1111
+# version that wrote it used (10 hex digits of a checkpoint's sha256 today; an 8-digit legacy hash before).
+A1111_MODEL_HASH = "A1111 `Model hash` from the PNG infotext (as written there; not verified)"
+
+
+def hash_description(config_name: str, sha256: Any, hashed_files: dict[str, str]) -> str | None:
+    """What a base model's hash is of, for the card: the infotext's claim (a1111), the file a `generate` run
+    recorded hashing (synthetic), or None when nothing recorded says."""
+    if config_name == "a1111":
+        return A1111_MODEL_HASH
+    hashed = hashed_files.get(sha256) if isinstance(sha256, str) else None
+    return f"sha256 of {hashed}" if hashed else None
+
+
+def provenance_facts(rows: list[dict], config_name: str = "synthetic",
+                     hashed_files: dict[str, str] | None = None) -> dict[str, list[dict[str, Any]]]:
+    """Distinct base models (id, hash, what it is a hash of, revision) and adapters (id, sha256 of the weight
+    file, scale) across rows. `hashed_files` maps a base-model sha256 to the file a generate run hashed."""
     models, adapters = {}, {}
     for row in rows:
         extra = _extra(row)
         if row.get("model") or row.get("model_hash"):
             model = {"id": row.get("model"), "sha256": row.get("model_hash"),
+                     "hash_of": hash_description(config_name, row.get("model_hash"), hashed_files or {}),
                      "revision": extra.get("base_model_revision")}
             models[json.dumps(model, sort_keys=True)] = model
         for adapter in extra.get("adapters") or []:
@@ -136,10 +153,22 @@ def qa_facts(rows: list[dict], report: dict[str, Any], allow_memorized: bool) ->
     return {"qa": qa, "memorization": memorization, "skin_tone": skin_tone}
 
 
+def preprocessing_facts(inputs: list[dict[str, Any]]) -> dict[str, Any]:
+    """For the real config: how each input was made, as its own manifest recorded it (`preprocessing`), and
+    `hair_removal` when every input is a preprocess output that recorded the same answer (else None)."""
+    rows = [{"input": r.get("input"), "stage": r.get("stage"), "source": r.get("source"), "size": r.get("size"),
+             "hair_removal": r.get("hair_removal")} for r in inputs]
+    answers = {r["hair_removal"] for r in rows}
+    hair = answers.pop() if len(answers) == 1 and rows else None
+    return {"preprocessing": rows or None, "hair_removal": hair if isinstance(hair, bool) else None}
+
+
 def card_facts(folder: str | Path, report: dict[str, Any], *, config_name: str, pretty_name: str,
                license: str | None, source_datasets: list[str], sample_grid: str | None,
-               allow_memorized: bool) -> dict[str, Any]:
-    """`manifest["extra"]["card"]` for a built folder (contract 4, dataset keys)."""
+               allow_memorized: bool, inputs: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """`manifest["extra"]["card"]` for a built folder (contract 4, dataset keys). `inputs`: what each input's
+    own manifest recorded (`export.input_records`); the card may repeat only what is written here."""
+    inputs = inputs or []
     rows = read_rows(folder)
     splits = {split: len(paths) for split, paths in shard_files(folder).items()}
     facts: dict[str, Any] = {
@@ -159,15 +188,18 @@ def card_facts(folder: str | Path, report: dict[str, Any], *, config_name: str, 
     }
     if config_name == "real":
         facts.update(per_source=_counts(r.get("source") for r in rows),
-                     per_diagnosis=_counts(r.get("diagnosis") for r in rows))
+                     per_diagnosis=_counts(r.get("diagnosis") for r in rows), **preprocessing_facts(inputs))
         return facts
+    hashed_files = {r["base_model"]["sha256"]: r["base_model"]["hashed_file"] for r in inputs
+                    if isinstance(r.get("base_model"), dict) and r["base_model"].get("sha256")
+                    and r["base_model"].get("hashed_file")}
     facts.update(
         per_sampler=_by_class(rows, "sampler"),
         per_steps=_by_class(rows, "steps"),
         per_class_sampler_steps=_class_sampler_steps(rows),
         transformation_counts=_counts(tag for r in rows for tag in (r.get("transformations") or [])),
         generation=generation_facts(rows),
-        **provenance_facts(rows),
+        **provenance_facts(rows, config_name, hashed_files),
     )
     if config_name == "synthetic":
         facts.update(qa_facts(rows, report, allow_memorized))

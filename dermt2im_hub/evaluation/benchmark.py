@@ -466,21 +466,12 @@ def write_results_files(results_dir: Path, config: EvaluationConfig) -> tuple[di
     return outputs, card
 
 
-def render_results_card(results_dir: Path) -> Path:
-    """The results folder's card: the generic stage card (the dataset card template describes the synthetic
-    image dataset), plus the `configs:` block that makes metrics.jsonl and predictions.jsonl two loadable
-    configs on the Hub."""
-    from huggingface_hub import metadata_load, metadata_save
-
+def render_results_card(results_dir: Path, repo_id: str | None = None) -> Path:
+    """The results folder's card: the generic stage card, whose front matter carries the `configs:` block the
+    run recorded (metrics.jsonl and predictions.jsonl as two loadable configs on the Hub)."""
     from dermt2im_hub.hub.cards import render_card
-    from dermt2im_hub.manifest import read_manifest
 
-    path = render_card(results_dir)
-    card = read_manifest(results_dir)["extra"]["card"]
-    metadata = metadata_load(path) or {}
-    metadata.update(configs=card["configs"], pretty_name=card["pretty_name"])
-    metadata_save(path, metadata)
-    return path
+    return render_card(results_dir, repo_id=repo_id)
 
 
 # ---------------------------------------------------------------------------------------------- the sweep

@@ -56,6 +56,13 @@ DATASET_TASKS = ["image-classification", "text-to-image"]
 # images inherit the non-commercial CC BY-NC 4.0 of HAM10000 and part of the ISIC Archive.
 DEFAULT_LICENSES = {"lora": "creativeml-openrail-m", "dataset": "cc-by-nc-4.0", "classifier": "cc-by-nc-4.0",
                     "results": "cc-by-nc-4.0", "stage": "cc-by-nc-4.0"}
+# A dataset's default depends on what its builder config read. `synthetic` (our generator's output) and
+# `real` (preprocessed ISIC/HAM10000-style folders) are what this pipeline makes from non-commercial sources;
+# `a1111` reads third-party PNGs whose terms nothing recorded names, and a manifest without a builder config
+# says nothing either: those cards say "not recorded" and the front matter says `unknown` (a Hub licence id).
+UNKNOWN_LICENSE = "unknown"
+DATASET_DEFAULT_LICENSES = {"synthetic": "cc-by-nc-4.0", "real": "cc-by-nc-4.0"}
+BUILDER_CONFIGS = ("synthetic", "a1111", "real")
 DEFAULT_LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"  # diffusers' save_lora_weights default
 DEFAULT_CLASSIFIER_WEIGHT_NAME = "model.safetensors"  # timm's push_to_hub / save_for_hf default
 
@@ -192,18 +199,29 @@ def _repo_name(repo_id: str) -> str:
     return repo_id.split("/")[-1]
 
 
+# What an input fingerprint's sha256 is of, by fingerprint kind (dermt2im_hub.manifest.fingerprint). These
+# identify inputs for resume and provenance checks; they are not model hashes (docs/hub.md).
+FINGERPRINT_MEANINGS = {
+    "stage_output": "its manifest.json",
+    "folder": "all its files (fingerprint of path, size and sha256 of each)",
+    "file": "the file",
+}
+
+
 def _inputs_rows(inputs: Any) -> list[dict[str, Any]]:
-    """Inputs as (role, kind, name, sha256); local paths are cut to their last part so a public card does
-    not reveal a machine's directory layout."""
+    """Inputs as (role, kind, name, sha256, what the sha256 is of); local paths are cut to their last part so
+    a public card does not reveal a machine's directory layout."""
     rows = []
     for role, info in (inputs or {}).items():
         if not isinstance(info, Mapping):
-            rows.append({"role": role, "kind": None, "name": info, "sha256": None})
+            rows.append({"role": role, "kind": None, "name": info, "sha256": None, "hash_of": None})
             continue
         name = info.get("path")
         if info.get("kind") != "reference" and name:
             name = Path(str(name)).name
-        rows.append({"role": role, "kind": info.get("kind"), "name": name, "sha256": info.get("sha256")})
+        hash_of = FINGERPRINT_MEANINGS.get(str(info.get("kind"))) if info.get("sha256") else None
+        rows.append({"role": role, "kind": info.get("kind"), "name": name, "sha256": info.get("sha256"),
+                     "hash_of": hash_of})
     return rows
 
 
@@ -241,6 +259,13 @@ def _common_context(manifest: Mapping[str, Any], kind: str, repo_id: str | None)
     config = manifest.get("config")
     config_yaml = yaml.safe_dump(config, sort_keys=False).strip() if is_recorded(config) else None
     license_recorded = is_recorded(facts.get("license"))
+    builder_config = facts.get("builder_config") if facts.get("builder_config") in BUILDER_CONFIGS else None
+    if license_recorded:
+        license_id = facts.get("license")
+    elif kind == "dataset":
+        license_id = DATASET_DEFAULT_LICENSES.get(builder_config, UNKNOWN_LICENSE)
+    else:
+        license_id = DEFAULT_LICENSES[kind]
     return {
         "f": facts,
         "kind": kind,
@@ -253,17 +278,23 @@ def _common_context(manifest: Mapping[str, Any], kind: str, repo_id: str | None)
         "started_at": manifest.get("started_at"),
         "ended_at": manifest.get("ended_at"),
         "elapsed_seconds": extra.get("elapsed_seconds") if isinstance(extra, Mapping) else None,
+        "extra": extra if isinstance(extra, Mapping) else {},
         "platform": host.get("platform"),
         "python_version": host.get("python"),
         "package_version": versions.get("dermt2im-hub"),
         "versions_table": kv_table(versions, "package", "version"),
-        "inputs_table": rows_table(_inputs_rows(manifest.get("inputs")), ["role", "kind", "name", "sha256"]),
+        "inputs_table": rows_table(_inputs_rows(manifest.get("inputs")), ["role", "kind", "name", "sha256", "hash_of"],
+                                   ["role", "kind", "name", "sha256", "sha256 of"]),
         "outputs_table": kv_table(manifest.get("outputs"), "output", "value"),
         "config_yaml": config_yaml,
         "config_fence": code_fence(config_yaml or ""),
         "config_sha256": manifest.get("config_sha256"),
-        "license": facts.get("license") if license_recorded else DEFAULT_LICENSES[kind],
+        "license": license_id,
         "license_recorded": license_recorded,
+        "license_unknown": license_id == UNKNOWN_LICENSE and not license_recorded,
+        "builder_config": builder_config,
+        # hair removal of the images behind this card, as recorded (a bool), else None ("not recorded")
+        "hair_removal": facts.get("hair_removal") if isinstance(facts.get("hair_removal"), bool) else None,
         "show": show,
         "kv_table": kv_table,
         "rows_table": rows_table,
@@ -284,8 +315,18 @@ def _lora_context(ctx: dict[str, Any]) -> dict[str, Any]:
         samples=_sample_images(f.get("sample_images")),
         base_model_id=_public_name(f.get("base_model")) or "stable-diffusion-v1-5/stable-diffusion-v1-5",
         base_model_shown=_public_name(f.get("base_model")),
+        base_model_hash=_hash_text(f.get("base_model_sha256"), f.get("base_model_hash_of")),
     )
     return ctx
+
+
+def _hash_text(sha256: Any, hashed: Any) -> str:
+    """A base model's hash with what it is a hash of (several hashes of one model exist; docs/hub.md)."""
+    if not is_recorded(sha256):
+        return f"sha256 {NOT_RECORDED}"
+    if is_recorded(hashed):
+        return f"sha256 of `{show(hashed)}`: {show(sha256)}"
+    return f"sha256 {show(sha256)} (what it is a hash of: {NOT_RECORDED})"
 
 
 def _public_name(value: Any) -> str | None:
@@ -298,10 +339,16 @@ def _public_name(value: Any) -> str | None:
 def _dataset_context(ctx: dict[str, Any]) -> dict[str, Any]:
     f = ctx["f"]
     configs = [c for c in (f.get("configs") or []) if isinstance(c, Mapping)]
+    models = [dict(m, hash_of=m.get("hash_of") or NOT_RECORDED) for m in (f.get("base_models") or [])
+              if isinstance(m, Mapping)]
     ctx.update(
         configs=configs,
         config_names=[c.get("config_name") for c in configs if c.get("config_name")],
         num_rows=_dataset_rows(f),
+        base_models=models,
+        has_adapters=is_recorded(f.get("adapters")),
+        dataset_title=str(f.get("pretty_name")) if is_recorded(f.get("pretty_name"))
+        else DEFAULT_DATASET_TITLES.get(ctx["builder_config"], DEFAULT_DATASET_TITLE),
     )
     return ctx
 
@@ -338,6 +385,11 @@ def _results_context(ctx: dict[str, Any]) -> dict[str, Any]:
 
 
 def _stage_context(ctx: dict[str, Any]) -> dict[str, Any]:
+    # a generate run records the base model it loaded and its hash (the same quantity as a LoRA card's and a
+    # dataset card's base-model hash) outside the card facts; the generic card shows it when present
+    base = ctx["extra"].get("base_model") if isinstance(ctx["extra"].get("base_model"), Mapping) else None
+    ctx.update(stage_base_model=_public_name(base.get("id")) if base else None,
+               stage_base_model_hash=_hash_text(base.get("sha256"), base.get("hashed_file")) if base else None)
     return ctx
 
 
@@ -404,15 +456,28 @@ def _dataset_card_data(ctx: dict[str, Any]):
         license=ctx["license"],
         task_categories=list(DATASET_TASKS),
         size_categories=[size] if size else None,
-        pretty_name=f.get("pretty_name") or "Derm-T2IM synthetic skin lesions",
-        annotations_creators=["expert-generated"] if f.get("builder_config") == "real" else ["machine-generated"],
-        tags=[t for t in DATASET_TAGS if t not in SYNTHETIC_ONLY_TAGS] if f.get("builder_config") == "real"
-        else list(DATASET_TAGS),
+        pretty_name=ctx["dataset_title"],
+        annotations_creators=["expert-generated"] if ctx["builder_config"] == "real" else ["machine-generated"],
+        tags=_dataset_tags(ctx),
         source_datasets=_hub_ids(f.get("source_datasets")) or None,
         configs=_clean_configs(ctx["configs"]) or None,
         # `datasets` keys its cache of a local folder on this block; keep it when a card is re-rendered
         dataset_info=json.loads(json.dumps(f.get("dataset_info"))) if f.get("dataset_info") else None,
     )
+
+
+DEFAULT_DATASET_TITLE = "Derm-T2IM skin lesions"
+DEFAULT_DATASET_TITLES = {"synthetic": "Derm-T2IM synthetic skin lesions",
+                          "a1111": "Derm-T2IM skin lesions (AUTOMATIC1111 images)",
+                          "real": "Derm-T2IM real dermoscopy (preprocessed)"}
+
+
+def _dataset_tags(ctx: dict[str, Any]) -> list[str]:
+    """Tags that the recorded facts support: `synthetic`/`stable-diffusion` for generated images only, `lora`
+    only when adapters were recorded."""
+    if ctx["builder_config"] not in ("synthetic", "a1111"):
+        return [t for t in DATASET_TAGS if t not in SYNTHETIC_ONLY_TAGS]
+    return [t for t in DATASET_TAGS if t != "lora" or ctx["has_adapters"]]
 
 
 def _clean_configs(configs: list[Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -431,8 +496,23 @@ def _clean_configs(configs: list[Mapping[str, Any]]) -> list[dict[str, Any]]:
 def _generic_card_data(ctx: dict[str, Any], tags: list[str]):
     from huggingface_hub import ModelCardData
 
+    # a folder of data files (the benchmark's metrics and predictions) records its `configs:` block, so that
+    # load_dataset(REPO, NAME) finds them whichever command renders the card
+    configs = [_plain(c) for c in ctx["f"].get("configs") or [] if isinstance(c, Mapping) and c.get("config_name")]
+    extra = {"configs": configs} if configs else {}
+    if configs and isinstance(ctx["f"].get("pretty_name"), str):
+        extra["pretty_name"] = ctx["f"]["pretty_name"]
     return ModelCardData(license=ctx["license"], tags=list(tags),
-                         datasets=_hub_ids(ctx["f"].get("datasets")) or None)
+                         datasets=_hub_ids(ctx["f"].get("datasets")) or None, **extra)
+
+
+def _plain(value: Any) -> Any:
+    """Mappings and sequences as plain dicts and lists (front matter is dumped with yaml.safe_dump)."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
 
 
 def _hub_ids(value: Any) -> list[str]:

@@ -3,12 +3,58 @@
 The card is rendered from these facts alone (`dermt2im_hub.hub.render_card`), so everything a reader of the
 adapter's Hub page needs (base model and its hash, prompts, data and leak check, hyperparameters, loss,
 time, hardware, sample images) is written here, from the live run, once.
+
+The base model's hash (`base_model_sha256`) is the same quantity generation records as `base_model_hash` and
+the dataset's `model_hash` column (docs/hub.md, "Which hash is which"): the sha256 of the UNet weights file
+`unet/diffusion_pytorch_model.safetensors` (for a sharded UNet, the sha256 of the shards' sha256s joined in
+file-name order), named in `base_model_hash_of`. The base folder's fingerprint over all its files stays in
+the manifest's inputs (`input_fingerprints["base_model"]`), which resume checks use.
 """
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
+from dermt2im_hub.manifest import MANIFEST_NAME
 from dermt2im_hub.training.inputs import base_revision
 from dermt2im_hub.training.reporting import hardware_description
+from dermt2im_hub.utils.files import sha256_bytes, sha256_file
+
+UNET_WEIGHTS = "diffusion_pytorch_model.safetensors"
+
+
+def unet_weights_sha256(base_dir: Path, variant: str | None = None) -> tuple[str | None, str | None]:
+    """(sha256, file described) of a diffusers folder's UNet weights, defined as generation's
+    `folder_model_sha256` defines it (training may not import generation, a later stage); with a weight
+    `variant` (e.g. fp16), the variant file the run loaded. (None, None) when no such file exists."""
+    unet = Path(base_dir) / "unet"
+    if variant:
+        name = f"diffusion_pytorch_model.{variant}.safetensors"
+        if (unet / name).is_file():
+            return sha256_file(unet / name), f"unet/{name}"
+    if (unet / UNET_WEIGHTS).is_file():
+        return sha256_file(unet / UNET_WEIGHTS), f"unet/{UNET_WEIGHTS}"
+    shards = sorted(unet.glob("diffusion_pytorch_model-*.safetensors"))
+    if shards:
+        joined = "".join(sha256_file(p) for p in shards)
+        return (sha256_bytes(joined.encode()),
+                "unet/diffusion_pytorch_model-*.safetensors (sha256 of shard sha256s)")
+    return None, None
+
+
+def training_data_hair_removal(folder: Path) -> bool | None:
+    """Whether the training images had hair removed, as the data stage recorded it (a `preprocess` output's
+    card fact `hair_removal`); None for any other folder: nothing recorded says."""
+    try:
+        manifest = json.loads((Path(folder) / MANIFEST_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(manifest, dict) or manifest.get("stage") != "preprocess":
+        return None
+    card = (manifest.get("extra") or {}).get("card") if isinstance(manifest.get("extra"), dict) else None
+    value = card.get("hair_removal") if isinstance(card, dict) else None
+    return value if isinstance(value, bool) else None
 
 
 def _hyperparameters(trainer) -> dict:
@@ -54,12 +100,13 @@ def _final_loss(history: list[tuple[int, float]]) -> float | None:
 
 def card_facts(trainer, files: dict[str, str], samples: list[dict]) -> dict:
     c = trainer.config
-    base_fp = trainer.input_fingerprints.get("base_model") or {}
     data_fp = trainer.input_fingerprints.get("train_data") or {}
+    base_sha256, base_hash_of = unet_weights_sha256(trainer.base_dir, c.variant)
     return {
         "base_model": c.pretrained_model_name_or_path,
         "base_model_revision": base_revision(trainer.base_dir, c.revision),
-        "base_model_sha256": base_fp.get("sha256"),
+        "base_model_sha256": base_sha256,
+        "base_model_hash_of": base_hash_of,
         "instance_prompts": trainer.data.prompts,
         "weight_files": files or None,
         "lora_rank": c.rank,
@@ -69,6 +116,7 @@ def card_facts(trainer, files: dict[str, str], samples: list[dict]) -> dict:
         "hyperparameters": _hyperparameters(trainer),
         "num_train_images": trainer.data.per_label,
         "training_data": trainer.data.folder.name,
+        "hair_removal": training_data_hair_removal(trainer.data.folder),
         "data_manifest_sha256": data_fp.get("sha256"),
         "test_exclusion_checked": trainer.data.test_exclusion_checked,
         "steps": trainer.progress.global_step,
