@@ -322,6 +322,17 @@ def test_real_only_first_and_synthetic_arms_later_are_one_sweep(inputs, tmp_path
     assert len(list((tmp_path / "results" / RECORDS_DIR).glob("*.json"))) == 2
 
 
+def test_table_iv_section_is_the_table_and_note_up_to_the_next_heading():
+    from dermt2im_hub.evaluation.leaderboard import TABLE_IV_HEADING, table_iv_section
+
+    text = ("# Derm-T2IM classifier benchmark\n\n" + TABLE_IV_HEADING + "\n\nOurs: mean.\n\n| Model | a |\n|---|---|\n"
+            "| ViT | 1 |\n\nTest sets: t: ours n = 3.\n\n## Hybrid − real-only (percentage points)\n\nmore\n")
+    section = table_iv_section(text)
+    assert section.startswith(TABLE_IV_HEADING) and section.rstrip().endswith("Test sets: t: ours n = 3.")
+    assert "| ViT | 1 |" in section and "Hybrid" not in section and "classifier benchmark" not in section
+    assert table_iv_section("# nothing here\n") == ""
+
+
 def test_arms_are_paired_by_image_not_by_label_vector():
     from dermt2im_hub.evaluation.leaderboard import compare_arms
 
@@ -343,6 +354,11 @@ def test_leaderboard_cli(benchmark, run_cli, tmp_path):
                            "--bootstrap-resamples", "50")
     assert code == 0 and "leaderboard written" in out
     assert (tmp_path / "board" / "leaderboard.md").is_file()
+    # README: it "prints our table in the same layout": the Table IV section and the test-set note, then where the
+    # folder is; not the whole file
+    table = out.index("laid out like the paper's Table IV")
+    assert table < out.index("| Model |") < out.index("Test sets:") < out.index("leaderboard written")
+    assert "MobileNetV2" in out and "Hybrid − real-only" not in out and "Every mix" not in out
     for args, message in [(["--confidence", "95"], "within (0, 1)"), (["--bootstrap-resamples", "0"], "at least 1"),
                           (["--output", benchmark["results"]], "stage 'benchmark'")]:  # over another stage
         code, _, err = run_cli("leaderboard", benchmark["results"], *args)

@@ -75,6 +75,8 @@ def test_second_run_does_no_work_and_a_changed_generation_config_reruns_only_wha
     lora_weights = (out / "lora" / "pytorch_lora_weights.safetensors").read_bytes()
     again = run_pipeline(demo_recipe(), SHRINK, out)
     assert again.ran == ["cards"]  # cards are re-rendered from manifests every time (cheap, idempotent)
+    report = (out / "report.md").read_text()
+    assert "| train_lora | up to date | up to date (earlier run: " in report and "| 0.0 |" not in report
     changed = run_pipeline(demo_recipe(), SHRINK + ["generation.cfg=5.0"], out)
     assert {"generate", "qa", "dataset:synthetic", "benchmark", "leaderboard"} <= set(changed.ran)
     assert not {"preprocess:phantoms", "train_lora", "dataset:real", "inputs:tiny-base"} & set(changed.ran)
@@ -82,6 +84,49 @@ def test_second_run_does_no_work_and_a_changed_generation_config_reruns_only_wha
     rows = [json.loads(line) for line in (out / "generated" / "metadata.jsonl").read_text().splitlines()]
     assert rows and all(row["cfg_scale"] == 5.0 for row in rows)
     assert (out / "generated.previous" / "manifest.json").is_file()  # the old output is kept aside, not lost
+
+
+def test_report_says_up_to_date_and_gives_fidelity_its_own_heading(tmp_path):
+    """A re-run's up-to-date stages say so (with the earlier run's time from their manifest), not 0.0 s; FID / KID /
+    precision-recall sit under their own heading, not under the artifact filter, in report.md and report.html."""
+    from types import SimpleNamespace
+
+    from dermt2im_hub.manifest import write_manifest
+    from dermt2im_hub.pipeline.report import REPORT_HTML, REPORT_MD, write_report
+    from dermt2im_hub.pipeline.runner import RunSummary, StageOutcome
+    from dermt2im_hub.pipeline.stages import RunLayout
+
+    layout = RunLayout(tmp_path)
+    fidelity = {"overall": {"fid": 1.06, "kid": 0.0052, "precision": 0.5, "recall": 0.25},
+                "per_class": {"benign": {"fid": 1.19, "kid": 0.0057, "precision": 0.4, "recall": 0.3}}}
+    card = {"qa": {"num_images": 96, "passed": 90, "rejected": 6, "pass_rate": 0.9375, "reasons": {"blur": 6},
+                   "feature_extractor": "resnet18 @64px", "fidelity": fidelity},
+            "memorization": {"audited": True, "flagged": 0}}
+    write_manifest(layout.qa, "qa", extra={"elapsed_seconds": 7.447, "card": card})
+    write_manifest(layout.lora, "train_lora", started_at="2026-01-01T10:00:00+00:00",
+                   ended_at="2026-01-01T10:00:05+00:00")
+    write_manifest(layout.generated, "generate")  # an earlier run whose time is not recorded
+    write_manifest(layout.leaderboard, "leaderboard", extra={"elapsed_seconds": 0.04})
+    summary = RunSummary(tmp_path, outcomes=[
+        StageOutcome("train_lora", layout.lora, "up to date"), StageOutcome("generate", layout.generated, "up to date"),
+        StageOutcome("qa", layout.qa, "up to date"), StageOutcome("leaderboard", layout.leaderboard, "up to date"),
+        StageOutcome("cards", tmp_path, "ran", 0.31)])
+    write_report(layout, SimpleNamespace(real_sources=[]), summary)
+    md = (tmp_path / REPORT_MD).read_text()
+    assert "| qa | up to date | up to date (earlier run: 7.4 s) |" in md
+    assert "| train_lora | up to date | up to date (earlier run: 5.0 s) |" in md
+    assert "| generate | up to date | up to date |" in md and "| cards | ran | 0.3 s |" in md
+    assert "| leaderboard | up to date | up to date (earlier run: < 0.1 s) |" in md
+    assert "0.0" not in md.split("## Generated images")[0]
+    for text, heading in ((md, "### {}"), ((tmp_path / REPORT_HTML).read_text(), "<h3>{}")):
+        artifact = text.index(heading.format("Artifact filter"))
+        fidelity_at = text.index(heading.format("Fidelity"))
+        memorization = text.index(heading.format("Memorization audit"))
+        assert artifact < fidelity_at < memorization
+        assert "blur" in text[artifact:fidelity_at]
+        assert not any(word in text[artifact:fidelity_at] for word in ("fid", "kid", "precision", "recall"))
+        assert all(f"{row}" in text[fidelity_at:memorization]
+                   for row in ("overall / fid", "overall / kid", "per_class / benign / precision", "resnet18"))
 
 
 def test_from_needs_finished_earlier_stages(tmp_path):

@@ -45,8 +45,13 @@ def _benchmark(args: argparse.Namespace) -> int:
 
 
 def _leaderboard(args: argparse.Namespace) -> int:
-    from dermt2im_hub.evaluation.leaderboard import render_leaderboard
+    from dermt2im_hub.evaluation.leaderboard import render_leaderboard, table_iv_section
 
     output = render_leaderboard(args.results_dir, args.output, args.bootstrap_resamples, args.confidence)
-    print(f"leaderboard written to {output} (leaderboard.md, synthetic_fraction.png, README.md)")
+    # the Table IV section (table + test-set note) on screen; the rest (differences, every mix, subgroups) in the file
+    section = table_iv_section((output / "leaderboard.md").read_text(encoding="utf-8"))
+    if section:
+        print(section)
+    print(f"leaderboard written to {output} (leaderboard.md: this table, hybrid - real differences with CIs, every "
+          "mix, subgroups; synthetic_fraction.png, README.md)")
     return 0

@@ -45,7 +45,8 @@ def _print_summary(summary) -> None:
     width = max(len(o.name) for o in summary.outcomes) if summary.outcomes else 10
     print("\nStages:")
     for outcome in summary.outcomes:
-        print(f"  {outcome.name:<{width}}  {outcome.status:<24} {outcome.seconds:7.1f} s  {outcome.folder}")
+        took = f"{outcome.seconds:7.1f} s" if outcome.status == "ran" else " " * 9  # nothing ran: no time
+        print(f"  {outcome.name:<{width}}  {outcome.status:<24} {took}  {outcome.folder}")
     for repo, url in summary.pushed.items():
         print(f"  pushed {repo}: {url}")
     if summary.report:

@@ -321,11 +321,25 @@ def subgroups_table(summaries: list[dict], hybrid_fraction: float) -> str:
     return "\n".join(lines)
 
 
+TABLE_IV_HEADING = "## Test accuracy (%), laid out like the paper's Table IV"
+
+
+def table_iv_section(markdown: str) -> str:
+    """The Table IV part of leaderboard.md: its heading, the table and the test-set note, up to the next heading
+    ("" when the text has no such section)."""
+    lines = markdown.splitlines()
+    if TABLE_IV_HEADING not in lines:
+        return ""
+    start = lines.index(TABLE_IV_HEADING)
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("#")), len(lines))
+    return "\n".join(lines[start:end]).strip() + "\n"
+
+
 def render_markdown(summaries: list[dict], comparisons: list[dict], records: list[dict], confidence: float) -> str:
     hybrid_fraction = _hybrid_fraction(records)
     seeds = sorted({r["seed"] for r in records})
     return "\n\n".join([
-        "## Test accuracy (%), laid out like the paper's Table IV",
+        TABLE_IV_HEADING,
         f"Ours: mean ± SD over {len(seeds)} seed(s) ({', '.join(map(str, seeds))}). Paper: one run per cell.",
         table_iv(summaries, hybrid_fraction),
         test_sets_note(summaries),

@@ -72,11 +72,40 @@ def _short(value: Any) -> str:
     return str(value)[:200]
 
 
+def _recorded_seconds(folder: Path) -> float | None:
+    """The time a stage's earlier run took, as its manifest records it (`extra.elapsed_seconds`, else
+    `ended_at - started_at`); None when the manifest records neither."""
+    manifest = try_read_manifest(folder) or {}
+    elapsed = (manifest.get("extra") or {}).get("elapsed_seconds")
+    if isinstance(elapsed, (int, float)) and not isinstance(elapsed, bool):
+        return float(elapsed)
+    try:
+        started = _dt.datetime.fromisoformat(manifest["started_at"])
+        ended = _dt.datetime.fromisoformat(manifest["ended_at"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    return (ended - started).total_seconds()
+
+
+def _stage_time(outcome, root: Path) -> str:
+    """Seconds for a stage that ran now; a stage skipped because it was up to date did no work this run, so it
+    says so (with the earlier run's time when its manifest has it) rather than a misleading 0.0."""
+    if outcome.status == "ran":
+        return f"{outcome.seconds:.1f} s"
+    if outcome.status == "up to date":
+        earlier = _recorded_seconds(outcome.folder) if outcome.folder != root else None
+        if earlier is None:
+            return "up to date"
+        return f"up to date (earlier run: {earlier:.1f} s)" if earlier >= 0.05 else "up to date (earlier run: < 0.1 s)"
+    return "not run"
+
+
 def _stage_table(summary) -> list[str]:
-    lines = ["| stage | status | seconds | folder |", "|---|---|---|---|"]
+    lines = ["| stage | status | time | folder |", "|---|---|---|---|"]
     for outcome in summary.outcomes:
         folder = _rel(outcome.folder, summary.output) if outcome.folder != summary.output else "."
-        lines.append(f"| {outcome.name} | {outcome.status} | {outcome.seconds:.1f} | [{folder}]({folder}) |")
+        lines.append(f"| {outcome.name} | {outcome.status} | {_stage_time(outcome, summary.output)} "
+                     f"| [{folder}]({folder}) |")
     return lines
 
 
@@ -120,9 +149,14 @@ def _qa_section(layout, root: Path) -> list[str]:
     if not manifest:
         return lines + ["Not run yet.", ""]
     card = (manifest.get("extra") or {}).get("card") or {}
-    for title, key in (("Artifact filter", "qa"), ("Memorization audit", "memorization"),
-                       ("Skin tone (ITA)", "skin_tone")):
-        facts = card.get(key)
+    qa = dict(card.get("qa") or {}) if isinstance(card.get("qa"), dict) else {}
+    # FID / KID / precision-recall ride in the qa card dict but are not the artifact filter's: their own heading,
+    # with the feature extractor whose space they are measured in
+    fidelity = qa.pop("fidelity", None)
+    if isinstance(fidelity, dict) and fidelity and qa.get("feature_extractor") is not None:
+        fidelity = {"feature_extractor": qa.pop("feature_extractor"), **fidelity}
+    for title, facts in (("Artifact filter", qa), ("Fidelity (FID, KID, precision / recall)", fidelity),
+                         ("Memorization audit", card.get("memorization")), ("Skin tone (ITA)", card.get("skin_tone"))):
         if not isinstance(facts, dict) or not facts:
             continue
         lines += [f"### {title}", "", "| measure | value |", "|---|---|"]

@@ -325,10 +325,12 @@ def stage_folders(layout: RunLayout, run: RunConfig) -> list[Path]:
 
 
 def render_all_cards(layout: RunLayout, run: RunConfig) -> list[Path]:
-    """Re-render every folder's README.md from its manifest (cards are pure functions of manifests)."""
+    """Re-render every folder's README.md from its manifest (cards are pure functions of manifests); a folder
+    that run.push publishes gets its repo id, so the card's how-to-use snippet loads from that repo."""
     from dermt2im_hub.hub.cards import render_card
 
-    return [render_card(folder) for folder in stage_folders(layout, run)]
+    repo_ids = {folder: repo_id for folder, repo_id, _ in push_targets(run, layout)}
+    return [render_card(folder, repo_id=repo_ids.get(folder)) for folder in stage_folders(layout, run)]
 
 
 def push_targets(run: RunConfig, layout: RunLayout) -> list[tuple[Path, str, str]]:
