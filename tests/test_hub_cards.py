@@ -311,7 +311,7 @@ def test_base_model_hash_is_the_same_quantity_in_lora_generate_and_dataset_cards
     stays in the inputs table, labelled as such (docs/hub.md, "Which hash is which")."""
     from dermt2im_hub.generation.models import folder_model_sha256
     from dermt2im_hub.manifest import fingerprint
-    from dermt2im_hub.training.facts import unet_weights_sha256
+    from dermt2im_hub.utils.model_hash import unet_weights_sha256
 
     sha, hashed = unet_weights_sha256(tiny_base)
     assert (sha, hashed) == folder_model_sha256(tiny_base) == (sha, UNET_FILE)

@@ -33,13 +33,13 @@ from typing import Any
 
 from dermt2im_hub.config import ConfigError
 from dermt2im_hub.hub.resolve import is_hub_id
-from dermt2im_hub.utils.files import is_pickle_weight, is_safetensors, sha256_bytes, sha256_file
+from dermt2im_hub.utils.files import is_pickle_weight, is_safetensors, sha256_file
 from dermt2im_hub.utils.logging import get_logger
+from dermt2im_hub.utils.model_hash import UNET_WEIGHTS, unet_weights_sha256
 
 log = get_logger(__name__)
 
 LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
-UNET_WEIGHTS = "diffusion_pytorch_model.safetensors"
 # A path to a .safetensors file inside a Hub repo (after `org/name/`).
 _HUB_FILE_RE = re.compile(r"^(?:[\w.-]+/)*[\w.-]+\.safetensors$")
 
@@ -178,16 +178,11 @@ def _classify_adapter(source: str) -> str:
 
 
 def folder_model_sha256(folder: Path) -> tuple[str, str]:
-    """(sha256, file described) of a diffusers folder's UNet weights (see the module docstring)."""
-    unet = folder / "unet"
-    single = unet / UNET_WEIGHTS
-    if single.is_file():
-        return sha256_file(single), f"unet/{UNET_WEIGHTS}"
-    shards = sorted(unet.glob("diffusion_pytorch_model-*.safetensors"))
-    if shards:
-        joined = "".join(sha256_file(p) for p in shards)
-        return sha256_bytes(joined.encode()), "unet/diffusion_pytorch_model-*.safetensors (sha256 of shard sha256s)"
-    raise ModelLoadError(f"base folder {str(folder)!r} has no unet/{UNET_WEIGHTS} (only safetensors weights load)")
+    """(sha256, file described) of a diffusers folder's UNet weights (utils.model_hash; see the module docstring)."""
+    sha, described = unet_weights_sha256(folder)
+    if sha is None:
+        raise ModelLoadError(f"base folder {str(folder)!r} has no unet/{UNET_WEIGHTS} (only safetensors weights load)")
+    return sha, described
 
 
 # ---------------------------------------------------------------------------------------------- base

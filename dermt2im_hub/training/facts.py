@@ -19,28 +19,7 @@ from pathlib import Path
 from dermt2im_hub.manifest import MANIFEST_NAME
 from dermt2im_hub.training.inputs import base_revision
 from dermt2im_hub.training.reporting import hardware_description
-from dermt2im_hub.utils.files import sha256_bytes, sha256_file
-
-UNET_WEIGHTS = "diffusion_pytorch_model.safetensors"
-
-
-def unet_weights_sha256(base_dir: Path, variant: str | None = None) -> tuple[str | None, str | None]:
-    """(sha256, file described) of a diffusers folder's UNet weights, defined as generation's
-    `folder_model_sha256` defines it (training may not import generation, a later stage); with a weight
-    `variant` (e.g. fp16), the variant file the run loaded. (None, None) when no such file exists."""
-    unet = Path(base_dir) / "unet"
-    if variant:
-        name = f"diffusion_pytorch_model.{variant}.safetensors"
-        if (unet / name).is_file():
-            return sha256_file(unet / name), f"unet/{name}"
-    if (unet / UNET_WEIGHTS).is_file():
-        return sha256_file(unet / UNET_WEIGHTS), f"unet/{UNET_WEIGHTS}"
-    shards = sorted(unet.glob("diffusion_pytorch_model-*.safetensors"))
-    if shards:
-        joined = "".join(sha256_file(p) for p in shards)
-        return (sha256_bytes(joined.encode()),
-                "unet/diffusion_pytorch_model-*.safetensors (sha256 of shard sha256s)")
-    return None, None
+from dermt2im_hub.utils.model_hash import unet_weights_sha256
 
 
 def training_data_hair_removal(folder: Path) -> bool | None:
