@@ -37,6 +37,8 @@ class ImageTable:
     labels: np.ndarray
     columns: dict[str, list] = field(default_factory=dict)  # image_id, lesion_id, ..., site
     origin: dict[str, Any] = field(default_factory=dict)  # where it came from (path, revision, fingerprint)
+    # sha256 of every stored image, computed once (content hash and leakage check both use it); None: not known
+    image_digests: list[str | None] | None = None
 
     def __len__(self) -> int:
         return int(self.labels.size)
@@ -59,7 +61,8 @@ class ImageTable:
         origin = dict(self.origin, fingerprint=getattr(images, "_fingerprint", None) or
                       f"{self.origin.get('fingerprint')}[{sha256_bytes(indices.tobytes())[:16]}]",
                       content_sha256=sha256_bytes(f"{self.origin.get('content_sha256')}".encode() + indices.tobytes()))
-        return ImageTable(name or self.name, images, self.labels[indices], columns, origin)
+        digests = [self.image_digests[i] for i in indices] if self.image_digests is not None else None
+        return ImageTable(name or self.name, images, self.labels[indices], columns, origin, digests)
 
 
 def _load_dataset_dict(path: str, config_name: str | None, revision: str | None):
@@ -145,7 +148,7 @@ def make_table(dataset, name: str, origin: dict[str, Any] | None = None,
     digests = [value or image_sha256(images, i) for i, value in enumerate(stored)]
     origin = dict(origin or {}, fingerprint=getattr(dataset, "_fingerprint", None), num_rows=len(dataset),
                   content_sha256=content_sha256(columns["image_id"], labels, digests))
-    return ImageTable(name, images, labels, columns, origin)
+    return ImageTable(name, images, labels, columns, origin, digests)
 
 
 def content_sha256(image_ids: list[str], labels: np.ndarray, image_digests: list[str | None]) -> str:
@@ -205,6 +208,12 @@ def image_sha256(images, index: int) -> str | None:
     return None
 
 
+def _digest(table: ImageTable, index: int) -> str | None:
+    if table.image_digests is not None:
+        return table.image_digests[index]
+    return image_sha256(table.images, index)
+
+
 def _records(table: ImageTable, with_hashes: bool) -> list[ImageRecord]:
     rows = []
     for i in range(len(table)):
@@ -213,7 +222,7 @@ def _records(table: ImageTable, with_hashes: bool) -> list[ImageRecord]:
             source=str((table.columns.get("source") or [None] * len(table))[i] or table.name),
             lesion_id=(table.columns.get("lesion_id") or [None] * len(table))[i],
             patient_id=(table.columns.get("patient_id") or [None] * len(table))[i],
-            sha256=image_sha256(table.images, i) if with_hashes else None,
+            sha256=_digest(table, i) if with_hashes else None,
         ))
     return rows
 
