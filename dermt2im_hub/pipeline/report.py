@@ -154,8 +154,12 @@ def _relative_to(path: Path, root: Path) -> str:
         return str(path)
 
 
-def _folder_link(folder: Path, root: Path) -> Link:
-    rel = "." if folder.resolve() == root.resolve() else folder.resolve().relative_to(root.resolve()).as_posix()
+def _folder_link(folder: Path, root: Path) -> Inlines:
+    """A link to a stage folder inside the run; a folder elsewhere is named, not linked."""
+    try:
+        rel = folder.resolve().relative_to(root.resolve()).as_posix() or "."
+    except (OSError, ValueError):
+        return Code(str(folder))
     return Link(rel, link_target(folder, root))
 
 
@@ -476,10 +480,6 @@ def report_blocks(layout, run, summary) -> list[Block]:
     blocks += _leaderboard_section(layout, root)
     blocks += _folders_section(layout, run, root)
     return blocks + [Para("Research use only: not a medical device; no diagnosis or patient-facing use.", "note")]
-
-
-def report_markdown(layout, run, summary) -> str:
-    return to_markdown(report_blocks(layout, run, summary))
 
 
 def write_report(layout, run, summary) -> Path:
