@@ -65,7 +65,8 @@ def make_run(root: Path, images: str = "phantoms", base: str = "tiny-random") ->
         info = {"what": "random-weight Stable Diffusion 1.5-shaped pipeline made by dermt2im make-tiny-base "
                         + HOSTILE, "unet_parameters": 792964, "note": HOSTILE}
         if base == "tiny-pretrained":
-            info = {"what": "tiny SD1.5-shaped pipeline trained on dermoscopy " + HOSTILE, "pretrained": True}
+            info = {"what": "tiny SD1.5-shaped pipeline pretrained on phantom images " + HOSTILE, "pretrained": True,
+                    "world": "phantoms + a tiny base trained on them", "weights_sha256": {"unet/x": "0" * 64}}
         layout.tiny_base.mkdir(parents=True)
         (layout.tiny_base / "dermt2im_tiny_base.json").write_text(json.dumps(info))
 
@@ -235,7 +236,9 @@ def _top(md: str, html: str) -> tuple[str, str]:
                                          "base model pretrained: no (random weights)",
                                          "classifiers pretrained: no (random init)"]),
     ("isic", "tiny-pretrained", "tiny base", ["Tiny-base run:", "pretrained tiny base", "real: isic",
-                                              "base model pretrained: yes"]),
+                                              "base model pretrained: yes", "phantoms + a tiny base trained on them"]),
+    ("phantoms", "tiny-pretrained", "demo", ["Demo run:", "phantom images", "pretrained tiny base",
+                                             "base model pretrained: yes"]),
     ("isic", "runwayml/stable-diffusion-v1-5", "real data",
      ["Real-data run:", "runwayml/stable-diffusion-v1-5", "base model pretrained: not recorded"]),
 ])

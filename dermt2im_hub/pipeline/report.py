@@ -282,7 +282,7 @@ def _nature_block(nature: RunNature) -> Callout:
                          f" — tiny base: {_value(info.get('what'))}"
                          + (f"; UNet parameters: {info['unet_parameters']:,}"
                             if isinstance(info.get("unet_parameters"), int) else "")
-                         + (f"; {_value(info.get('note'))}" if info.get("note") else "")]
+                         + "".join(f"; {_value(info[key])}" for key in ("world", "note") if info.get(key))]
     else:
         base = Code(nature.base_model) if nature.base_model else NOT_RECORDED
     rows: list[tuple[str, Inlines]] = [
