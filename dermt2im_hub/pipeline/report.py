@@ -58,7 +58,7 @@ figcaption { font-size: .85rem; color: #444; max-width: 60rem; overflow-wrap: an
 .gallery { display: flex; flex-wrap: wrap; gap: 1rem; }
 .gallery figure { width: 200px; }
 .gallery img { width: 200px; image-rendering: pixelated; }
-.gallery.pairs figure, .gallery.pairs img { width: 400px; }
+.gallery.pairs figure, .gallery.pairs img { width: 400px; image-rendering: auto; }
 code { background: #f4f4f4; padding: 0 .2rem; overflow-wrap: break-word; }
 .note { color: #666; font-size: .9rem; }
 .callout { border-left: 6px solid #b26b00; background: #fff6e5; padding: .6rem 1rem; margin: 1rem 0; }

@@ -161,7 +161,8 @@ def _md_table(header: list[Inlines], rows: list[list[Inlines]]) -> list[str]:
 
 
 def _md_figure(figure: Figure) -> list[str]:
-    return [f"![{md_escape(figure.caption)}]({figure.target})", "", f"*{md_escape(figure.caption)}*"]
+    caption = md_escape(figure.caption.strip()) or "image"  # `*` next to a space would not emphasise
+    return [f"![{caption}]({figure.target})", "", f"*{caption}*"]
 
 
 def to_markdown(blocks: list[Block]) -> str:
