@@ -396,16 +396,20 @@ def render_plot(summaries: list[dict], path: Path, hybrid_fraction: float) -> Pa
 
 
 def _plot_panel(ax, summaries: list[dict]) -> None:
-    styles = {"accuracy": ("tab:blue", "accuracy"), "balanced_accuracy": ("tab:orange", "balanced accuracy")}
-    for metric, (colour, label) in styles.items():
+    # the two metrics often coincide (balanced test sets): solid vs dashed lines, filled vs hollow markers and
+    # a small sideways dodge keep the first one visible under the second
+    styles = {"accuracy": ("tab:blue", "accuracy", "-", "o", -0.012),
+              "balanced_accuracy": ("tab:orange", "balanced accuracy", "--", "s", 0.012)}
+    for metric, (colour, label, line, marker, dodge) in styles.items():
         full = sorted((s for s in summaries if s["size_policy"] == "full"), key=lambda s: s["synthetic_fraction"])
-        points = [(s["synthetic_fraction"], s["metrics"].get(metric) or {}) for s in full]
+        points = [(s["synthetic_fraction"] + dodge, s["metrics"].get(metric) or {}) for s in full]
         points = [(x, m) for x, m in points if m.get("mean") is not None]
         if points:
             ax.errorbar([x for x, _ in points], [100 * m["mean"] for _, m in points],
-                        yerr=[100 * (m.get("sd") or 0.0) for _, m in points], color=colour, marker="o", ms=4,
-                        capsize=3, label=label)
-        equal = [(s["synthetic_fraction"], s["metrics"].get(metric) or {}) for s in summaries
+                        yerr=[100 * (m.get("sd") or 0.0) for _, m in points], color=colour, ls=line, marker=marker,
+                        ms=5, mfc=colour if line == "-" else "none", lw=2.2 if line == "-" else 1.4, capsize=3,
+                        label=label)
+        equal = [(s["synthetic_fraction"] + dodge, s["metrics"].get(metric) or {}) for s in summaries
                  if s["size_policy"] == "equal"]
         equal = [(x, m) for x, m in equal if m.get("mean") is not None]
         if equal:

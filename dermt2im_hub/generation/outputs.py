@@ -234,7 +234,7 @@ def finalize_metadata(out: Path, plan: list[PlannedImage], base, adapters) -> li
 
 def write_contact_sheet(out: Path, rows: list[dict[str, Any]], per_cell: int = 4, thumb: int = 128) -> Path | None:
     """A grid with one row per class and one column per sampler, each cell the first `per_cell` images."""
-    from PIL import Image, ImageDraw
+    from PIL import Image, ImageDraw, ImageFont
 
     classes = list(dict.fromkeys(r["label"] for r in rows))
     samplers = list(dict.fromkeys(r["sampler"] for r in rows))
@@ -242,17 +242,19 @@ def write_contact_sheet(out: Path, rows: list[dict[str, Any]], per_cell: int = 4
         return None
     side = math.ceil(math.sqrt(per_cell))
     cell = side * thumb
-    margin, header = 8, 24
-    width = header * 5 + len(samplers) * (cell + margin) + margin
+    # Pillow's scalable default font: readable labels, and the space in "Euler a" (the bitmap font hides it)
+    font = ImageFont.load_default(size=22)
+    margin, header = 8, 36
+    left = 12 + max(int(font.getlength(label)) for label in classes) + margin
+    width = left + len(samplers) * (cell + margin) + margin
     height = header + len(classes) * (cell + margin) + margin
     sheet = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(sheet)
-    left = header * 5
     for j, sampler in enumerate(samplers):
-        draw.text((left + j * (cell + margin) + margin, 6), sampler, fill="black")
+        draw.text((left + j * (cell + margin) + margin, 6), sampler, fill="black", font=font)
     for i, label in enumerate(classes):
         top = header + i * (cell + margin) + margin
-        draw.text((6, top + cell // 2), label, fill="black")
+        draw.text((6, top + cell // 2), label, fill="black", font=font)
         for j, sampler in enumerate(samplers):
             picks = [r for r in rows if r["label"] == label and r["sampler"] == sampler][:per_cell]
             for k, row in enumerate(picks):
