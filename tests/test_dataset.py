@@ -196,8 +196,9 @@ def test_built_folder_has_card_manifest_and_grid(built_dir):
     assert card["per_steps"]["20"] == {"benign": 2, "malignant": 0}
     assert card["transformation_counts"] == {"size:tiny": 4, "skin:fitzpatrick-5": 4, "site:neck": 2}
     assert card["adapters"][0]["id"] == ADAPTER["id"] and card["base_models"][0]["id"] == "tiny-sd15"
-    assert card["configs"] == [{"config_name": "default", "data_files": [{"split": "train",
-                                                                          "path": "data/train-*"}]}]
+    # the builder config is the Hub config, and the default one (load_dataset(DIR) and (DIR, "synthetic"))
+    assert card["configs"] == [{"config_name": "synthetic", "default": True,
+                                "data_files": [{"split": "train", "path": "data/train-*"}]}]
     readme = (built_dir / "README.md").read_text()
     assert "configs:" in readme and "path: data/train-*" in readme and "creativeml-openrail-m" in readme
     assert (built_dir / "sample_grid.png").stat().st_size > 0 and card["sample_grid"] == "sample_grid.png"
@@ -279,6 +280,7 @@ def test_rejected_and_failed_qa_rows_are_left_out_unless_asked(tmp_path):
 def test_memorized_rows_stop_build_and_push_unless_allowed(tmp_path, run_cli, monkeypatch):
     from dermt2im_hub.dataset.export import push_dataset
     from dermt2im_hub.dataset.sources import MemorizationError
+    from dermt2im_hub.hub.push import PushError
 
     folder = write_generated_folder(tmp_path / "gen", n=4, qa={3: {"mem_flagged": True, "qa_passed": True}})
     with pytest.raises(MemorizationError, match="1 image"):
@@ -294,7 +296,7 @@ def test_memorized_rows_stop_build_and_push_unless_allowed(tmp_path, run_cli, mo
     out = tmp_path / "allowed"
     build(folder, out, allow_memorized=True)
     api = HubApiDouble()
-    with pytest.raises(MemorizationError, match="refusing to push"):
+    with pytest.raises(PushError, match="refusing to push.*memorization"):  # the publishing gate's rule
         push_dataset(out, "org/dermt2im", api=api)
     assert api.calls == [], "nothing may reach the Hub API before the refusal"
     push_dataset(out, "org/dermt2im", allow_memorized=True, api=api)
@@ -736,8 +738,8 @@ def test_a1111_card_states_only_what_the_infotext_records(tmp_path):
     assert "lora" not in data["tags"]  # no adapter was recorded
     # the model hash is the PNG's own claim, labelled as such, not a sha256 dermt2im-hub computed
     (model,) = _facts(tmp_path / "out")["base_models"]
-    assert model["sha256"] == "8d72386f9b" and model["hash_of"].startswith("A1111 `Model hash`")
-    assert "| Skin Mole_lora | 8d72386f9b | A1111 `Model hash` from the PNG infotext" in card
+    assert model["sha256"] == "8d72386f9b" and model["hash_of"].startswith("A1111 \"Model hash\"")
+    assert '| Skin Mole_lora | 8d72386f9b | A1111 "Model hash" from the PNG infotext' in card
     # a licence given by the user is stated as recorded
     build(tmp_path / "in", tmp_path / "licensed", config_name="a1111", license="cc-by-4.0")
     assert _card_data(tmp_path / "licensed")["license"] == "cc-by-4.0"

@@ -99,7 +99,7 @@ def generation_facts(rows: list[dict]) -> dict[str, Any]:
 
 # What the `model_hash` column of an a1111 build holds: the PNG's own claim, in whatever form the A1111
 # version that wrote it used (10 hex digits of a checkpoint's sha256 today; an 8-digit legacy hash before).
-A1111_MODEL_HASH = "A1111 `Model hash` from the PNG infotext (as written there; not verified)"
+A1111_MODEL_HASH = "A1111 \"Model hash\" from the PNG infotext (as written there; not verified)"
 
 
 def hash_description(config_name: str, sha256: Any, hashed_files: dict[str, str]) -> str | None:
@@ -183,7 +183,8 @@ def card_facts(folder: str | Path, report: dict[str, Any], *, config_name: str, 
         "source_datasets": source_datasets,
         "sample_grid": sample_grid,
         "build_report": report,
-        "configs": [{"config_name": "default",
+        # the builder config is the Hub config (load_dataset(REPO, "synthetic")); default: load_dataset(REPO) too
+        "configs": [{"config_name": config_name, "default": True,
                      "data_files": [{"split": split, "path": f"{DATA_DIR}/{split}-*"} for split in splits]}],
     }
     if config_name == "real":

@@ -87,7 +87,7 @@ def is_recorded(value: Any) -> bool:
 
 
 def show(value: Any, suffix: str = "") -> str:
-    """A fact as Markdown-safe text, or "not recorded"."""
+    """A fact as Markdown-safe text (md_text), or "not recorded"."""
     if not is_recorded(value):
         return NOT_RECORDED
     if isinstance(value, bool):
@@ -97,13 +97,56 @@ def show(value: Any, suffix: str = "") -> str:
     if isinstance(value, (list, tuple)):
         return ", ".join(show(v) for v in value)
     if isinstance(value, Mapping):
-        return ", ".join(f"{_escape_cell(str(k))}: {show(v)}" for k, v in value.items())
-    return f"{_escape_cell(str(value))}{suffix}"
+        return ", ".join(f"{md_text(str(k))}: {show(v)}" for k, v in value.items())
+    return f"{md_text(str(value))}{suffix}"
 
 
-def _escape_cell(text: str) -> str:
-    # untrusted text (prompts, file names) must not break a table row or open HTML
-    return text.replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ").replace("<", "&lt;").replace(">", "&gt;")
+# Control characters (C0 but tab and newline, DEL, C1: ESC sequences recolour terminals that print a README)
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+# Markdown punctuation that can open a link, an image (both need `[`), a link reference definition, a code span or
+# a table cell (CommonMark lets any ASCII punctuation be backslash-escaped; the escaped character renders as
+# itself). Raw HTML and <autolinks> need `<`, written as an entity. Emphasis is left alone: it makes nothing live.
+_MARKDOWN_PUNCTUATION = re.compile(r"([\\`\[\]|])")
+
+
+def strip_control(text: str) -> str:
+    return _CONTROL.sub("", text)
+
+
+def md_text(text: str) -> str:
+    """Untrusted text (prompts, file names, infotext, metadata) as inert Markdown on one line: no link, image,
+    emphasis, code span, raw HTML, table-cell break, autolinked URL or control character survives; the rendered
+    card shows the text as it was."""
+    text = strip_control(text).replace("\r", " ").replace("\n", " ")
+    text = _MARKDOWN_PUNCTUATION.sub(r"\\\1", text)
+    text = text.replace("<", "&lt;").replace(">", "&gt;")
+    # GFM autolinks bare URLs and www. names: break the pattern without changing what is shown
+    return re.sub(r"(?i)(://|www\.)", lambda m: "\\:\\/\\/" if m.group(1) == "://" else "www\\.", text)
+
+
+def code(value: Any) -> str:
+    """Untrusted text as an inline code span (nothing inside is rendered): a backtick run longer than any in
+    the text delimits it; control characters and line breaks are removed."""
+    if not is_recorded(value):
+        return NOT_RECORDED
+    text = strip_control(str(value)).replace("\r", " ").replace("\n", " ")
+    fence = "`" * (max((len(run) for run in re.findall(r"`+", text)), default=0) + 1)
+    pad = " " if text.startswith("`") or text.endswith("`") else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
+
+
+def md_link_target(path: Any) -> str | None:
+    """A path inside the repo usable as a Markdown image/link target, or None: a URL with a scheme, an absolute
+    path or one leaving the repo would load something from elsewhere (a remote image, a javascript: link)."""
+    from urllib.parse import quote
+
+    if not is_recorded(path):
+        return None
+    text = strip_control(str(path)).replace("\\", "/")
+    parts = text.split("/")
+    if ":" in text or text.startswith("/") or ".." in parts or not text.strip():
+        return None
+    return quote(text, safe="/._-")
 
 
 def kv_table(mapping: Any, key_header: str = "name", value_header: str = "value") -> str:
@@ -111,7 +154,7 @@ def kv_table(mapping: Any, key_header: str = "name", value_header: str = "value"
     if not is_recorded(mapping) or not isinstance(mapping, Mapping):
         return show(mapping)
     lines = [f"| {key_header} | {value_header} |", "|---|---|"]
-    lines += [f"| {_escape_cell(str(k))} | {show(v)} |" for k, v in mapping.items()]
+    lines += [f"| {md_text(str(k))} | {show(v)} |" for k, v in mapping.items()]
     return "\n".join(lines)
 
 
@@ -296,6 +339,8 @@ def _common_context(manifest: Mapping[str, Any], kind: str, repo_id: str | None)
         # hair removal of the images behind this card, as recorded (a bool), else None ("not recorded")
         "hair_removal": facts.get("hair_removal") if isinstance(facts.get("hair_removal"), bool) else None,
         "show": show,
+        "code": code,
+        "md_link_target": md_link_target,
         "kv_table": kv_table,
         "rows_table": rows_table,
         "is_recorded": is_recorded,
@@ -325,7 +370,7 @@ def _hash_text(sha256: Any, hashed: Any) -> str:
     if not is_recorded(sha256):
         return f"sha256 {NOT_RECORDED}"
     if is_recorded(hashed):
-        return f"sha256 of `{show(hashed)}`: {show(sha256)}"
+        return f"sha256 of {code(hashed)}: {show(sha256)}"
     return f"sha256 {show(sha256)} (what it is a hash of: {NOT_RECORDED})"
 
 
@@ -388,7 +433,8 @@ def _stage_context(ctx: dict[str, Any]) -> dict[str, Any]:
     # a generate run records the base model it loaded and its hash (the same quantity as a LoRA card's and a
     # dataset card's base-model hash) outside the card facts; the generic card shows it when present
     base = ctx["extra"].get("base_model") if isinstance(ctx["extra"].get("base_model"), Mapping) else None
-    ctx.update(stage_base_model=_public_name(base.get("id")) if base else None,
+    ctx.update(image_folder=IMAGE_FOLDER_SPLIT if ctx["stage"] in IMAGE_FOLDER_STAGES else None,
+               stage_base_model=_public_name(base.get("id")) if base else None,
                stage_base_model_hash=_hash_text(base.get("sha256"), base.get("hashed_file")) if base else None)
     return ctx
 
@@ -404,7 +450,9 @@ def _lora_card_data(ctx: dict[str, Any]):
     from huggingface_hub import ModelCardData
 
     f = ctx["f"]
-    widget = [{"text": s["prompt"], "output": {"url": s["path"]}} for s in ctx["samples"]]
+    # the Hub shows a widget's output url as an image: only files of the repo, never a remote URL
+    widget = [{"text": strip_control(s["prompt"]), "output": {"url": md_link_target(s["path"])}}
+              for s in ctx["samples"] if md_link_target(s["path"])]
     return ModelCardData(
         base_model=f.get("base_model") if is_remote_hub_id(f.get("base_model")) else None,
         library_name="diffusers",
@@ -499,11 +547,27 @@ def _generic_card_data(ctx: dict[str, Any], tags: list[str]):
     # a folder of data files (the benchmark's metrics and predictions) records its `configs:` block, so that
     # load_dataset(REPO, NAME) finds them whichever command renders the card
     configs = [_plain(c) for c in ctx["f"].get("configs") or [] if isinstance(c, Mapping) and c.get("config_name")]
+    configs = configs or image_folder_configs(ctx["stage"])
     extra = {"configs": configs} if configs else {}
     if configs and isinstance(ctx["f"].get("pretty_name"), str):
         extra["pretty_name"] = ctx["f"]["pretty_name"]
     return ModelCardData(license=ctx["license"], tags=list(tags),
                          datasets=_hub_ids(ctx["f"].get("datasets")) or None, **extra)
+
+
+# Stages that write an image folder (contract 1 and 2: {benign,malignant}/*.png + metadata.jsonl): their card's
+# `configs:` block makes load_dataset(FOLDER or REPO) read exactly the images and their metadata rows, never the
+# folder's other JSON files (test_exclusion.json, manifest.json) as a split. One split, `images`: the rows'
+# own `split` column (preprocess) says train/validation/test.
+IMAGE_FOLDER_STAGES = frozenset({"phantoms", "preprocess", "generate"})
+IMAGE_FOLDER_SPLIT = "images"
+
+
+def image_folder_configs(stage: Any) -> list[dict[str, Any]]:
+    if stage not in IMAGE_FOLDER_STAGES:
+        return []
+    return [{"config_name": "default", "data_files": [
+        {"split": IMAGE_FOLDER_SPLIT, "path": ["benign/*.png", "malignant/*.png", "metadata.jsonl"]}]}]
 
 
 def _plain(value: Any) -> Any:
@@ -557,12 +621,27 @@ def build_card(manifest: Mapping[str, Any], kind: str | None = None, repo_id: st
     card_data = _CARD_DATA_BUILDERS[kind](ctx)
     card_class = DatasetCard if kind == "dataset" else ModelCard
     card = card_class.from_template(card_data, template_str=read_template(f"{kind}.md.j2"), **ctx)
-    return card_class(_tidy(str(card)))
+    return card_class(_tidy(strip_control(str(card))))
 
 
 def _tidy(text: str) -> str:
     """Template conditionals leave runs of blank lines; Markdown needs at most one."""
     return re.sub(r"\n{3,}", "\n\n", text).rstrip() + "\n"
+
+
+def load_manifest(folder: Path) -> dict[str, Any]:
+    """The folder's manifest.json as a mapping, or a CardError saying what is wrong with it."""
+    try:
+        manifest = read_manifest(folder)
+    except FileNotFoundError as error:
+        raise CardError(str(error)) from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise CardError(f"{folder}/manifest.json cannot be read ({type(error).__name__}: {error}); re-run the "
+                        "stage that wrote it") from None
+    if not isinstance(manifest, Mapping):
+        raise CardError(f"{folder}/manifest.json holds a JSON {type(manifest).__name__}, not a stage manifest "
+                        "(an object with stage, config, extra ...)")
+    return manifest
 
 
 def render_card(folder: str | os.PathLike, kind: str | None = None, repo_id: str | None = None) -> Path:
@@ -573,5 +652,5 @@ def render_card(folder: str | os.PathLike, kind: str | None = None, repo_id: str
     folder = Path(folder)
     if repo_id is not None:
         require_hub_id(repo_id, "--repo-id")
-    card = build_card(read_manifest(folder), kind=kind, repo_id=repo_id)
+    card = build_card(load_manifest(folder), kind=kind, repo_id=repo_id)
     return atomic_write_text(folder / CARD_NAME, str(card))
