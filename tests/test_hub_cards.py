@@ -419,3 +419,79 @@ def test_recorded_configs_block_survives_any_rerender(tmp_path):
     metadata = metadata_load(path)
     assert metadata["configs"] == configs and metadata["pretty_name"].startswith("Derm-T2IM")
     assert 'snapshot_download("my-org/results", repo_type="dataset")' in path.read_text()
+
+
+# ---------------------------------------------------------------------------------------------- hostile text
+
+HOSTILE = ["[click](javascript:alert(3))", "![x](http://evil.example/x.png)", "red\x1b[31m alert\x07",
+           "<img src=x onerror=alert(1)>", "[ref]: http://evil.example/ref", "see https://evil.example/a.png",
+           "`code` ``` and [link][ref]"]
+
+
+def _render(markdown_text: str) -> str:
+    """HTML of a Markdown text as a CommonMark renderer (the Hub's flavour, without GFM's autolinks) makes it."""
+    markdown_it = pytest.importorskip("markdown_it")
+    return markdown_it.MarkdownIt("commonmark").enable("table").render(markdown_text)
+
+
+def _live_html(markdown_text: str) -> list[str]:
+    """Links, images and raw HTML elements that a card's body renders to."""
+    body = markdown_text.split("\n---\n", 1)[-1]
+    return re.findall(r"<(?:a|img|script)\b[^>]*>", _render(body))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_untrusted_strings_never_render_live(kind, tmp_path):
+    """Prompts, file names and infotext in every fact a card shows: no live link, remote image or HTML element
+    comes out of them, and no control character reaches README.md."""
+    facts = dict(FACTS[kind])
+    facts.update(instance_prompts=HOSTILE, training_data=HOSTILE[0], hardware=HOSTILE[2],
+                 sample_images=[{"path": "http://evil.example/x.png", "prompt": p} for p in HOSTILE]
+                 + [{"path": "javascript:alert(1)", "prompt": "x"}],
+                 generation={"top_prompts": {p: 1 for p in HOSTILE}}, pretty_name=HOSTILE[1],
+                 sample_grid="http://evil.example/grid.png", per_sampler={p: 1 for p in HOSTILE},
+                 hyperparameters={p: p for p in HOSTILE}, model_name=HOSTILE[0], labels=HOSTILE[:2],
+                 base_model_hash_of=HOSTILE[6], note=HOSTILE)
+    folder = tmp_path / "out"
+    write_manifest(folder, STAGES[kind], config={"instance_prompt": HOSTILE[1]}, extra={"card": facts})
+    text = render_card(folder).read_bytes().decode("utf-8")
+    assert "\x1b" not in text and "\x07" not in text
+    live = _live_html(text)
+    assert not [tag for tag in live if "evil" in tag or "javascript" in tag or "onerror" in tag], live
+    if kind == "lora":
+        data = metadata_load(folder / "README.md")
+        assert all("evil" not in w["output"]["url"] for w in data.get("widget") or [])
+
+
+def test_escaped_text_still_reads_as_written():
+    import html
+
+    from dermt2im_hub.hub.cards import md_link_target, md_text
+
+    for raw in ("malignant mole on neck", "a|b [c] <d> e_f", "![x](http://evil.example/x.png) www.x.org"):
+        shown = html.unescape(re.sub(r"<[^>]+>", "", _render(md_text(raw)))).strip()
+        assert shown == raw
+    assert md_link_target("samples/benign 0.png") == "samples/benign%200.png"
+    assert [md_link_target(p) for p in ("http://x/y.png", "//x/y.png", "/etc/x.png", "../x.png", "a:b")] == [None] * 5
+
+
+# ---------------------------------------------------------------------------------------------- image folders
+
+
+@pytest.mark.parametrize("stage", ["phantoms", "preprocess", "generate"])
+def test_image_folders_load_without_their_other_json_files(stage, phantom_dir, tmp_path):
+    """An image folder's card has a `configs:` block naming the images and metadata.jsonl, so load_dataset(DIR)
+    reads the images, not test_exclusion.json or manifest.json."""
+    import shutil
+
+    from datasets import load_dataset
+
+    folder = tmp_path / stage
+    shutil.copytree(phantom_dir, folder)
+    (folder / "test_exclusion.json").write_text('{"image_ids": ["a", "b"], "lesion_ids": []}')
+    write_manifest(folder, stage, extra={"card": {"num_images": 16}})
+    text = render_card(folder).read_text()
+    assert "configs:" in text and "load_dataset(" in text
+    dataset = load_dataset(str(folder), cache_dir=str(tmp_path / "cache"))
+    assert list(dataset) == ["images"] and dataset["images"].num_rows == 16
+    assert {"image", "label", "sha256"} <= set(dataset["images"].column_names)
