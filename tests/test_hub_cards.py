@@ -285,13 +285,20 @@ def test_templates_render_from_a_built_wheel(tmp_path):
     for name in ("dermt2im_hub", "model_cards", "dataset_builder"):
         if (root / name).is_dir():
             shutil.copytree(root / name, source / name, ignore=ignore)
-    for name in ("pyproject.toml", "README.md"):
+    for name in ("pyproject.toml", "setup.py", "README.md"):
         shutil.copy2(root / name, source / name)
     built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
                             "-w", str(tmp_path / "dist"), str(source)], capture_output=True, text=True, timeout=300)
     assert built.returncode == 0, built.stderr[-3000:]
     (wheel,) = (tmp_path / "dist").glob("*.whl")
-    code = ("import model_cards, dermt2im_hub.hub.cards as c; assert '.whl' in model_cards.__file__, model_cards.__file__;"
+    import zipfile
+
+    names = zipfile.ZipFile(wheel).namelist()
+    top_level = {name.split("/")[0] for name in names if not name.split("/")[0].endswith(".dist-info")}
+    assert top_level == {"dermt2im_hub"}, "dataset_builder and model_cards are installed inside the package"
+    assert "dermt2im_hub/model_cards/lora.md.j2" in names and "dermt2im_hub/dataset_builder/dermt2im.py" in names
+    code = ("import dermt2im_hub.model_cards as m, dermt2im_hub.hub.cards as c; assert '.whl' in m.__file__, m.__file__;"
+            "import dermt2im_hub.dataset_builder as b; assert '.whl' in b.__file__, b.__file__;"
             "print(str(c.build_card({'stage': 'train_lora'})).count('not recorded') > 3)")
     env = {**__import__("os").environ, "PYTHONPATH": str(wheel)}
     ran = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path,

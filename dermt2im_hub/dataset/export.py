@@ -52,13 +52,10 @@ class BuildResult:
 
 def make_builder(config: DatasetConfig, inputs: Sequence[str | Path], cache_dir: str | Path | None = None):
     """A DermT2IM builder for `config` over `inputs` (what build_dataset runs; usable on its own)."""
-    from dataset_builder.dermt2im import DermT2IM
+    from dermt2im_hub.dataset.builder import DermT2IM, builder_options
 
-    return DermT2IM(config_name=config.config_name, inputs=[str(Path(p)) for p in inputs],
-                    cache_dir=str(cache_dir) if cache_dir else None, split_by=config.split_by,
-                    split_fractions=tuple(config.split_fractions), include_rejected=config.include_rejected,
-                    verify_pixels=config.verify_pixels, allow_memorized=config.allow_memorized,
-                    include_mem_nearest_id=config.include_mem_nearest_id)
+    return DermT2IM(inputs=[str(Path(p)) for p in inputs], cache_dir=str(cache_dir) if cache_dir else None,
+                    **builder_options(config))
 
 
 def build_dataset(inputs: Sequence[str | Path], output_dir: str | Path, config: DatasetConfig | None = None, *,

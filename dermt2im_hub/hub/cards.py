@@ -8,13 +8,12 @@ optional), plus the stage, resolved config, inputs and package versions. Any fac
 
 Rendering goes through huggingface_hub's `ModelCard.from_template` / `DatasetCard.from_template` with
 `ModelCardData` / `DatasetCardData` (front matter) and `EvalResult` (the classifier's model-index); the Jinja
-templates live in the top-level `model_cards` package and are read with importlib.resources, so an installed
-wheel renders the same cards as a source checkout.
+templates live in the repository's `model_cards/` folder, installed as the `dermt2im_hub.model_cards` package,
+and are read with importlib.resources, so an installed wheel renders the same cards as a source checkout.
 """
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import re
@@ -33,7 +32,7 @@ from dermt2im_hub.utils.files import atomic_write_text
 
 NOT_RECORDED = "not recorded"
 CARD_NAME = "README.md"
-TEMPLATE_PACKAGE = "model_cards"
+TEMPLATE_PACKAGE = "dermt2im_hub.model_cards"
 PLACEHOLDER_REPO_ID = "YOUR_ORG/YOUR_REPO"
 
 KINDS = ("lora", "dataset", "classifier", "results", "stage")
@@ -199,18 +198,10 @@ def card_repo_type(kind: str, stage: str | None = None) -> str:
 
 
 def read_template(name: str) -> str:
-    """A template's text from the installed `model_cards` package (a wheel, a zip or a source tree)."""
-    try:
-        resource = resources.files(TEMPLATE_PACKAGE).joinpath(name)
-        if resource.is_file():
-            return resource.read_text(encoding="utf-8")
-    except (NotADirectoryError, TypeError):
-        # An editable install made while model_cards had no __init__.py maps it as a namespace package
-        # whose path holds a non-directory hook entry, which importlib.resources rejects: use its real dirs.
-        for directory in importlib.import_module(TEMPLATE_PACKAGE).__path__:
-            candidate = Path(directory) / name
-            if candidate.is_file():
-                return candidate.read_text(encoding="utf-8")
+    """A template's text from the installed `dermt2im_hub.model_cards` package (a wheel, a zip or a source tree)."""
+    resource = resources.files(TEMPLATE_PACKAGE).joinpath(name)
+    if resource.is_file():
+        return resource.read_text(encoding="utf-8")
     raise CardError(f"card template {name!r} is missing from the {TEMPLATE_PACKAGE} package")
 
 
