@@ -502,3 +502,37 @@ def test_image_folders_load_without_their_other_json_files(stage, phantom_dir, t
     dataset = load_dataset(str(folder), cache_dir=str(tmp_path / "cache"))
     assert list(dataset) == ["images"] and dataset["images"].num_rows == 16
     assert {"image", "label", "sha256"} <= set(dataset["images"].column_names)
+
+
+# ---------------------------------------------------------------------------------------------- scores on the Hub
+
+
+def test_model_index_and_eval_results_agree_on_scale_ids_and_datasets(tmp_path):
+    """One scale (fractions), evaluate's metric ids and the test set's Hub id (its name when it has none, never
+    a local path) in the card's model-index and in .eval_results/."""
+    import yaml
+
+    from dermt2im_hub.evaluation.benchmark import write_eval_results
+
+    results = [{"test_set": "ISIC", "split": "test", "n": 40, "dataset_id": "my-org/isic-test",
+                "metrics": {"accuracy": 0.8125, "balanced_accuracy": 0.8, "auroc": 0.875, "mcc": 0.61,
+                            "brier": 0.14}},
+               {"test_set": "HAM10000", "split": "test", "n": 20, "dataset_id": "/home/alice/ham-test",
+                "metrics": {"accuracy": 0.75, "auroc": 0.7}}]
+    folder = tmp_path / "classifier"
+    write_manifest(folder, "train_classifier", extra={"card": {"model_name": "vit", "results": results}})
+    index = ModelCard.load(render_card(folder, repo_id="my-org/vit")).data.eval_results
+    stated = {(r.dataset_type, r.metric_type): r.metric_value for r in index}
+    assert stated == {("my-org/isic-test", "accuracy"): 0.8125, ("my-org/isic-test", "balanced_accuracy"): 0.8,
+                      ("my-org/isic-test", "roc_auc"): 0.875, ("my-org/isic-test", "matthews_correlation"): 0.61,
+                      ("my-org/isic-test", "brier_score"): 0.14, ("HAM10000", "accuracy"): 0.75,
+                      ("HAM10000", "roc_auc"): 0.7}
+    written = write_eval_results(folder, results, "seed 0")
+    assert sorted(p.name for p in written) == ["ham10000_accuracy.yaml", "ham10000_roc_auc.yaml",
+                                               "isic_accuracy.yaml", "isic_balanced_accuracy.yaml",
+                                               "isic_roc_auc.yaml"]
+    for path in written:
+        (entry,) = yaml.safe_load(path.read_text())
+        key = (entry["dataset"]["id"], entry["dataset"]["task_id"])
+        assert stated[key] == pytest.approx(entry["value"]), key  # the same number on the same scale
+        assert "alice" not in path.read_text()

@@ -25,6 +25,7 @@ from typing import Any
 import jinja2
 import yaml
 
+from dermt2im_hub.hub.eval_results import hub_dataset_id, hub_metric_id
 from dermt2im_hub.hub.redact import cut_local_paths
 from dermt2im_hub.hub.resolve import is_remote_hub_id, require_hub_id
 from dermt2im_hub.manifest import read_manifest
@@ -466,10 +467,10 @@ def _classifier_card_data(ctx: dict[str, Any]):
         for metric, value in (result.get("metrics") or {}).items():
             if not isinstance(value, (int, float)) or isinstance(value, bool):
                 continue
-            eval_results.append(EvalResult(
+            eval_results.append(EvalResult(  # hub.eval_results: fractions, evaluate's ids, Hub dataset ids
                 task_type="image-classification", task_name="Binary skin-lesion classification",
-                dataset_type=str(result.get("dataset_id") or test_set), dataset_name=test_set,
-                dataset_split=result.get("split"), metric_type=str(metric), metric_name=str(metric),
+                dataset_type=hub_dataset_id(result.get("dataset_id"), test_set), dataset_name=test_set,
+                dataset_split=result.get("split"), metric_type=hub_metric_id(metric), metric_name=str(metric),
                 metric_value=float(value),
             ))
     pretrained = f.get("pretrained_weights")
