@@ -536,3 +536,52 @@ def test_model_index_and_eval_results_agree_on_scale_ids_and_datasets(tmp_path):
         key = (entry["dataset"]["id"], entry["dataset"]["task_id"])
         assert stated[key] == pytest.approx(entry["value"]), key  # the same number on the same scale
         assert "alice" not in path.read_text()
+
+
+# ---------------------------------------------------------------------------------------------- the run's nature
+
+
+def _demo_chain(root, phantoms, base):
+    """Manifests as a demo run writes them: phantoms -> preprocess -> LoRA (on a tiny base) -> generate ->
+    dataset, and a classifier trained from scratch on it."""
+    write_manifest(root / "data", "preprocess", config={"source": "folder", "images": str(phantoms)})
+    write_manifest(root / "lora", "train_lora", config={"pretrained_model_name_or_path": str(base),
+                                                        "train_data_dir": str(root / "data")})
+    write_manifest(root / "generated", "generate", config={"base": str(base), "lora": [f"{root / 'lora'}:0.8"]})
+    write_manifest(root / "dataset", "build_dataset", inputs={"input_0": root / "generated"},
+                   extra={"card": {"builder_config": "synthetic"}})
+    write_manifest(root / "classifier", "train_classifier", config={"synthetic": str(root / "dataset")},
+                   extra={"card": {"pretrained_weights": None, "results": []}})
+    return ["data", "lora", "generated", "dataset", "classifier"]
+
+
+@pytest.mark.parametrize("pretrained", [True, False])
+def test_every_demo_card_says_it_is_a_demo(pretrained, phantom_dir, tmp_path):
+    import json
+
+    base = tmp_path / "tiny-base"
+    base.mkdir()
+    (base / "dermt2im_tiny_base.json").write_text(json.dumps({"pretrained": True} if pretrained else {"seed": 0}))
+    for name in _demo_chain(tmp_path, phantom_dir, base):
+        text = render_card(tmp_path / name).read_text()
+        body = text.split("\n---\n", 1)[1]
+        title_and_banner = body.strip().split("\n\n")[:2]
+        assert title_and_banner[0].startswith("# ") and title_and_banner[1].startswith("> **A demo run:**"), name
+        assert "procedural phantoms" in title_and_banner[1], name
+        said = "pretrained by dermt2im-hub on phantom images" if pretrained else "random weights (not pretrained)"
+        if name != "data":  # the preprocessed phantoms know nothing of a base model
+            assert said in title_and_banner[1], name
+    assert "trained from random initialisation (not pretrained)" in (tmp_path / "classifier" / "README.md").read_text()
+
+
+def test_a_real_data_card_says_so(tmp_path):
+    images = tmp_path / "isic"
+    images.mkdir()
+    write_manifest(tmp_path / "data", "preprocess", config={"source": "isic", "images": str(images)})
+    write_manifest(tmp_path / "lora", "train_lora", config={
+        "pretrained_model_name_or_path": "stable-diffusion-v1-5/stable-diffusion-v1-5",
+        "train_data_dir": str(tmp_path / "data")})
+    text = render_card(tmp_path / "lora").read_text()
+    assert "> **A run on real data:** the images are real dermoscopy images; the base model is " \
+           "`stable-diffusion-v1-5/stable-diffusion-v1-5` (pretrained)." in text
+    assert "demo" not in text.split("\n---\n", 1)[1].split("##")[0].lower()

@@ -26,6 +26,7 @@ import jinja2
 import yaml
 
 from dermt2im_hub.hub.eval_results import hub_dataset_id, hub_metric_id
+from dermt2im_hub.hub.nature import run_nature
 from dermt2im_hub.hub.redact import cut_local_paths
 from dermt2im_hub.hub.resolve import is_remote_hub_id, require_hub_id
 from dermt2im_hub.manifest import read_manifest
@@ -606,6 +607,7 @@ def build_card(manifest: Mapping[str, Any], kind: str | None = None, repo_id: st
     part first, so a public card does not reveal a machine's directory layout."""
     from huggingface_hub import DatasetCard, ModelCard
 
+    banner = run_banner(manifest, card_kind(manifest, kind))  # follows the recorded local folders: before cutting
     manifest = cut_local_paths(manifest)
     kind = card_kind(manifest, kind)
     ctx = _CONTEXT_BUILDERS[kind](_common_context(manifest, kind, repo_id))
@@ -613,7 +615,32 @@ def build_card(manifest: Mapping[str, Any], kind: str | None = None, repo_id: st
     card_data = _CARD_DATA_BUILDERS[kind](ctx)
     card_class = DatasetCard if kind == "dataset" else ModelCard
     card = card_class.from_template(card_data, template_str=read_template(f"{kind}.md.j2"), **ctx)
-    return card_class(_tidy(strip_control(str(card))))
+    return card_class(_tidy(strip_control(_after_title(str(card), banner))))
+
+
+def run_banner(manifest: Mapping[str, Any], kind: str) -> str | None:
+    """What world the run lives in (demo / real data; tiny or pretrained base; hub.nature), and for a classifier
+    whether it started from pretrained weights: a quoted line under the card's title."""
+    lines = [run_nature(manifest).sentence()]
+    facts = _card_facts(manifest)
+    if kind == "classifier" and "pretrained_weights" in facts:
+        start = facts["pretrained_weights"]
+        lines.append(f"The classifier started from pretrained weights {code(_public_name(start))}." if start
+                     else "The classifier was trained from random initialisation (not pretrained).")
+    lines = [line for line in lines if line]
+    return "\n".join(f"> {line}" + ("  " if i < len(lines) - 1 else "") for i, line in enumerate(lines)) or None
+
+
+def _after_title(text: str, banner: str | None) -> str:
+    """`banner` as the first paragraph under the card's first `# ` heading (after the front matter)."""
+    if not banner:
+        return text
+    match = re.search(r"^# .*$", text.split("\n---\n", 1)[-1], re.MULTILINE)
+    if match is None:
+        return text
+    head, sep, body = text.partition("\n---\n") if text.startswith("---") else ("", "", text)
+    start = match.end()
+    return f"{head}{sep}{body[:start]}\n\n{banner}\n{body[start:]}"
 
 
 def _tidy(text: str) -> str:
