@@ -25,7 +25,6 @@ import numpy as np
 
 from dermt2im_hub.config import ConfigError
 from dermt2im_hub.evaluation.benchmark import COUNT_KEYS, read_records, slug
-from dermt2im_hub.hub.eval_results import eval_results_entries, hub_dataset_id, hub_metric_id
 from dermt2im_hub.evaluation.stats import (
     discordant_pairs,
     holm,
@@ -33,6 +32,7 @@ from dermt2im_hub.evaluation.stats import (
     mean_sd,
     paired_bootstrap_difference,
 )
+from dermt2im_hub.hub.eval_results import eval_results_entries, hub_dataset_id, hub_metric_id
 from dermt2im_hub.manifest import StageRun, try_read_manifest
 from dermt2im_hub.utils.files import atomic_save_figure, atomic_write_json, atomic_write_text
 
