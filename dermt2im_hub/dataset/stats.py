@@ -47,19 +47,6 @@ def read_rows(folder: str | Path) -> list[dict[str, Any]]:
     return rows
 
 
-def count_flagged(folder: str | Path) -> int:
-    """Rows of a built folder with `mem_flagged: true` (0 when the column is absent)."""
-    import pyarrow.parquet as pq
-
-    flagged = 0
-    for paths in shard_files(folder).values():
-        for path in paths:
-            if "mem_flagged" in pq.read_schema(path).names:
-                column = pq.read_table(path, columns=["mem_flagged"]).column("mem_flagged").to_pylist()
-                flagged += sum(value is True for value in column)
-    return flagged
-
-
 def _by_class(rows: Iterable[dict], key: str) -> dict[str, dict[str, int]]:
     """{value of `key`: {class: count}}, values sorted, null shown as "not recorded"."""
     table: dict[str, Counter] = {}
