@@ -217,3 +217,16 @@ def test_a_manifest_inside_a_pushed_folder_is_checked_too(tmp_path):
     (root / "datasets" / "synthetic" / "manifest.json").write_text(json.dumps(["not", "a", "manifest"]))
     with pytest.raises(PushError, match="JSON list"):
         review(root, REPO)
+
+
+def test_a_qa_folder_holds_real_crops_unless_its_reference_images_are_phantoms(tmp_path, phantom_dir):
+    """closest_pairs/ holds crops of the QA stage's `real` reference images: phantoms in the demo."""
+    for name, images in (("phantoms", phantom_dir), ("isic", tmp_path / "isic")):
+        write_manifest(tmp_path / f"pre-{name}", "preprocess", config={"images": str(images)})
+        qa = tmp_path / f"qa-{name}"
+        write_manifest(qa, "qa", inputs={"real": tmp_path / f"pre-{name}"})
+        (qa / "closest_pairs").mkdir()
+        (qa / "closest_pairs" / "00000.png").write_bytes(b"png")
+    assert review(tmp_path / "qa-phantoms", REPO).files
+    with pytest.raises(PushError, match="real patient-derived images"):
+        review(tmp_path / "qa-isic", REPO)

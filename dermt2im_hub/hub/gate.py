@@ -175,7 +175,7 @@ def real_image_content(manifest: dict | None) -> str | None:
     if not isinstance(manifest, dict):
         return None
     stage = manifest.get("stage")
-    if stage in ("preprocess", "build_dataset") and _phantoms_only(manifest):
+    if stage in ("preprocess", "build_dataset", "qa") and _phantoms_only(manifest):
         return None  # procedural phantoms (the demo's inputs): no patient behind them
     if stage in REAL_IMAGE_STAGES:
         return REAL_IMAGE_STAGES[stage]
@@ -192,18 +192,20 @@ def _mapping(value: Any) -> dict:
 
 
 def _phantoms_only(manifest: dict, depth: int = 3) -> bool:
-    """Whether a preprocess or dataset folder was made from `dermt2im make-phantoms` images alone, following
-    the recorded input folders (preprocess: config.images; a dataset: its inputs). Anything that cannot be
-    followed counts as real."""
+    """Whether a preprocess, dataset or qa folder was made from `dermt2im make-phantoms` images alone, following
+    the recorded input folders (preprocess: config.images; a dataset: its inputs; qa: its `real` reference
+    images, which its closest_pairs/ crops come from). Anything that cannot be followed counts as real."""
     from dermt2im_hub.manifest import try_read_manifest
 
     stage = manifest.get("stage")
     if stage == "phantoms":
         return True
-    if depth == 0 or stage not in ("preprocess", "build_dataset"):
+    if depth == 0 or stage not in ("preprocess", "build_dataset", "qa"):
         return False
     if stage == "preprocess":
         sources = [_mapping(manifest.get("config")).get("images")]
+    elif stage == "qa":
+        sources = [_mapping(_mapping(manifest.get("inputs")).get("real")).get("path")]
     else:
         sources = [item.get("path") for item in _mapping(manifest.get("inputs")).values() if isinstance(item, dict)]
     if not sources or not all(isinstance(path, str) and path for path in sources):
