@@ -230,3 +230,13 @@ def test_a_qa_folder_holds_real_crops_unless_its_reference_images_are_phantoms(t
     assert review(tmp_path / "qa-phantoms", REPO).files
     with pytest.raises(PushError, match="real patient-derived images"):
         review(tmp_path / "qa-isic", REPO)
+
+
+def test_card_on_facts_of_the_wrong_shape_fails_cleanly(tmp_path, run_cli):
+    folder = tmp_path / "lora"
+    folder.mkdir()
+    (folder / "manifest.json").write_text(json.dumps({"stage": "train_lora", "extra": {"card": {
+        "sample_images": 5, "instance_prompts": 3, "weight_files": [1], "hyperparameters": "x"}}}))
+    code, out, err = run_cli("card", folder)
+    assert code == 0 and "Traceback" not in err, err  # facts of the wrong type read as not recorded
+    assert "## Sample images\n\nnot recorded" in (folder / "README.md").read_text()

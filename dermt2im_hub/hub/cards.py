@@ -273,7 +273,7 @@ def _instance_prompts(value: Any) -> list[str]:
 
 def _sample_images(value: Any) -> list[dict[str, str]]:
     samples = []
-    for item in value or []:
+    for item in value if isinstance(value, (list, tuple)) else []:
         if isinstance(item, Mapping) and is_recorded(item.get("path")):
             samples.append({"path": Path(str(item["path"])).as_posix(), "prompt": str(item.get("prompt") or "")})
     return samples
@@ -671,5 +671,11 @@ def render_card(folder: str | os.PathLike, kind: str | None = None, repo_id: str
     folder = Path(folder)
     if repo_id is not None:
         require_hub_id(repo_id, "--repo-id")
-    card = build_card(load_manifest(folder), kind=kind, repo_id=repo_id)
+    try:
+        card = build_card(load_manifest(folder), kind=kind, repo_id=repo_id)
+    except (TypeError, AttributeError, KeyError, ValueError, jinja2.TemplateError) as error:
+        if isinstance(error, CardError):
+            raise
+        raise CardError(f"{folder}/manifest.json: a recorded fact does not have the shape its card needs "
+                        f"({type(error).__name__}: {error}); fix or re-run the stage that wrote it") from None
     return atomic_write_text(folder / CARD_NAME, str(card))

@@ -353,7 +353,9 @@ def default_repo_type(manifest: dict[str, Any] | None) -> str:
 def _card_for(manifest: dict[str, Any], repo_id: str) -> str:
     """The card that goes up: rendered from the manifest for the target repo (its stage's card kind), so the
     title, model-index name and how-to-use snippet name the repo instead of a placeholder."""
+    import jinja2
+
     try:
         return str(build_card(manifest, repo_id=repo_id))
-    except (CardError, TypeError, AttributeError, ValueError) as error:
+    except (CardError, TypeError, AttributeError, KeyError, ValueError, jinja2.TemplateError) as error:
         raise PushError(f"refusing to push: the card cannot be rendered from {MANIFEST_NAME} ({error})") from None
