@@ -106,7 +106,7 @@ def time_load(folder: Path, cache: Path) -> dict[str, float]:
 
 
 def run(n: int, size: int, config_name: str, workdir: Path) -> list[tuple[str, str]]:
-    import dataset_builder  # noqa: F401  (imports `datasets`: a one-off cost the build rate should not include)
+    import dermt2im_hub.dataset.builder  # noqa: F401  (imports `datasets`: a one-off cost the build rate should not include)
     from dermt2im_hub.dataset.config import DatasetConfig
     from dermt2im_hub.dataset.export import build_dataset
 

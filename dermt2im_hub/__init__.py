@@ -12,4 +12,8 @@ try:
 except PackageNotFoundError:  # running from a source tree that was never installed
     __version__ = "0.0.0+source"
 
+from dermt2im_hub import _layout
+
+_layout.install()  # dermt2im_hub.dataset_builder / .model_cards from a source checkout's top-level folders
+
 __all__ = ["__version__"]

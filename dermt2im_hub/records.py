@@ -24,6 +24,10 @@ from dermt2im_hub.utils.files import atomic_write_json, read_jsonl, safe_join, s
 
 METADATA_NAME = "metadata.jsonl"
 EXCLUSION_NAME = "test_exclusion.json"
+# QA keys that name real training images (the memorization audit's nearest match): publishing them reveals which
+# images were in the training set and, for a plain folder, file names that may identify patients. A built
+# dataset leaves them out unless asked; the publishing gate (hub.gate) wants --allow-real-images for them.
+TRAINING_REFERENCE_KEYS = frozenset({"mem_nearest_id"})
 SPLITS = ("train", "validation", "test")
 
 

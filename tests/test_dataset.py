@@ -136,9 +136,8 @@ def _own_parameters(text: str) -> dict[str, Any]:
 
 def test_a1111_sample_rows_equal_each_png_parameters(shared_data, tmp_path):
     from datasets import ClassLabel, Image
+    from dermt2im_hub.dataset_builder import DermT2IM
     from PIL import Image as PILImage
-
-    from dataset_builder import DermT2IM
 
     sample = shared_data / "dermt2im-sample"
     if not sample.is_dir():
@@ -196,8 +195,9 @@ def test_built_folder_has_card_manifest_and_grid(built_dir):
     assert card["per_steps"]["20"] == {"benign": 2, "malignant": 0}
     assert card["transformation_counts"] == {"size:tiny": 4, "skin:fitzpatrick-5": 4, "site:neck": 2}
     assert card["adapters"][0]["id"] == ADAPTER["id"] and card["base_models"][0]["id"] == "tiny-sd15"
-    assert card["configs"] == [{"config_name": "default", "data_files": [{"split": "train",
-                                                                          "path": "data/train-*"}]}]
+    # the builder config is the Hub config, and the default one (load_dataset(DIR) and (DIR, "synthetic"))
+    assert card["configs"] == [{"config_name": "synthetic", "default": True,
+                                "data_files": [{"split": "train", "path": "data/train-*"}]}]
     readme = (built_dir / "README.md").read_text()
     assert "configs:" in readme and "path: data/train-*" in readme and "creativeml-openrail-m" in readme
     assert (built_dir / "sample_grid.png").stat().st_size > 0 and card["sample_grid"] == "sample_grid.png"
@@ -205,7 +205,7 @@ def test_built_folder_has_card_manifest_and_grid(built_dir):
 
 
 def test_streaming_from_folder_and_from_builder(built_dir, generated_dir, tmp_path):
-    from dataset_builder import DermT2IM
+    from dermt2im_hub.dataset_builder import DermT2IM
 
     streamed = list(load(built_dir, split="train", streaming=True))
     assert len(streamed) == 6 and streamed[0]["image"].size == (64, 64) and streamed[0]["label"] in (0, 1)
@@ -240,7 +240,7 @@ def test_rebuild_replaces_old_shards_and_small_shard_limit_splits(generated_dir,
 
 
 def test_split_by_prompt_keeps_each_prompt_in_one_split(generated_dir, tmp_path):
-    from dataset_builder import DermT2IM
+    from dermt2im_hub.dataset_builder import DermT2IM
 
     builder = DermT2IM(config_name="synthetic", data_dir=str(generated_dir), cache_dir=str(tmp_path),
                        split_by="prompt", split_fractions=[0.5, 0.25, 0.25])
@@ -279,6 +279,7 @@ def test_rejected_and_failed_qa_rows_are_left_out_unless_asked(tmp_path):
 def test_memorized_rows_stop_build_and_push_unless_allowed(tmp_path, run_cli, monkeypatch):
     from dermt2im_hub.dataset.export import push_dataset
     from dermt2im_hub.dataset.sources import MemorizationError
+    from dermt2im_hub.hub.push import PushError
 
     folder = write_generated_folder(tmp_path / "gen", n=4, qa={3: {"mem_flagged": True, "qa_passed": True}})
     with pytest.raises(MemorizationError, match="1 image"):
@@ -294,7 +295,7 @@ def test_memorized_rows_stop_build_and_push_unless_allowed(tmp_path, run_cli, mo
     out = tmp_path / "allowed"
     build(folder, out, allow_memorized=True)
     api = HubApiDouble()
-    with pytest.raises(MemorizationError, match="refusing to push"):
+    with pytest.raises(PushError, match="refusing to push.*memorization"):  # the publishing gate's rule
         push_dataset(out, "org/dermt2im", api=api)
     assert api.calls == [], "nothing may reach the Hub API before the refusal"
     push_dataset(out, "org/dermt2im", allow_memorized=True, api=api)
@@ -642,7 +643,7 @@ def test_cli_build_dataset_with_recipe_section(generated_dir, tmp_path, run_cli)
 
 
 def test_builder_cache_follows_input_changes(tmp_path):
-    from dataset_builder import DermT2IM
+    from dermt2im_hub.dataset_builder import DermT2IM
 
     folder = write_generated_folder(tmp_path / "gen", n=2)
     first = DermT2IM(config_name="synthetic", data_dir=str(folder), cache_dir=str(tmp_path / "cache"))
@@ -736,8 +737,8 @@ def test_a1111_card_states_only_what_the_infotext_records(tmp_path):
     assert "lora" not in data["tags"]  # no adapter was recorded
     # the model hash is the PNG's own claim, labelled as such, not a sha256 dermt2im-hub computed
     (model,) = _facts(tmp_path / "out")["base_models"]
-    assert model["sha256"] == "8d72386f9b" and model["hash_of"].startswith("A1111 `Model hash`")
-    assert "| Skin Mole_lora | 8d72386f9b | A1111 `Model hash` from the PNG infotext" in card
+    assert model["sha256"] == "8d72386f9b" and model["hash_of"].startswith("A1111 \"Model hash\"")
+    assert '| Skin Mole_lora | 8d72386f9b | A1111 "Model hash" from the PNG infotext' in card
     # a licence given by the user is stated as recorded
     build(tmp_path / "in", tmp_path / "licensed", config_name="a1111", license="cc-by-4.0")
     assert _card_data(tmp_path / "licensed")["license"] == "cc-by-4.0"
@@ -799,3 +800,42 @@ def test_real_card_states_the_recorded_preprocessing(tmp_path):
     card = _card_text(tmp_path / "out")
     assert _facts(tmp_path / "out")["hair_removal"] is False
     assert "| real | preprocess | isic | 48 | no |" in card and "No hair removal was applied (as recorded)" in card
+
+
+# ------------------------------------------------------------------------------------------ packaging
+
+
+def test_the_builder_takes_every_option_from_the_dataset_config(generated_dir):
+    """make_builder passes the DatasetConfig fields by name: every builder option reaches the builder."""
+    import subprocess
+    import sys
+
+    from dermt2im_hub.dataset.builder import builder_option_names, builder_options
+    from dermt2im_hub.dataset.export import make_builder
+
+    config = DatasetConfig(split_by="seed", split_fractions=[0.5, 0.25, 0.25], include_rejected=True,
+                           verify_pixels=True, allow_memorized=True, include_mem_nearest_id=True)
+    assert set(builder_options(config)) == (set(builder_option_names()) - {"inputs"}) | {"config_name"}
+    builder = make_builder(config, [generated_dir])
+    for name in set(builder_option_names()) - {"inputs"}:
+        expected = getattr(config, name)
+        assert getattr(builder.config, name) == (tuple(expected) if isinstance(expected, list) else expected), name
+    # the library never imports the entry point (neither as dataset_builder nor as dermt2im_hub.dataset_builder)
+    code = ("import sys; from dermt2im_hub.dataset.export import make_builder, build_dataset;"
+            "from dermt2im_hub.dataset import DatasetConfig; make_builder(DatasetConfig(), [sys.argv[1]]);"
+            "print(sorted(m for m in sys.modules if m.split('.')[-1] == 'dataset_builder'))")
+    ran = subprocess.run([sys.executable, "-c", code, str(generated_dir)], capture_output=True, text=True,
+                         timeout=300, cwd=generated_dir)
+    assert ran.returncode == 0 and ran.stdout.strip() == "[]", ran.stderr[-2000:]
+
+
+def test_the_entry_point_reexports_the_library_builder():
+    from dermt2im_hub.dataset_builder import DermT2IM as exported
+    from dermt2im_hub.dataset_builder.dermt2im import DermT2IM as from_module
+
+    from dermt2im_hub.dataset.builder import DermT2IM
+
+    assert exported is DermT2IM is from_module
+    import dermt2im_hub.dataset_builder as entry
+
+    assert Path(entry.__file__).parent.name == "dataset_builder"

@@ -13,16 +13,46 @@ from test_dataset import build, write_generated_folder
 
 pytestmark = pytest.mark.integration
 
+
+class PublishingApi:
+    """What push_folder asks of HfApi, answered by the local Hub: upload_folder publishes the folder it is given
+    (olah is read-only, so the commit is made by `local_hub.publish`)."""
+
+    def __init__(self, local_hub):
+        self.local_hub = local_hub
+
+    def create_repo(self, repo_id, **kwargs):
+        return f"{self.local_hub.endpoint}/{repo_id}"
+
+    def repo_info(self, repo_id, **kwargs):
+        from types import SimpleNamespace
+
+        return SimpleNamespace(id=repo_id, private=True)
+
+    def upload_folder(self, *, repo_id, folder_path, repo_type="model", **kwargs):
+        from types import SimpleNamespace
+
+        sha = self.local_hub.publish(folder_path, repo_id, repo_type=repo_type)
+        return SimpleNamespace(commit_url=f"{self.local_hub.endpoint}/{repo_id}/commit/{sha}")
+
 _CONSUME = r"""
 import json, sys
 from datasets import ClassLabel, Image, load_dataset
 
 repo = sys.argv[1]
-dataset = load_dataset(repo)
+dataset = load_dataset(repo, "synthetic")  # the builder config is the repo's Hub config
+default = load_dataset(repo)  # and its default one
 train = dataset["train"]
 streamed = list(load_dataset(repo, split="train", streaming=True))
+try:
+    load_dataset(repo, "a1111")
+    other = "loaded"
+except ValueError as error:
+    other = str(error)
 print(json.dumps({
     "splits": {name: split.num_rows for name, split in dataset.items()},
+    "default_sha256": list(default["train"]["sha256"]),
+    "unknown_config": other,
     "label_is_classlabel": isinstance(train.features["label"], ClassLabel),
     "image_is_image": isinstance(train.features["image"], Image),
     "labels": train.features["label"].names,
@@ -36,14 +66,13 @@ print(json.dumps({
 
 
 def test_built_folder_loads_from_the_hub_as_org_dermt2im(local_hub, tmp_path):
-    from dermt2im_hub.dataset.export import write_card
+    from dermt2im_hub.dataset.export import push_dataset
     from dermt2im_hub.utils.files import read_jsonl
 
     generated = write_generated_folder(tmp_path / "generated", n=6)
     folder = tmp_path / "dermt2im"
     build(generated, folder)
-    write_card(folder, repo_id="org/dermt2im")  # what push_dataset does before uploading
-    local_hub.publish(folder, "org/dermt2im", repo_type="dataset")
+    push_dataset(folder, "org/dermt2im", api=PublishingApi(local_hub))  # through the publishing gate
 
     result = local_hub.run_python(_CONSUME, "org/dermt2im", timeout=300)
     assert result.returncode == 0, result.stderr[-4000:]
@@ -53,4 +82,5 @@ def test_built_folder_loads_from_the_hub_as_org_dermt2im(local_hub, tmp_path):
     assert seen["label_is_classlabel"] and seen["image_is_image"] and seen["labels"] == ["benign", "malignant"]
     assert seen["sizes"] == [[64, 64]] and seen["streamed_decoded"]
     assert seen["samplers"] == [r["sampler"] for r in rows]
-    assert seen["sha256"] == seen["streamed_sha256"] == [r["sha256"] for r in rows]
+    assert seen["sha256"] == seen["streamed_sha256"] == seen["default_sha256"] == [r["sha256"] for r in rows]
+    assert "synthetic" in seen["unknown_config"] and "a1111" in seen["unknown_config"]

@@ -84,7 +84,10 @@ def test_lora_changes_the_output_and_is_recorded(tiny_base, lora_files, tmp_path
                                     "sha256": sha, "scale": 0.8}]
     with Image.open(tmp_path / "lora" / rows[0]["file_name"]) as image:
         parsed = parse_infotext(read_infotext(image))
-    assert parsed["params"]["Lora hashes"] == f"diffusers: {sha[:12]}"
+    from dermt2im_hub.utils.model_hash import addnet_hash  # A1111's: the loaded file's stem and addnet hash
+
+    weights = lora_files["diffusers"] / "pytorch_lora_weights.safetensors"
+    assert parsed["params"]["Lora hashes"] == f"pytorch_lora_weights: {addnet_hash(weights)[:12]}"
 
 
 def test_kohya_lora_and_two_adapters(tiny_base, lora_files, tmp_path):

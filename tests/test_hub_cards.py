@@ -285,13 +285,20 @@ def test_templates_render_from_a_built_wheel(tmp_path):
     for name in ("dermt2im_hub", "model_cards", "dataset_builder"):
         if (root / name).is_dir():
             shutil.copytree(root / name, source / name, ignore=ignore)
-    for name in ("pyproject.toml", "README.md"):
+    for name in ("pyproject.toml", "setup.py", "README.md"):
         shutil.copy2(root / name, source / name)
     built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
                             "-w", str(tmp_path / "dist"), str(source)], capture_output=True, text=True, timeout=300)
     assert built.returncode == 0, built.stderr[-3000:]
     (wheel,) = (tmp_path / "dist").glob("*.whl")
-    code = ("import model_cards, dermt2im_hub.hub.cards as c; assert '.whl' in model_cards.__file__, model_cards.__file__;"
+    import zipfile
+
+    names = zipfile.ZipFile(wheel).namelist()
+    top_level = {name.split("/")[0] for name in names if not name.split("/")[0].endswith(".dist-info")}
+    assert top_level == {"dermt2im_hub"}, "dataset_builder and model_cards are installed inside the package"
+    assert "dermt2im_hub/model_cards/lora.md.j2" in names and "dermt2im_hub/dataset_builder/dermt2im.py" in names
+    code = ("import dermt2im_hub.model_cards as m, dermt2im_hub.hub.cards as c; assert '.whl' in m.__file__, m.__file__;"
+            "import dermt2im_hub.dataset_builder as b; assert '.whl' in b.__file__, b.__file__;"
             "print(str(c.build_card({'stage': 'train_lora'})).count('not recorded') > 3)")
     env = {**__import__("os").environ, "PYTHONPATH": str(wheel)}
     ran = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path,
@@ -419,3 +426,162 @@ def test_recorded_configs_block_survives_any_rerender(tmp_path):
     metadata = metadata_load(path)
     assert metadata["configs"] == configs and metadata["pretty_name"].startswith("Derm-T2IM")
     assert 'snapshot_download("my-org/results", repo_type="dataset")' in path.read_text()
+
+
+# ---------------------------------------------------------------------------------------------- hostile text
+
+HOSTILE = ["[click](javascript:alert(3))", "![x](http://evil.example/x.png)", "red\x1b[31m alert\x07",
+           "<img src=x onerror=alert(1)>", "[ref]: http://evil.example/ref", "see https://evil.example/a.png",
+           "`code` ``` and [link][ref]"]
+
+
+def _render(markdown_text: str) -> str:
+    """HTML of a Markdown text as a CommonMark renderer (the Hub's flavour, without GFM's autolinks) makes it."""
+    markdown_it = pytest.importorskip("markdown_it")
+    return markdown_it.MarkdownIt("commonmark").enable("table").render(markdown_text)
+
+
+def _live_html(markdown_text: str) -> list[str]:
+    """Links, images and raw HTML elements that a card's body renders to."""
+    body = markdown_text.split("\n---\n", 1)[-1]
+    return re.findall(r"<(?:a|img|script)\b[^>]*>", _render(body))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_untrusted_strings_never_render_live(kind, tmp_path):
+    """Prompts, file names and infotext in every fact a card shows: no live link, remote image or HTML element
+    comes out of them, and no control character reaches README.md."""
+    facts = dict(FACTS[kind])
+    facts.update(instance_prompts=HOSTILE, training_data=HOSTILE[0], hardware=HOSTILE[2],
+                 sample_images=[{"path": "http://evil.example/x.png", "prompt": p} for p in HOSTILE]
+                 + [{"path": "javascript:alert(1)", "prompt": "x"}],
+                 generation={"top_prompts": {p: 1 for p in HOSTILE}}, pretty_name=HOSTILE[1],
+                 sample_grid="http://evil.example/grid.png", per_sampler={p: 1 for p in HOSTILE},
+                 hyperparameters={p: p for p in HOSTILE}, model_name=HOSTILE[0], labels=HOSTILE[:2],
+                 base_model_hash_of=HOSTILE[6], note=HOSTILE)
+    folder = tmp_path / "out"
+    write_manifest(folder, STAGES[kind], config={"instance_prompt": HOSTILE[1]}, extra={"card": facts})
+    text = render_card(folder).read_bytes().decode("utf-8")
+    assert "\x1b" not in text and "\x07" not in text
+    live = _live_html(text)
+    assert not [tag for tag in live if "evil" in tag or "javascript" in tag or "onerror" in tag], live
+    if kind == "lora":
+        data = metadata_load(folder / "README.md")
+        assert all("evil" not in w["output"]["url"] for w in data.get("widget") or [])
+
+
+def test_escaped_text_still_reads_as_written():
+    import html
+
+    from dermt2im_hub.hub.cards import md_link_target, md_text
+
+    for raw in ("malignant mole on neck", "a|b [c] <d> e_f", "![x](http://evil.example/x.png) www.x.org"):
+        shown = html.unescape(re.sub(r"<[^>]+>", "", _render(md_text(raw)))).strip()
+        assert shown == raw
+    assert md_link_target("samples/benign 0.png") == "samples/benign%200.png"
+    assert [md_link_target(p) for p in ("http://x/y.png", "//x/y.png", "/etc/x.png", "../x.png", "a:b")] == [None] * 5
+
+
+# ---------------------------------------------------------------------------------------------- image folders
+
+
+@pytest.mark.parametrize("stage", ["phantoms", "preprocess", "generate"])
+def test_image_folders_load_without_their_other_json_files(stage, phantom_dir, tmp_path):
+    """An image folder's card has a `configs:` block naming the images and metadata.jsonl, so load_dataset(DIR)
+    reads the images, not test_exclusion.json or manifest.json."""
+    import shutil
+
+    from datasets import load_dataset
+
+    folder = tmp_path / stage
+    shutil.copytree(phantom_dir, folder)
+    (folder / "test_exclusion.json").write_text('{"image_ids": ["a", "b"], "lesion_ids": []}')
+    write_manifest(folder, stage, extra={"card": {"num_images": 16}})
+    text = render_card(folder).read_text()
+    assert "configs:" in text and "load_dataset(" in text
+    dataset = load_dataset(str(folder), cache_dir=str(tmp_path / "cache"))
+    assert list(dataset) == ["images"] and dataset["images"].num_rows == 16
+    assert {"image", "label", "sha256"} <= set(dataset["images"].column_names)
+
+
+# ---------------------------------------------------------------------------------------------- scores on the Hub
+
+
+def test_model_index_and_eval_results_agree_on_scale_ids_and_datasets(tmp_path):
+    """One scale (fractions), evaluate's metric ids and the test set's Hub id (its name when it has none, never
+    a local path) in the card's model-index and in .eval_results/."""
+    import yaml
+
+    from dermt2im_hub.evaluation.benchmark import write_eval_results
+
+    results = [{"test_set": "ISIC", "split": "test", "n": 40, "dataset_id": "my-org/isic-test",
+                "metrics": {"accuracy": 0.8125, "balanced_accuracy": 0.8, "auroc": 0.875, "mcc": 0.61,
+                            "brier": 0.14}},
+               {"test_set": "HAM10000", "split": "test", "n": 20, "dataset_id": "/home/alice/ham-test",
+                "metrics": {"accuracy": 0.75, "auroc": 0.7}}]
+    folder = tmp_path / "classifier"
+    write_manifest(folder, "train_classifier", extra={"card": {"model_name": "vit", "results": results}})
+    index = ModelCard.load(render_card(folder, repo_id="my-org/vit")).data.eval_results
+    stated = {(r.dataset_type, r.metric_type): r.metric_value for r in index}
+    assert stated == {("my-org/isic-test", "accuracy"): 0.8125, ("my-org/isic-test", "balanced_accuracy"): 0.8,
+                      ("my-org/isic-test", "roc_auc"): 0.875, ("my-org/isic-test", "matthews_correlation"): 0.61,
+                      ("my-org/isic-test", "brier_score"): 0.14, ("HAM10000", "accuracy"): 0.75,
+                      ("HAM10000", "roc_auc"): 0.7}
+    written = write_eval_results(folder, results, "seed 0")
+    assert sorted(p.name for p in written) == ["ham10000_accuracy.yaml", "ham10000_roc_auc.yaml",
+                                               "isic_accuracy.yaml", "isic_balanced_accuracy.yaml",
+                                               "isic_roc_auc.yaml"]
+    for path in written:
+        (entry,) = yaml.safe_load(path.read_text())
+        key = (entry["dataset"]["id"], entry["dataset"]["task_id"])
+        assert stated[key] == pytest.approx(entry["value"]), key  # the same number on the same scale
+        assert "alice" not in path.read_text()
+
+
+# ---------------------------------------------------------------------------------------------- the run's nature
+
+
+def _demo_chain(root, phantoms, base):
+    """Manifests as a demo run writes them: phantoms -> preprocess -> LoRA (on a tiny base) -> generate ->
+    dataset, and a classifier trained from scratch on it."""
+    write_manifest(root / "data", "preprocess", config={"source": "folder", "images": str(phantoms)})
+    write_manifest(root / "lora", "train_lora", config={"pretrained_model_name_or_path": str(base),
+                                                        "train_data_dir": str(root / "data")})
+    write_manifest(root / "generated", "generate", config={"base": str(base), "lora": [f"{root / 'lora'}:0.8"]})
+    write_manifest(root / "dataset", "build_dataset", inputs={"input_0": root / "generated"},
+                   extra={"card": {"builder_config": "synthetic"}})
+    write_manifest(root / "classifier", "train_classifier", config={"synthetic": str(root / "dataset")},
+                   extra={"card": {"pretrained_weights": None, "results": []}})
+    return ["data", "lora", "generated", "dataset", "classifier"]
+
+
+@pytest.mark.parametrize("pretrained", [True, False])
+def test_every_demo_card_says_it_is_a_demo(pretrained, phantom_dir, tmp_path):
+    import json
+
+    base = tmp_path / "tiny-base"
+    base.mkdir()
+    (base / "dermt2im_tiny_base.json").write_text(json.dumps({"pretrained": True} if pretrained else {"seed": 0}))
+    for name in _demo_chain(tmp_path, phantom_dir, base):
+        text = render_card(tmp_path / name).read_text()
+        body = text.split("\n---\n", 1)[1]
+        title_and_banner = body.strip().split("\n\n")[:2]
+        assert title_and_banner[0].startswith("# ") and title_and_banner[1].startswith("> **A demo run:**"), name
+        assert "procedural phantoms" in title_and_banner[1], name
+        said = "pretrained by dermt2im-hub on phantom images" if pretrained else "random weights (not pretrained)"
+        if name != "data":  # the preprocessed phantoms know nothing of a base model
+            assert said in title_and_banner[1], name
+    assert "trained from random initialisation (not pretrained)" in (tmp_path / "classifier" / "README.md").read_text()
+
+
+def test_a_real_data_card_says_so(tmp_path):
+    images = tmp_path / "isic"
+    images.mkdir()
+    write_manifest(tmp_path / "data", "preprocess", config={"source": "isic", "images": str(images)})
+    write_manifest(tmp_path / "lora", "train_lora", config={
+        "pretrained_model_name_or_path": "stable-diffusion-v1-5/stable-diffusion-v1-5",
+        "train_data_dir": str(tmp_path / "data")})
+    text = render_card(tmp_path / "lora").read_text()
+    assert "> **A run on real data:** the images are real dermoscopy images; the base model is " \
+           "`stable-diffusion-v1-5/stable-diffusion-v1-5` (pretrained)." in text
+    assert "demo" not in text.split("\n---\n", 1)[1].split("##")[0].lower()

@@ -189,10 +189,10 @@ class _PublishingApi:
 
         return SimpleNamespace(id=repo_id, private=True)
 
-    def upload_folder(self, *, repo_id, folder_path, **kwargs):
+    def upload_folder(self, *, repo_id, folder_path, repo_type="model", **kwargs):
         from types import SimpleNamespace
 
-        sha = self.local_hub.publish(folder_path, repo_id)
+        sha = self.local_hub.publish(folder_path, repo_id, repo_type=repo_type)
         return SimpleNamespace(commit_url=f"{self.local_hub.endpoint}/{repo_id}/commit/{sha}")
 
 
@@ -231,3 +231,31 @@ def test_pushed_files_hold_no_local_path(local_hub, tmp_path):
     assert json.loads(published["manifest.json"])["config"]["train_data_dir"] == "<local>/ham10000"
     assert published[WEIGHT_NAME] == before[WEIGHT_NAME]
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before, "the local folder is unchanged"
+
+
+_READ_CARD = r"""
+import json, sys
+from huggingface_hub import ModelCard
+card = ModelCard.load(sys.argv[1])
+print(json.dumps({"title": card.text.strip().splitlines()[0], "model_name": card.data.model_name,
+                  "placeholder": "YOUR_" in card.content, "snippet": sys.argv[1] in card.text}))
+"""
+
+
+def test_a_pushed_card_names_its_repo_on_the_hub(local_hub, tmp_path):
+    """`card` without --repo-id writes placeholders locally; what the Hub serves after a push names the repo."""
+    from dermt2im_hub.hub.push import push_folder
+
+    folder = tmp_path / "classifier"
+    facts = {"model_name": "vit_base_patch16_224",
+             "results": [{"test_set": "isic-test", "split": "test", "metrics": {"accuracy": 0.8}}]}
+    write_manifest(folder, "train_classifier", extra={"card": facts})
+    (folder / "model.safetensors").write_bytes(b"\x00weights")
+    assert "YOUR_ORG/YOUR_REPO" in render_card(folder).read_text()
+    push_folder(folder, "test-org/derm-vit", api=_PublishingApi(local_hub))
+
+    result = local_hub.run_python(_READ_CARD, "test-org/derm-vit", timeout=300)
+    assert result.returncode == 0, result.stderr[-4000:]
+    seen = json.loads(result.stdout.strip().splitlines()[-1])
+    assert seen["title"].startswith("# derm-vit:")
+    assert (seen["model_name"], seen["placeholder"], seen["snippet"]) == ("derm-vit", False, True)

@@ -329,7 +329,8 @@ def test_push_redacts_local_paths_and_keeps_the_local_files(provenance_folder, t
         for local in (ALICE, str(tmp_path), "~/raw", "C:\\\\Users", "C:\\Users"):
             assert local.encode() not in data, f"{local} reaches the Hub in {name}"
     assert api.uploaded["adapter.safetensors"] == before[provenance_folder / "adapter.safetensors"]
-    assert api.uploaded["README.md"] == b"# card\n"
+    card = api.uploaded["README.md"].decode()  # rendered from the manifest for the target repo, no local path
+    assert '"my-org/adapter"' in card and "YOUR_ORG" not in card and ALICE not in card
 
     import yaml
 
@@ -354,7 +355,7 @@ def test_push_redacts_local_paths_and_keeps_the_local_files(provenance_folder, t
 def test_dry_run_marks_the_redacted_files(provenance_folder, run_cli):
     code, out, err = run_cli("push", provenance_folder, "--repo-id", "my-org/adapter", "--dry-run")
     assert code == 0, err
-    assert "manifest.json  (local paths redacted)" in out and "README.md\n" in out
+    assert "manifest.json  (local paths redacted)" in out and "README.md  (card rendered for my-org/adapter)" in out
     assert ALICE not in out
 
 
@@ -480,14 +481,14 @@ def test_push_cli_wants_a_flag_for_real_images(tmp_path, run_cli, monkeypatch, s
     (folder / "benign").mkdir()
     (folder / "benign" / "ISIC_1.png").write_bytes(b"png")
     (folder / ".preprocess-journal.jsonl").write_text('{"source": "/home/alice/raw/ISIC_1.jpg"}\n')
-    expected = ["benign/ISIC_1.png", "manifest.json"]
+    expected = ["README.md", "benign/ISIC_1.png", "manifest.json"]  # the card is rendered for the repo
     if stage == "build_dataset":  # the dataset stage's own rule reads the shards
         import pyarrow as pa
         import pyarrow.parquet as pq
 
         (folder / "data").mkdir()
         pq.write_table(pa.table({"label": [0], "mem_flagged": [False]}), folder / "data" / "train-00000-of-00001.parquet")
-        expected.insert(1, "data/train-00000-of-00001.parquet")
+        expected.insert(2, "data/train-00000-of-00001.parquet")
     doubles = []
     monkeypatch.setattr(huggingface_hub, "HfApi", lambda *a, **k: doubles.append(RecordingHubApiDouble()) or doubles[-1])
     monkeypatch.setattr("dermt2im_hub.hub.online.hub_offline", lambda: False)

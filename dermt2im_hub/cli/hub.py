@@ -27,10 +27,15 @@ def register(subparsers) -> None:
         "push", help="upload a stage output folder to the Hub (private unless --public)",
         description="Create the Hub repo (private unless --public; an existing repo keeps its visibility) and "
                     "upload FOLDER, leaving out checkpoints, optimizer/scheduler states, caches, logs, "
-                    "TensorBoard events, resume journals and temp files. Refuses pickle weight files (.bin .pt "
-                    ".pth .pkl .pickle .ckpt), a private push into an existing public repo, and folders of "
-                    "real patient-derived images (preprocess, qa, a real-config dataset) without "
-                    "--allow-real-images. Absolute local paths in JSON/JSONL/YAML files are published as "
+                    "TensorBoard events, resume journals and temp files; symbolic links that lead out of FOLDER "
+                    "(or to a folder) are never followed and are listed as not uploaded. Refuses pickle weight "
+                    "files (.bin .pt .pth .pkl .pickle .ckpt), a private push into an existing public repo, "
+                    "unfinished stage outputs, rows flagged by the memorization audit without "
+                    "--allow-memorized, and folders of real patient-derived images (preprocess, qa, a "
+                    "real-config dataset) without --allow-real-images; the same rules hold for `dermt2im "
+                    "run`'s pushes and build-dataset --push-to-hub. The README.md that goes up is the card "
+                    "rendered from manifest.json for --repo-id (the local one is left as it is). "
+                    "Absolute local paths in JSON/JSONL/YAML files are published as "
                     "<local>/LASTPART (the local files keep them). Retries transient HTTP errors. The token "
                     "comes from HF_TOKEN or the cached `hf auth login` and is never printed or written. Prints "
                     "the commit URL.")
@@ -64,97 +69,60 @@ def write_stage_card(folder: Path) -> Path | None:
 
 
 def _card(args: argparse.Namespace) -> int:
-    from dermt2im_hub.hub.cards import render_card
+    from dermt2im_hub.cli import UserError
+    from dermt2im_hub.hub.cards import CardError, render_card
 
-    path = render_card(args.folder, kind=args.kind, repo_id=args.repo_id)
+    try:
+        path = render_card(args.folder, kind=args.kind, repo_id=args.repo_id)
+    except CardError as error:
+        raise UserError(str(error)) from None
     print(f"card written to {path}")
     return 0
-
-
-def _default_repo_type(folder: Path) -> str:
-    from dermt2im_hub.hub.cards import card_kind, card_repo_type
-    from dermt2im_hub.manifest import try_read_manifest
-
-    manifest = try_read_manifest(folder)
-    return card_repo_type(card_kind(manifest), manifest.get("stage")) if manifest else "model"
-
-
-def _check_stage_rules(folder: Path, allow_memorized: bool, allow_real_images: bool = False) -> None:
-    """Stage-specific publishing rules, for FOLDER and every stage folder inside it (pushing a run's root must
-    not bypass them): a folder of real patient-derived images needs --allow-real-images; a built dataset with
-    rows flagged by the memorization audit is refused (the CLI may import stages; the hub layer may not)."""
-    from dermt2im_hub.hub.push import PushError, files_to_upload, real_image_content
-    from dermt2im_hub.manifest import MANIFEST_NAME, try_read_manifest
-
-    inner = [folder / p for p in files_to_upload(folder) if Path(p).name == MANIFEST_NAME] if folder.is_dir() else []
-    stage_folders = sorted({folder, *(path.parent for path in inner)})
-    for stage_folder in stage_folders:
-        manifest = try_read_manifest(stage_folder) or {}
-        real = real_image_content(manifest)
-        if real and not allow_real_images:
-            where = "" if stage_folder == folder else f" (inside it: {stage_folder.relative_to(folder)})"
-            raise PushError(f"refusing to push {folder}{where}: this {manifest.get('stage')} output holds real "
-                            f"patient-derived images ({real}); publishing them is up to their licences and the "
-                            "patients' consent terms, not to this tool. If those allow it, pass "
-                            "--allow-real-images.")
-        if manifest.get("stage") == "build_dataset":
-            from dermt2im_hub.dataset.export import check_publishable
-
-            check_publishable(stage_folder, allow_memorized=allow_memorized)
-        if manifest.get("stage") == "generate":
-            _check_generated_rows(folder, stage_folder, allow_memorized, allow_real_images)
-
-
-def _check_generated_rows(folder: Path, stage_folder: Path, allow_memorized: bool, allow_real_images: bool) -> None:
-    """A generation folder the QA stage has annotated: flagged rows need --allow-memorized (as for a built
-    dataset), and the names of real training images (the audit's nearest match, which build-dataset leaves
-    out) need --allow-real-images."""
-    from dermt2im_hub.dataset.schema import TRAINING_REFERENCE_KEYS
-    from dermt2im_hub.hub.push import PushError
-    from dermt2im_hub.records import METADATA_NAME
-    from dermt2im_hub.utils.files import read_jsonl
-
-    path = stage_folder / METADATA_NAME
-    rows = [row for row in read_jsonl(path) if isinstance(row, dict)] if path.is_file() else []
-    flagged = sum(1 for row in rows if row.get("mem_flagged") is True)
-    if flagged and not allow_memorized:
-        raise PushError(f"refusing to push {folder}: {flagged} generated image(s) in {stage_folder.name} were "
-                        "flagged by the memorization audit (mem_flagged); review qa/ first, then pass "
-                        "--allow-memorized to publish them anyway")
-    named = sorted({key for row in rows for key in TRAINING_REFERENCE_KEYS if row.get(key)})
-    if named and not allow_real_images:
-        raise PushError(f"refusing to push {folder}: {METADATA_NAME} in {stage_folder.name} names the real training "
-                        f"image closest to each generated one ({', '.join(named)}), which reveals who is in the "
-                        "training set; push the dataset built from it (build-dataset leaves that out) or pass "
-                        "--allow-real-images")
 
 
 def _push(args: argparse.Namespace) -> int:
     from huggingface_hub.errors import HfHubHTTPError
 
     from dermt2im_hub.cli import UserError
+    from dermt2im_hub.hub.gate import Permissions, review
     from dermt2im_hub.hub.online import require_online
-    from dermt2im_hub.hub.push import PushError, check_folder, push_folder, redacted_files
+    from dermt2im_hub.hub.push import PushError, published_bytes, push_folder
     from dermt2im_hub.hub.resolve import hub_id_problem
 
     problem = hub_id_problem(args.repo_id, "--repo-id")  # before anything else, a dry run included
     if problem:
         raise UserError(problem)
-    repo_type = args.repo_type or _default_repo_type(args.folder)
+    permissions = Permissions(allow_memorized=args.allow_memorized, allow_real_images=args.allow_real_images)
     try:
-        _check_stage_rules(args.folder, args.allow_memorized, args.allow_real_images)
+        plan = review(args.folder, args.repo_id, args.repo_type, permissions)  # the same gate push_folder runs
+        _say_skipped_links(plan.skipped_links)
         if args.dry_run:
-            paths = check_folder(args.folder)
-            redacted = redacted_files(args.folder, paths)
-            print(f"would upload {len(paths)} files to {repo_type} repo {args.repo_id} "
+            rewritten = published_bytes(plan)
+            print(f"would upload {len(plan.files)} files to {plan.repo_type} repo {args.repo_id} "
                   f"({'public' if args.public else 'private'}):")
-            print("\n".join(f"  {p}" + ("  (local paths redacted)" if p in redacted else "") for p in paths))
+            print("\n".join(f"  {p}" + _rewrite_note(p, plan, rewritten) for p in plan.files))
             return 0
         require_online("pushing", later=False)
-        info = push_folder(args.folder, args.repo_id, repo_type=repo_type, private=not args.public,
-                           revision=args.revision, commit_message=args.commit_message)
+        info = push_folder(args.folder, args.repo_id, repo_type=plan.repo_type, private=not args.public,
+                           revision=args.revision, commit_message=args.commit_message,
+                           allow_memorized=args.allow_memorized, allow_real_images=args.allow_real_images)
     except (PushError, HfHubHTTPError, ValueError) as error:
         # the Hub's own error text names the repo and the HTTP status, never the token
         raise UserError(str(error)) from error
-    print(f"pushed {args.folder} to {repo_type} repo {args.repo_id}: {info.commit_url}")
+    print(f"pushed {args.folder} to {plan.repo_type} repo {args.repo_id}: {info.commit_url}")
     return 0
+
+
+def _rewrite_note(path: str, plan, rewritten: dict[str, bytes]) -> str:
+    if path == "README.md" and plan.card is not None:
+        return f"  (card rendered for {plan.repo_id})"
+    return "  (local paths redacted)" if path in rewritten else ""
+
+
+def _say_skipped_links(links: list[str]) -> None:
+    import sys
+
+    if links:
+        shown = ", ".join(links[:20]) + (f" and {len(links) - 20} more" if len(links) > 20 else "")
+        print(f"not uploading {len(links)} symbolic link(s) that lead out of the folder or to a folder (links "
+              f"are never followed): {shown}", file=sys.stderr)

@@ -23,12 +23,12 @@ from typing import Any
 
 from dermt2im_hub.config import save_config
 from dermt2im_hub.dataset.config import A1111, REAL, SYNTHETIC, DatasetConfig, parse_size
-from dermt2im_hub.dataset.sources import MemorizationError
-from dermt2im_hub.dataset.stats import DATA_DIR, SHARD_RE, card_facts, count_flagged, shard_files
+from dermt2im_hub.dataset.stats import DATA_DIR, SHARD_RE, card_facts, shard_files
+from dermt2im_hub.hub.gate import BUILD_STAGING_DIR
 from dermt2im_hub.manifest import MANIFEST_NAME, fingerprint, try_read_manifest, write_manifest
 
 STAGE = "build_dataset"
-STAGING_DIR = ".build-staging"
+STAGING_DIR = BUILD_STAGING_DIR  # the publishing gate refuses a folder that still holds it
 SAMPLE_GRID = "sample_grid.png"
 CONFIG_NAME = "config.yaml"
 DEFAULT_PRETTY_NAMES = {
@@ -52,13 +52,10 @@ class BuildResult:
 
 def make_builder(config: DatasetConfig, inputs: Sequence[str | Path], cache_dir: str | Path | None = None):
     """A DermT2IM builder for `config` over `inputs` (what build_dataset runs; usable on its own)."""
-    from dataset_builder.dermt2im import DermT2IM
+    from dermt2im_hub.dataset.builder import DermT2IM, builder_options
 
-    return DermT2IM(config_name=config.config_name, inputs=[str(Path(p)) for p in inputs],
-                    cache_dir=str(cache_dir) if cache_dir else None, split_by=config.split_by,
-                    split_fractions=tuple(config.split_fractions), include_rejected=config.include_rejected,
-                    verify_pixels=config.verify_pixels, allow_memorized=config.allow_memorized,
-                    include_mem_nearest_id=config.include_mem_nearest_id)
+    return DermT2IM(inputs=[str(Path(p)) for p in inputs], cache_dir=str(cache_dir) if cache_dir else None,
+                    **builder_options(config))
 
 
 def build_dataset(inputs: Sequence[str | Path], output_dir: str | Path, config: DatasetConfig | None = None, *,
@@ -264,32 +261,30 @@ def write_card(folder: str | Path, repo_id: str | None = None) -> Path:
     return render_card(folder, kind="dataset", repo_id=repo_id)
 
 
-def check_publishable(folder: str | Path, allow_memorized: bool = False) -> None:
-    """Raise unless `folder` is a finished build-dataset output whose rows may be published: any row with
-    `mem_flagged: true` refuses it unless `allow_memorized` (for every path that pushes a dataset folder)."""
+def check_publishable(folder: str | Path, repo_id: str, allow_memorized: bool = False,
+                      allow_real_images: bool = False):
+    """The publishing gate's decision on a finished build-dataset output (dermt2im_hub.hub.gate.review, the
+    rules every push applies); raises ValueError when `folder` is no such output, PushError when a rule refuses
+    it (rows flagged by the memorization audit without `allow_memorized`, real images without
+    `allow_real_images` ...). Returns the gate's plan."""
+    from dermt2im_hub.hub.gate import Permissions, review
+
     folder = Path(folder)
-    manifest = try_read_manifest(folder)
-    if manifest is None or manifest.get("stage") != STAGE or manifest.get("status") != "complete":
-        raise ValueError(f"{folder} is not a finished build-dataset output (manifest.json stage {STAGE!r})")
-    if not shard_files(folder):
-        raise ValueError(f"{folder}/{DATA_DIR} holds no parquet shards")
-    if (folder / STAGING_DIR).exists():
-        raise ValueError(f"{folder} holds {STAGING_DIR}/ from an interrupted build; run build-dataset again")
-    flagged = count_flagged(folder)
-    if flagged and not allow_memorized:
-        raise MemorizationError(f"refusing to push {folder}: {flagged} row(s) were flagged by the memorization "
-                                "audit (mem_flagged: true). Remove them, or pass --allow-memorized after "
-                                "reviewing the audit report.")
+    if (try_read_manifest(folder) or {}).get("stage") != STAGE:
+        raise ValueError(f"{folder} is not a build-dataset output (manifest.json stage {STAGE!r})")
+    return review(folder, repo_id, "dataset", Permissions(allow_memorized=allow_memorized,
+                                                         allow_real_images=allow_real_images))
 
 
 def push_dataset(folder: str | Path, repo_id: str, *, private: bool = True, allow_memorized: bool = False,
-                 api=None):
-    """Push a built folder as a dataset repo (private unless asked); refuses rows flagged by the memorization
-    audit unless `allow_memorized`."""
+                 allow_real_images: bool = False, api=None):
+    """Push a built folder as a dataset repo (private unless asked) through the publishing gate; the local
+    card is re-rendered for `repo_id` too, so its how-to-use snippet names the repo it went to."""
     from dermt2im_hub.hub import push_folder
 
     folder = Path(folder)
-    check_publishable(folder, allow_memorized=allow_memorized)
+    check_publishable(folder, repo_id, allow_memorized=allow_memorized, allow_real_images=allow_real_images)
     write_card(folder, repo_id=repo_id)
     return push_folder(folder, repo_id, repo_type="dataset", private=private, api=api,
+                       allow_memorized=allow_memorized, allow_real_images=allow_real_images,
                        commit_message=f"Upload dataset built by dermt2im build-dataset ({repo_id})")

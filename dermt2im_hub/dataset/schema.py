@@ -17,6 +17,7 @@ from typing import Any
 
 from dermt2im_hub.dataset.config import A1111, REAL, SYNTHETIC
 from dermt2im_hub.labels import CLASS_NAMES
+from dermt2im_hub.records import TRAINING_REFERENCE_KEYS
 
 MAX_TEXT_CHARS = 8192  # prompts and other free text from untrusted files are cut here
 MAX_LIST_ITEMS = 256
@@ -41,10 +42,6 @@ REAL_COLUMNS: dict[str, str] = {
     "sex": STRING, "site": STRING,
 }
 QA_PREFIXES = ("qa_", "mem_", "ita")
-# QA keys that name real training images (the memorization audit's nearest match): publishing them reveals which
-# images were in the training set and, for a plain folder, file names that may identify patients. Left out of a
-# built dataset unless DatasetConfig.include_mem_nearest_id.
-TRAINING_REFERENCE_KEYS = frozenset({"mem_nearest_id"})
 _MAX_QA_COLUMNS = 64
 _COLUMN_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_")
 

@@ -47,19 +47,6 @@ def read_rows(folder: str | Path) -> list[dict[str, Any]]:
     return rows
 
 
-def count_flagged(folder: str | Path) -> int:
-    """Rows of a built folder with `mem_flagged: true` (0 when the column is absent)."""
-    import pyarrow.parquet as pq
-
-    flagged = 0
-    for paths in shard_files(folder).values():
-        for path in paths:
-            if "mem_flagged" in pq.read_schema(path).names:
-                column = pq.read_table(path, columns=["mem_flagged"]).column("mem_flagged").to_pylist()
-                flagged += sum(value is True for value in column)
-    return flagged
-
-
 def _by_class(rows: Iterable[dict], key: str) -> dict[str, dict[str, int]]:
     """{value of `key`: {class: count}}, values sorted, null shown as "not recorded"."""
     table: dict[str, Counter] = {}
@@ -99,7 +86,7 @@ def generation_facts(rows: list[dict]) -> dict[str, Any]:
 
 # What the `model_hash` column of an a1111 build holds: the PNG's own claim, in whatever form the A1111
 # version that wrote it used (10 hex digits of a checkpoint's sha256 today; an 8-digit legacy hash before).
-A1111_MODEL_HASH = "A1111 `Model hash` from the PNG infotext (as written there; not verified)"
+A1111_MODEL_HASH = "A1111 \"Model hash\" from the PNG infotext (as written there; not verified)"
 
 
 def hash_description(config_name: str, sha256: Any, hashed_files: dict[str, str]) -> str | None:
@@ -183,7 +170,8 @@ def card_facts(folder: str | Path, report: dict[str, Any], *, config_name: str, 
         "source_datasets": source_datasets,
         "sample_grid": sample_grid,
         "build_report": report,
-        "configs": [{"config_name": "default",
+        # the builder config is the Hub config (load_dataset(REPO, "synthetic")); default: load_dataset(REPO) too
+        "configs": [{"config_name": config_name, "default": True,
                      "data_files": [{"split": split, "path": f"{DATA_DIR}/{split}-*"} for split in splits]}],
     }
     if config_name == "real":

@@ -43,6 +43,7 @@ from dermt2im_hub.evaluation.data import (
 )
 from dermt2im_hub.evaluation.mixes import MissingSyntheticDataError, Mix, plan_mixes, select_mix
 from dermt2im_hub.evaluation.scoring import prediction_rows, score_test_set
+from dermt2im_hub.hub.eval_results import eval_results_entries, hub_dataset_id, hub_metric_id
 from dermt2im_hub.labels import CLASS_NAMES
 from dermt2im_hub.manifest import StageRun, package_versions, write_manifest
 from dermt2im_hub.utils.files import atomic_write_json, atomic_write_text, read_jsonl
@@ -329,22 +330,10 @@ def card_results(record: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
-def eval_results_entries(dataset_id: str, metric: str, value: float, notes: str, revision: str | None = None,
-                         date: str | None = None) -> list[dict[str, Any]]:
-    """One `.eval_results/*.yaml` document (the Hub's newer format): a list with one result."""
-    dataset = {"id": dataset_id, "task_id": metric}
-    if revision:
-        dataset["revision"] = revision
-    entry: dict[str, Any] = {"dataset": dataset, "value": round(float(value), 4)}
-    if date:
-        entry["date"] = date
-    entry["notes"] = notes
-    return [entry]
-
-
 def write_eval_results(folder: Path, results: list[dict[str, Any]], notes_suffix: str,
                        metrics=("accuracy", "balanced_accuracy", "auroc")) -> list[Path]:
-    """`.eval_results/<test set>_<metric>.yaml`, one file per score (values in percent)."""
+    """`.eval_results/<test set>_<metric>.yaml`, one file per score (dermt2im_hub.hub.eval_results: fractions,
+    evaluate's metric ids, the test set's Hub id when it has one)."""
     import yaml
 
     written = []
@@ -354,10 +343,10 @@ def write_eval_results(folder: Path, results: list[dict[str, Any]], notes_suffix
             value = (result.get("metrics") or {}).get(metric)
             if value is None:
                 continue
-            name = f"{slug(result['test_set'])}_{metric}.yaml"
-            dataset_id = str(result.get("dataset_id") or result["test_set"])
-            entries = eval_results_entries(dataset_id, metric, 100 * value,
-                                           f"{metric} (%) on {result['test_set']} ({result.get('split')}, "
+            name = f"{slug(result['test_set'])}_{hub_metric_id(metric)}.yaml"
+            dataset_id = hub_dataset_id(result.get("dataset_id"), result["test_set"])
+            entries = eval_results_entries(dataset_id, metric, value,
+                                           f"{metric} (fraction) on {result['test_set']} ({result.get('split')}, "
                                            f"n={result.get('n')}); {notes_suffix}", date=date)
             written.append(atomic_write_text(folder / ".eval_results" / name,
                                              yaml.safe_dump(entries, sort_keys=False)))

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from dermt2im_hub.config import ConfigError
-from dermt2im_hub.evaluation.benchmark import COUNT_KEYS, eval_results_entries, read_records, slug
+from dermt2im_hub.evaluation.benchmark import COUNT_KEYS, read_records, slug
 from dermt2im_hub.evaluation.stats import (
     discordant_pairs,
     holm,
@@ -32,6 +32,7 @@ from dermt2im_hub.evaluation.stats import (
     mean_sd,
     paired_bootstrap_difference,
 )
+from dermt2im_hub.hub.eval_results import eval_results_entries, hub_dataset_id, hub_metric_id
 from dermt2im_hub.manifest import StageRun, try_read_manifest
 from dermt2im_hub.utils.files import atomic_save_figure, atomic_write_json, atomic_write_text
 
@@ -433,8 +434,8 @@ def model_index_card(model: str, mix: str, summaries: list[dict], dataset_ids: d
                 continue
             results.append(EvalResult(
                 task_type="image-classification", task_name="Binary skin-lesion classification",
-                dataset_type=dataset_ids.get(s["test_set"]) or s["test_set"], dataset_name=s["test_set"],
-                dataset_split="test", metric_type=metric,
+                dataset_type=hub_dataset_id(dataset_ids.get(s["test_set"]), s["test_set"]),
+                dataset_name=s["test_set"], dataset_split="test", metric_type=hub_metric_id(metric),
                 metric_name=f"{metric} (mean of {summary['n']} seed(s)"
                             + (f", SD {summary['sd']:.4f})" if summary.get("sd") is not None else ")"),
                 metric_value=round(summary["mean"], 6)))
@@ -462,12 +463,12 @@ def write_hub_metadata(output_dir: Path, summaries: list[dict], records: list[di
                 summary = s["metrics"].get(metric) or {}
                 if summary.get("mean") is None:
                     continue
-                sd = f" ± {100 * summary['sd']:.2f}" if summary.get("sd") is not None else ""
-                entries = eval_results_entries(
-                    str(dataset_ids.get(s["test_set"]) or s["test_set"]), metric, 100 * summary["mean"],
-                    f"{metric} (%) on {s['test_set']} (test, n={s['n_images']}), mean{sd} over {summary['n']} "
+                sd = f" ± {summary['sd']:.4f}" if summary.get("sd") is not None else ""
+                entries = eval_results_entries(  # one scale with model-index: fractions (hub.eval_results)
+                    hub_dataset_id(dataset_ids.get(s["test_set"]), s["test_set"]), metric, summary["mean"],
+                    f"{metric} (fraction) on {s['test_set']} (test, n={s['n_images']}), mean{sd} over {summary['n']} "
                     f"seed(s); mix {mix} ({s['synthetic_fraction']:.0%} synthetic, {s['size_policy']} size)")
-                path = folder / ".eval_results" / f"{slug(s['test_set'])}_{metric}.yaml"
+                path = folder / ".eval_results" / f"{slug(s['test_set'])}_{hub_metric_id(metric)}.yaml"
                 written.append(atomic_write_text(path, yaml.safe_dump(entries, sort_keys=False)))
     return written
 

@@ -35,7 +35,7 @@ from dermt2im_hub.config import ConfigError
 from dermt2im_hub.hub.resolve import is_hub_id
 from dermt2im_hub.utils.files import is_pickle_weight, is_safetensors, sha256_file
 from dermt2im_hub.utils.logging import get_logger
-from dermt2im_hub.utils.model_hash import UNET_WEIGHTS, unet_weights_sha256
+from dermt2im_hub.utils.model_hash import UNET_WEIGHTS, addnet_hash, unet_weights_sha256
 
 log = get_logger(__name__)
 
@@ -73,8 +73,12 @@ class AdapterInfo:
     weight_name: str  # file name inside the folder/repo
     sha256: str
     scale: float
-    name: str  # short, sanitised name for infotext and set_adapters
+    name: str  # short, sanitised name for set_adapters
     local_path: str
+    # what A1111/civitai call it (infotext `Lora hashes`): the file a user installs (the kohya copy train_lora
+    # writes beside the diffusers file, else the loaded file), named by its stem, and that file's addnet hash
+    a1111_name: str = ""
+    addnet_hash: str = ""
 
     def to_row(self) -> dict[str, Any]:
         """The adapter's entry in a metadata row (contract 2)."""
@@ -343,9 +347,32 @@ def resolve_adapter(spec: str, index: int = 0) -> AdapterInfo:
     else:
         local = Path(source).expanduser()
         weight_name = local.name
+    installed = _installed_file(local, repo_id if kind == "hub" else None)
     return AdapterInfo(id=source, weight_name=weight_name, sha256=sha256_file(local), scale=scale,
                        name=_adapter_name(index, source if kind != "hub" else source.split("/")[1]),
-                       local_path=str(local))
+                       local_path=str(local), a1111_name=installed.stem.replace(":", "").replace(",", ""),
+                       addnet_hash=addnet_hash(installed))
+
+
+def _installed_file(local: Path, repo_id: str | None) -> Path:
+    """The file an A1111/ComfyUI user installs for this adapter: the kohya copy a train_lora folder (or repo)
+    names in its manifest (extra.card.weight_files.kohya), else the loaded file itself."""
+    import json
+
+    try:
+        manifest_path = (_download_file(repo_id, "manifest.json", None, "LoRA manifest") if repo_id
+                         else local.parent / "manifest.json")
+        facts = json.loads(Path(manifest_path).read_text(encoding="utf-8"))["extra"]["card"]
+        kohya = facts["weight_files"]["kohya"]
+    except (ModelLoadError, OSError, ValueError, KeyError, TypeError):
+        return local
+    if not isinstance(kohya, str) or not is_safetensors(kohya) or "/" in kohya or "\\" in kohya:
+        return local
+    try:
+        path = _download_file(repo_id, kohya, None, "kohya LoRA file") if repo_id else local.parent / kohya
+    except ModelLoadError:
+        return local
+    return path if Path(path).is_file() else local
 
 
 def load_adapters(pipe, specs: list[str], base: BaseModelInfo) -> list[AdapterInfo]:

@@ -56,7 +56,9 @@ class FolderMismatchError(ConfigError):
 
 
 def infotext_for(image: PlannedImage, base, adapters) -> str:
-    lora_hashes = ", ".join(f"{a.name}: {a.sha256[:12]}" for a in adapters) or None
+    # as A1111 writes it, so civitai/A1111 lookups resolve: the installed file's stem and its addnet hash (12 hex);
+    # the metadata row keeps the sha256 of the file that was loaded
+    lora_hashes = ", ".join(f"{a.a1111_name or a.name}: {(a.addnet_hash or a.sha256)[:12]}" for a in adapters) or None
     params = {"Steps": image.steps, "Sampler": image.sampler, "CFG scale": image.cfg_scale, "Seed": image.seed,
               "Size": (image.width, image.height), "Model hash": base.short_hash, "Model": base.name,
               "Lora hashes": lora_hashes, "Version": f"dermt2im-hub {__version__}"}

@@ -8,13 +8,12 @@ optional), plus the stage, resolved config, inputs and package versions. Any fac
 
 Rendering goes through huggingface_hub's `ModelCard.from_template` / `DatasetCard.from_template` with
 `ModelCardData` / `DatasetCardData` (front matter) and `EvalResult` (the classifier's model-index); the Jinja
-templates live in the top-level `model_cards` package and are read with importlib.resources, so an installed
-wheel renders the same cards as a source checkout.
+templates live in the repository's `model_cards/` folder, installed as the `dermt2im_hub.model_cards` package,
+and are read with importlib.resources, so an installed wheel renders the same cards as a source checkout.
 """
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import re
@@ -26,6 +25,8 @@ from typing import Any
 import jinja2
 import yaml
 
+from dermt2im_hub.hub.eval_results import hub_dataset_id, hub_metric_id
+from dermt2im_hub.hub.nature import run_nature
 from dermt2im_hub.hub.redact import cut_local_paths
 from dermt2im_hub.hub.resolve import is_remote_hub_id, require_hub_id
 from dermt2im_hub.manifest import read_manifest
@@ -33,7 +34,7 @@ from dermt2im_hub.utils.files import atomic_write_text
 
 NOT_RECORDED = "not recorded"
 CARD_NAME = "README.md"
-TEMPLATE_PACKAGE = "model_cards"
+TEMPLATE_PACKAGE = "dermt2im_hub.model_cards"
 PLACEHOLDER_REPO_ID = "YOUR_ORG/YOUR_REPO"
 
 KINDS = ("lora", "dataset", "classifier", "results", "stage")
@@ -87,7 +88,7 @@ def is_recorded(value: Any) -> bool:
 
 
 def show(value: Any, suffix: str = "") -> str:
-    """A fact as Markdown-safe text, or "not recorded"."""
+    """A fact as Markdown-safe text (md_text), or "not recorded"."""
     if not is_recorded(value):
         return NOT_RECORDED
     if isinstance(value, bool):
@@ -97,13 +98,56 @@ def show(value: Any, suffix: str = "") -> str:
     if isinstance(value, (list, tuple)):
         return ", ".join(show(v) for v in value)
     if isinstance(value, Mapping):
-        return ", ".join(f"{_escape_cell(str(k))}: {show(v)}" for k, v in value.items())
-    return f"{_escape_cell(str(value))}{suffix}"
+        return ", ".join(f"{md_text(str(k))}: {show(v)}" for k, v in value.items())
+    return f"{md_text(str(value))}{suffix}"
 
 
-def _escape_cell(text: str) -> str:
-    # untrusted text (prompts, file names) must not break a table row or open HTML
-    return text.replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ").replace("<", "&lt;").replace(">", "&gt;")
+# Control characters (C0 but tab and newline, DEL, C1: ESC sequences recolour terminals that print a README)
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+# Markdown punctuation that can open a link, an image (both need `[`), a link reference definition, a code span or
+# a table cell (CommonMark lets any ASCII punctuation be backslash-escaped; the escaped character renders as
+# itself). Raw HTML and <autolinks> need `<`, written as an entity. Emphasis is left alone: it makes nothing live.
+_MARKDOWN_PUNCTUATION = re.compile(r"([\\`\[\]|])")
+
+
+def strip_control(text: str) -> str:
+    return _CONTROL.sub("", text)
+
+
+def md_text(text: str) -> str:
+    """Untrusted text (prompts, file names, infotext, metadata) as inert Markdown on one line: no link, image,
+    emphasis, code span, raw HTML, table-cell break, autolinked URL or control character survives; the rendered
+    card shows the text as it was."""
+    text = strip_control(text).replace("\r", " ").replace("\n", " ")
+    text = _MARKDOWN_PUNCTUATION.sub(r"\\\1", text)
+    text = text.replace("<", "&lt;").replace(">", "&gt;")
+    # GFM autolinks bare URLs and www. names: break the pattern without changing what is shown
+    return re.sub(r"(?i)(://|www\.)", lambda m: "\\:\\/\\/" if m.group(1) == "://" else "www\\.", text)
+
+
+def code(value: Any) -> str:
+    """Untrusted text as an inline code span (nothing inside is rendered): a backtick run longer than any in
+    the text delimits it; control characters and line breaks are removed."""
+    if not is_recorded(value):
+        return NOT_RECORDED
+    text = strip_control(str(value)).replace("\r", " ").replace("\n", " ")
+    fence = "`" * (max((len(run) for run in re.findall(r"`+", text)), default=0) + 1)
+    pad = " " if text.startswith("`") or text.endswith("`") else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
+
+
+def md_link_target(path: Any) -> str | None:
+    """A path inside the repo usable as a Markdown image/link target, or None: a URL with a scheme, an absolute
+    path or one leaving the repo would load something from elsewhere (a remote image, a javascript: link)."""
+    from urllib.parse import quote
+
+    if not is_recorded(path):
+        return None
+    text = strip_control(str(path)).replace("\\", "/")
+    parts = text.split("/")
+    if ":" in text or text.startswith("/") or ".." in parts or not text.strip():
+        return None
+    return quote(text, safe="/._-")
 
 
 def kv_table(mapping: Any, key_header: str = "name", value_header: str = "value") -> str:
@@ -111,7 +155,7 @@ def kv_table(mapping: Any, key_header: str = "name", value_header: str = "value"
     if not is_recorded(mapping) or not isinstance(mapping, Mapping):
         return show(mapping)
     lines = [f"| {key_header} | {value_header} |", "|---|---|"]
-    lines += [f"| {_escape_cell(str(k))} | {show(v)} |" for k, v in mapping.items()]
+    lines += [f"| {md_text(str(k))} | {show(v)} |" for k, v in mapping.items()]
     return "\n".join(lines)
 
 
@@ -156,18 +200,10 @@ def card_repo_type(kind: str, stage: str | None = None) -> str:
 
 
 def read_template(name: str) -> str:
-    """A template's text from the installed `model_cards` package (a wheel, a zip or a source tree)."""
-    try:
-        resource = resources.files(TEMPLATE_PACKAGE).joinpath(name)
-        if resource.is_file():
-            return resource.read_text(encoding="utf-8")
-    except (NotADirectoryError, TypeError):
-        # An editable install made while model_cards had no __init__.py maps it as a namespace package
-        # whose path holds a non-directory hook entry, which importlib.resources rejects: use its real dirs.
-        for directory in importlib.import_module(TEMPLATE_PACKAGE).__path__:
-            candidate = Path(directory) / name
-            if candidate.is_file():
-                return candidate.read_text(encoding="utf-8")
+    """A template's text from the installed `dermt2im_hub.model_cards` package (a wheel, a zip or a source tree)."""
+    resource = resources.files(TEMPLATE_PACKAGE).joinpath(name)
+    if resource.is_file():
+        return resource.read_text(encoding="utf-8")
     raise CardError(f"card template {name!r} is missing from the {TEMPLATE_PACKAGE} package")
 
 
@@ -237,7 +273,7 @@ def _instance_prompts(value: Any) -> list[str]:
 
 def _sample_images(value: Any) -> list[dict[str, str]]:
     samples = []
-    for item in value or []:
+    for item in value if isinstance(value, (list, tuple)) else []:
         if isinstance(item, Mapping) and is_recorded(item.get("path")):
             samples.append({"path": Path(str(item["path"])).as_posix(), "prompt": str(item.get("prompt") or "")})
     return samples
@@ -296,6 +332,8 @@ def _common_context(manifest: Mapping[str, Any], kind: str, repo_id: str | None)
         # hair removal of the images behind this card, as recorded (a bool), else None ("not recorded")
         "hair_removal": facts.get("hair_removal") if isinstance(facts.get("hair_removal"), bool) else None,
         "show": show,
+        "code": code,
+        "md_link_target": md_link_target,
         "kv_table": kv_table,
         "rows_table": rows_table,
         "is_recorded": is_recorded,
@@ -325,7 +363,7 @@ def _hash_text(sha256: Any, hashed: Any) -> str:
     if not is_recorded(sha256):
         return f"sha256 {NOT_RECORDED}"
     if is_recorded(hashed):
-        return f"sha256 of `{show(hashed)}`: {show(sha256)}"
+        return f"sha256 of {code(hashed)}: {show(sha256)}"
     return f"sha256 {show(sha256)} (what it is a hash of: {NOT_RECORDED})"
 
 
@@ -388,7 +426,8 @@ def _stage_context(ctx: dict[str, Any]) -> dict[str, Any]:
     # a generate run records the base model it loaded and its hash (the same quantity as a LoRA card's and a
     # dataset card's base-model hash) outside the card facts; the generic card shows it when present
     base = ctx["extra"].get("base_model") if isinstance(ctx["extra"].get("base_model"), Mapping) else None
-    ctx.update(stage_base_model=_public_name(base.get("id")) if base else None,
+    ctx.update(image_folder=IMAGE_FOLDER_SPLIT if ctx["stage"] in IMAGE_FOLDER_STAGES else None,
+               stage_base_model=_public_name(base.get("id")) if base else None,
                stage_base_model_hash=_hash_text(base.get("sha256"), base.get("hashed_file")) if base else None)
     return ctx
 
@@ -404,7 +443,9 @@ def _lora_card_data(ctx: dict[str, Any]):
     from huggingface_hub import ModelCardData
 
     f = ctx["f"]
-    widget = [{"text": s["prompt"], "output": {"url": s["path"]}} for s in ctx["samples"]]
+    # the Hub shows a widget's output url as an image: only files of the repo, never a remote URL
+    widget = [{"text": strip_control(s["prompt"]), "output": {"url": md_link_target(s["path"])}}
+              for s in ctx["samples"] if md_link_target(s["path"])]
     return ModelCardData(
         base_model=f.get("base_model") if is_remote_hub_id(f.get("base_model")) else None,
         library_name="diffusers",
@@ -427,10 +468,10 @@ def _classifier_card_data(ctx: dict[str, Any]):
         for metric, value in (result.get("metrics") or {}).items():
             if not isinstance(value, (int, float)) or isinstance(value, bool):
                 continue
-            eval_results.append(EvalResult(
+            eval_results.append(EvalResult(  # hub.eval_results: fractions, evaluate's ids, Hub dataset ids
                 task_type="image-classification", task_name="Binary skin-lesion classification",
-                dataset_type=str(result.get("dataset_id") or test_set), dataset_name=test_set,
-                dataset_split=result.get("split"), metric_type=str(metric), metric_name=str(metric),
+                dataset_type=hub_dataset_id(result.get("dataset_id"), test_set), dataset_name=test_set,
+                dataset_split=result.get("split"), metric_type=hub_metric_id(metric), metric_name=str(metric),
                 metric_value=float(value),
             ))
     pretrained = f.get("pretrained_weights")
@@ -499,11 +540,27 @@ def _generic_card_data(ctx: dict[str, Any], tags: list[str]):
     # a folder of data files (the benchmark's metrics and predictions) records its `configs:` block, so that
     # load_dataset(REPO, NAME) finds them whichever command renders the card
     configs = [_plain(c) for c in ctx["f"].get("configs") or [] if isinstance(c, Mapping) and c.get("config_name")]
+    configs = configs or image_folder_configs(ctx["stage"])
     extra = {"configs": configs} if configs else {}
     if configs and isinstance(ctx["f"].get("pretty_name"), str):
         extra["pretty_name"] = ctx["f"]["pretty_name"]
     return ModelCardData(license=ctx["license"], tags=list(tags),
                          datasets=_hub_ids(ctx["f"].get("datasets")) or None, **extra)
+
+
+# Stages that write an image folder (contract 1 and 2: {benign,malignant}/*.png + metadata.jsonl): their card's
+# `configs:` block makes load_dataset(FOLDER or REPO) read exactly the images and their metadata rows, never the
+# folder's other JSON files (test_exclusion.json, manifest.json) as a split. One split, `images`: the rows'
+# own `split` column (preprocess) says train/validation/test.
+IMAGE_FOLDER_STAGES = frozenset({"phantoms", "preprocess", "generate"})
+IMAGE_FOLDER_SPLIT = "images"
+
+
+def image_folder_configs(stage: Any) -> list[dict[str, Any]]:
+    if stage not in IMAGE_FOLDER_STAGES:
+        return []
+    return [{"config_name": "default", "data_files": [
+        {"split": IMAGE_FOLDER_SPLIT, "path": ["benign/*.png", "malignant/*.png", "metadata.jsonl"]}]}]
 
 
 def _plain(value: Any) -> Any:
@@ -550,6 +607,7 @@ def build_card(manifest: Mapping[str, Any], kind: str | None = None, repo_id: st
     part first, so a public card does not reveal a machine's directory layout."""
     from huggingface_hub import DatasetCard, ModelCard
 
+    banner = run_banner(manifest, card_kind(manifest, kind))  # follows the recorded local folders: before cutting
     manifest = cut_local_paths(manifest)
     kind = card_kind(manifest, kind)
     ctx = _CONTEXT_BUILDERS[kind](_common_context(manifest, kind, repo_id))
@@ -557,12 +615,52 @@ def build_card(manifest: Mapping[str, Any], kind: str | None = None, repo_id: st
     card_data = _CARD_DATA_BUILDERS[kind](ctx)
     card_class = DatasetCard if kind == "dataset" else ModelCard
     card = card_class.from_template(card_data, template_str=read_template(f"{kind}.md.j2"), **ctx)
-    return card_class(_tidy(str(card)))
+    return card_class(_tidy(strip_control(_after_title(str(card), banner))))
+
+
+def run_banner(manifest: Mapping[str, Any], kind: str) -> str | None:
+    """What world the run lives in (demo / real data; tiny or pretrained base; hub.nature), and for a classifier
+    whether it started from pretrained weights: a quoted line under the card's title."""
+    lines = [run_nature(manifest).sentence()]
+    facts = _card_facts(manifest)
+    if kind == "classifier" and "pretrained_weights" in facts:
+        start = facts["pretrained_weights"]
+        lines.append(f"The classifier started from pretrained weights {code(_public_name(start))}." if start
+                     else "The classifier was trained from random initialisation (not pretrained).")
+    lines = [line for line in lines if line]
+    return "\n".join(f"> {line}" + ("  " if i < len(lines) - 1 else "") for i, line in enumerate(lines)) or None
+
+
+def _after_title(text: str, banner: str | None) -> str:
+    """`banner` as the first paragraph under the card's first `# ` heading (after the front matter)."""
+    if not banner:
+        return text
+    match = re.search(r"^# .*$", text.split("\n---\n", 1)[-1], re.MULTILINE)
+    if match is None:
+        return text
+    head, sep, body = text.partition("\n---\n") if text.startswith("---") else ("", "", text)
+    start = match.end()
+    return f"{head}{sep}{body[:start]}\n\n{banner}\n{body[start:]}"
 
 
 def _tidy(text: str) -> str:
     """Template conditionals leave runs of blank lines; Markdown needs at most one."""
     return re.sub(r"\n{3,}", "\n\n", text).rstrip() + "\n"
+
+
+def load_manifest(folder: Path) -> dict[str, Any]:
+    """The folder's manifest.json as a mapping, or a CardError saying what is wrong with it."""
+    try:
+        manifest = read_manifest(folder)
+    except FileNotFoundError as error:
+        raise CardError(str(error)) from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise CardError(f"{folder}/manifest.json cannot be read ({type(error).__name__}: {error}); re-run the "
+                        "stage that wrote it") from None
+    if not isinstance(manifest, Mapping):
+        raise CardError(f"{folder}/manifest.json holds a JSON {type(manifest).__name__}, not a stage manifest "
+                        "(an object with stage, config, extra ...)")
+    return manifest
 
 
 def render_card(folder: str | os.PathLike, kind: str | None = None, repo_id: str | None = None) -> Path:
@@ -573,5 +671,11 @@ def render_card(folder: str | os.PathLike, kind: str | None = None, repo_id: str
     folder = Path(folder)
     if repo_id is not None:
         require_hub_id(repo_id, "--repo-id")
-    card = build_card(read_manifest(folder), kind=kind, repo_id=repo_id)
+    try:
+        card = build_card(load_manifest(folder), kind=kind, repo_id=repo_id)
+    except (TypeError, AttributeError, KeyError, ValueError, jinja2.TemplateError) as error:
+        if isinstance(error, CardError):
+            raise
+        raise CardError(f"{folder}/manifest.json: a recorded fact does not have the shape its card needs "
+                        f"({type(error).__name__}: {error}); fix or re-run the stage that wrote it") from None
     return atomic_write_text(folder / CARD_NAME, str(card))

@@ -3,13 +3,14 @@
     info = push_folder("outputs/lora", "my-org/dermt2im-lora")   # -> huggingface_hub CommitInfo
     print(info.commit_url)
 
-This wraps `HfApi.create_repo` + `HfApi.repo_info` + `HfApi.upload_folder`; it only adds the policy:
+This wraps `HfApi.create_repo` + `HfApi.repo_info` + `HfApi.upload_folder`. What may go up is decided by the
+publishing gate (dermt2im_hub.hub.gate: stage rules, memorized rows, real images, outward symlinks, pickle
+weights, the card rendered for the target repo); this module adds the mechanics:
 - the repo is created private unless `private=False` (an existing repo keeps its visibility), and a private
   push into an existing public repo is refused;
 - JSON, JSONL and YAML files go up as a redacted view: every absolute local path in them becomes
   `<local>/LASTPART` (dermt2im_hub.hub.redact); the local files keep their full provenance;
 - checkpoints, optimizer/scheduler states, caches, logs, TensorBoard events and temp files are not uploaded;
-- pickle-based weight files (.bin/.pt/.pth/.pkl/.pickle/.ckpt) are refused before anything is sent;
 - transient HTTP errors (5xx, 429, dropped connections, timeouts) are retried with exponential backoff;
 - the token is whatever huggingface_hub finds (HF_TOKEN or the cached `hf auth login`); this module never
   reads, prints, logs or writes it;
@@ -29,130 +30,29 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from dermt2im_hub.hub.cards import CARD_NAME
+from dermt2im_hub.hub.gate import (
+    IGNORE_PATTERNS,
+    REAL_IMAGE_STAGES,
+    REPO_TYPES,
+    Permissions,
+    PushError,
+    PushPlan,
+    UnsafeWeightsError,
+    files_to_upload,
+    real_image_content,
+    review,
+)
 from dermt2im_hub.hub.redact import needs_redaction, redact_file
-from dermt2im_hub.hub.resolve import HubInputError, require_hub_id
-from dermt2im_hub.utils.files import is_pickle_weight
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-REPO_TYPES = ("model", "dataset")
-
-# fnmatch patterns on repo-relative paths (`*` also crosses `/`), as upload_folder applies them.
-IGNORE_PATTERNS = [
-    # intermediate training checkpoints (accelerate save_state folders) and their optimizer/scheduler states
-    "checkpoints/*", "*/checkpoints/*", "checkpoint-*", "*/checkpoint-*",
-    "optimizer*.pt", "*/optimizer*.pt", "optimizer*.bin", "*/optimizer*.bin",
-    "scheduler*.pt", "*/scheduler*.pt", "scheduler*.bin", "*/scheduler*.bin",
-    "scaler*.pt", "*/scaler*.pt", "random_states*.pkl", "*/random_states*.pkl",
-    "training_state*", "*/training_state*",
-    # caches
-    ".cache/*", "*/.cache/*", "__pycache__/*", "*/__pycache__/*", "*.pyc", ".ipynb_checkpoints/*",
-    "*/.ipynb_checkpoints/*", ".DS_Store", "*/.DS_Store",
-    # logs and experiment trackers
-    "*.log", "logs/*", "*/logs/*", "runs/*", "*/runs/*", "wandb/*", "*/wandb/*", "*events.out.tfevents.*",
-    # leftovers of interrupted atomic writes (dermt2im_hub.utils.files)
-    "*.tmp", ".*.tmp", "*/.*.tmp",
-    # resume journals and state of long jobs (the data stage's .preprocess-journal.jsonl names every source
-    # file; generation keeps per-rank rows and its plan state in .generate/)
-    ".*journal*", "*/.*journal*", ".generate/*", "*/.generate/*",
-]
-
-# Stages whose output folder holds real (patient-derived) dermoscopy images, and which images: `dermt2im push`
-# wants --allow-real-images for them. A build_dataset folder built with the `real` config holds them too.
-REAL_IMAGE_STAGES = {
-    "preprocess": "the preprocessed real dermoscopy images (ISIC, HAM10000 or a clinic folder)",
-    "qa": "crops of real training images next to their closest synthetic images (closest_pairs/)",
-}
+__all__ = ["IGNORE_PATTERNS", "REAL_IMAGE_STAGES", "REPO_TYPES", "PushError", "UnsafeWeightsError",
+           "files_to_upload", "push_folder", "real_image_content", "redacted_files", "staged_folder",
+           "with_retries"]
 
 TRANSIENT_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
-
-
-class PushError(RuntimeError):
-    """A push that cannot or should not happen; the message says why and what to do."""
-
-
-class UnsafeWeightsError(PushError):
-    """The folder holds pickle-based weight files, which are never published."""
-
-
-# ---------------------------------------------------------------------------------------------- what is uploaded
-
-
-def files_to_upload(folder: str | os.PathLike, ignore_patterns: list[str] | None = None) -> list[str]:
-    """Repo-relative paths upload_folder would send, with the same pattern matching it uses."""
-    from huggingface_hub.utils import filter_repo_objects
-    from huggingface_hub.utils._paths import DEFAULT_IGNORE_PATTERNS
-
-    folder = Path(folder)
-    paths = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
-    patterns = list(IGNORE_PATTERNS if ignore_patterns is None else ignore_patterns) + list(DEFAULT_IGNORE_PATTERNS)
-    return list(filter_repo_objects(paths, ignore_patterns=patterns))
-
-
-def real_image_content(manifest: dict | None) -> str | None:
-    """What real patient-derived images a stage folder holds (from its manifest), or None when it holds none."""
-    if not isinstance(manifest, dict):
-        return None
-    stage = manifest.get("stage")
-    if stage in ("preprocess", "build_dataset") and _phantoms_only(manifest):
-        return None  # procedural phantoms (the demo's inputs): no patient behind them
-    if stage in REAL_IMAGE_STAGES:
-        return REAL_IMAGE_STAGES[stage]
-    if stage == "build_dataset":
-        config = manifest.get("config") if isinstance(manifest.get("config"), dict) else {}
-        extra = manifest.get("extra") if isinstance(manifest.get("extra"), dict) else {}
-        card = extra.get("card") if isinstance(extra.get("card"), dict) else {}
-        if "real" in (config.get("config_name"), card.get("builder_config")):
-            return "a dataset of real dermoscopy images (the `real` config)"
-    return None
-
-
-def _phantoms_only(manifest: dict, depth: int = 3) -> bool:
-    """Whether a preprocess or dataset folder was made from `dermt2im make-phantoms` images alone, following
-    the recorded input folders (preprocess: config.images; a dataset: its inputs). Anything that cannot be
-    followed counts as real."""
-    from dermt2im_hub.manifest import try_read_manifest
-
-    stage = manifest.get("stage")
-    if stage == "phantoms":
-        return True
-    if depth == 0 or stage not in ("preprocess", "build_dataset"):
-        return False
-    if stage == "preprocess":
-        config = manifest.get("config") if isinstance(manifest.get("config"), dict) else {}
-        sources = [config.get("images")]
-    else:
-        inputs = manifest.get("inputs") if isinstance(manifest.get("inputs"), dict) else {}
-        sources = [item.get("path") for item in inputs.values() if isinstance(item, dict)]
-    if not sources or not all(isinstance(path, str) and path for path in sources):
-        return False
-    return all(_phantoms_only(try_read_manifest(path) or {}, depth - 1) for path in sources)
-
-
-def pickle_weight_files(paths: list[str]) -> list[str]:
-    return [p for p in paths if is_pickle_weight(p)]
-
-
-def check_folder(folder: str | os.PathLike) -> list[str]:
-    """The files a push would upload; raises PushError / UnsafeWeightsError when it must not happen."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise PushError(f"{folder} is not a folder")
-    paths = files_to_upload(folder)
-    if not paths:
-        raise PushError(f"{folder} has no file to upload (it is empty or every file matches an ignore pattern)")
-    unsafe = pickle_weight_files(paths)
-    if unsafe:
-        listed = ", ".join(unsafe[:10]) + (f" and {len(unsafe) - 10} more" if len(unsafe) > 10 else "")
-        raise UnsafeWeightsError(
-            f"refusing to push {folder}: it holds pickle-based weight file(s) {listed}. Pickle files run code "
-            "when loaded; convert them to .safetensors (safetensors.torch.save_file) and remove the originals.")
-    if CARD_NAME not in paths:
-        logger.warning("%s has no %s: the Hub repo will have no card (run `dermt2im card %s` first)",
-                       folder, CARD_NAME, folder)
-    return paths
 
 
 # ---------------------------------------------------------------------------------------------- retries
@@ -202,23 +102,34 @@ def redacted_files(folder: str | os.PathLike, paths: list[str]) -> dict[str, byt
     return out
 
 
+def published_bytes(plan: PushPlan) -> dict[str, bytes]:
+    """The files whose published bytes differ from the local ones: the card rendered for the target repo and
+    the redacted copies of files naming local paths."""
+    own = [p for p in plan.files if not (p == CARD_NAME and plan.card is not None)]
+    out = redacted_files(plan.folder, own)
+    if plan.card is not None:
+        card = plan.card.encode("utf-8")
+        out[CARD_NAME] = redact_file(CARD_NAME, card) or card
+    return out
+
+
 @contextlib.contextmanager
-def staged_folder(folder: str | os.PathLike, paths: list[str]) -> Iterator[tuple[Path, list[str]]]:
-    """A temporary folder holding what a push publishes: redacted copies of the files whose local paths must
-    not go up, links to every other file in `paths` (a copy where links cannot be made). Yields the folder and
-    the redacted paths; the local folder is only read."""
-    folder = Path(folder).absolute()
-    redacted = redacted_files(folder, paths)
+def staged_folder(plan: PushPlan) -> Iterator[tuple[Path, list[str]]]:
+    """A temporary folder holding what a push publishes: the card for the target repo, redacted copies of the
+    files whose local paths must not go up, links to every other file of the plan (a copy where links cannot
+    be made). Yields the folder and the rewritten paths; the local folder is only read."""
+    folder = Path(plan.folder).absolute()
+    rewritten = published_bytes(plan)
     with tempfile.TemporaryDirectory(prefix="dermt2im-push-") as tmp:
         staging = Path(tmp) / "upload"
-        for path in paths:
+        for path in plan.files:
             target = staging / path
             target.parent.mkdir(parents=True, exist_ok=True)
-            if path in redacted:
-                target.write_bytes(redacted[path])
-            else:
-                _link_or_copy(folder / path, target)
-        yield staging, sorted(redacted)
+            if path in rewritten:
+                target.write_bytes(rewritten[path])
+            else:  # the file itself (a link inside the folder: the file it was checked to reach)
+                _link_or_copy(Path(os.path.realpath(folder / path)), target)
+        yield staging, sorted(rewritten)
 
 
 def _link_or_copy(source: Path, target: Path) -> None:
@@ -249,36 +160,34 @@ def check_visibility(api, repo_id: str, repo_type: str, private: bool, **retry) 
                     "another repo id")
 
 
-def push_folder(folder: str | os.PathLike, repo_id: str, repo_type: str = "model", private: bool = True,
+def push_folder(folder: str | os.PathLike, repo_id: str, repo_type: str | None = None, private: bool = True,
                 revision: str | None = None, commit_message: str | None = None, api=None, *,
+                allow_memorized: bool = False, allow_real_images: bool = False,
                 attempts: int = 5, backoff_seconds: float = 2.0, sleep: Callable[[float], Any] = time.sleep):
     """Create `repo_id` (private unless `private=False`) and upload `folder` to it; returns the CommitInfo
-    (its `.commit_url` says where the commit is). `revision` is a branch, created from main when missing."""
-    if repo_type not in REPO_TYPES:
-        raise PushError(f"repo_type must be one of {', '.join(REPO_TYPES)}, got {repo_type!r}")
-    try:
-        require_hub_id(repo_id)
-    except HubInputError as error:
-        raise PushError(str(error)) from None
-    folder = Path(folder)
-    paths = check_folder(folder)
+    (its `.commit_url` says where the commit is). The publishing gate (dermt2im_hub.hub.gate.review) decides
+    first, with the two permissions; `repo_type` defaults to the folder's (dataset for images and tables).
+    `revision` is a branch, created from main when missing."""
+    plan = review(folder, repo_id, repo_type,
+                  Permissions(allow_memorized=allow_memorized, allow_real_images=allow_real_images))
     if api is None:
         from huggingface_hub import HfApi
 
         api = HfApi()  # token: HF_TOKEN or the cached login, resolved inside huggingface_hub
-    message = commit_message or f"Upload {folder.name} with dermt2im-hub"
+    message = commit_message or f"Upload {plan.folder.name} with dermt2im-hub"
     retry = {"attempts": attempts, "backoff_seconds": backoff_seconds, "sleep": sleep}
+    repo_type = plan.repo_type
 
-    # the redacted view is made before the first request, so a file that cannot be read sends nothing
-    with staged_folder(folder, paths) as (staging, redacted):
+    # the published view is made before the first request, so a file that cannot be read sends nothing
+    with staged_folder(plan) as (staging, rewritten):
         repo_url = with_retries(lambda: api.create_repo(repo_id, repo_type=repo_type, private=private,
                                                         exist_ok=True), "create_repo", **retry)
         check_visibility(api, repo_id, repo_type, private, **retry)
         if revision and revision != "main":
             with_retries(lambda: api.create_branch(repo_id, branch=revision, repo_type=repo_type, exist_ok=True),
                          "create_branch", **retry)
-        logger.info("uploading %d files from %s to %s (%s); local paths redacted in %d", len(paths), folder,
-                    repo_url, repo_type, len(redacted))
+        logger.info("uploading %d files from %s to %s (%s); rewritten for publishing: %d", len(plan.files),
+                    plan.folder, repo_url, repo_type, len(rewritten))
         return with_retries(lambda: api.upload_folder(
             repo_id=repo_id, folder_path=str(staging), repo_type=repo_type, revision=revision,
             commit_message=message, ignore_patterns=list(IGNORE_PATTERNS),  # fresh list: upload_folder extends it

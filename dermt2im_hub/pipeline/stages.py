@@ -340,16 +340,16 @@ def push_targets(run: RunConfig, layout: RunLayout) -> list[tuple[Path, str, str
 
 
 def push_all(run: RunConfig, layout: RunLayout) -> dict[str, str]:
-    """Upload each configured folder (private unless run.push.public); returns repo id -> commit URL."""
-    from dermt2im_hub.dataset.export import check_publishable
+    """Upload each configured folder (private unless run.push.public) through the publishing gate; naming
+    run.push.real_dataset is the explicit ask to publish real images. Returns repo id -> commit URL."""
     from dermt2im_hub.hub import push_folder
 
     urls = {}
     for folder, repo_id, repo_type in push_targets(run, layout):
-        if folder in (layout.synthetic_dataset, layout.real_dataset):
-            check_publishable(folder, allow_memorized=run.allow_memorized)
         urls[repo_id] = push_folder(folder, repo_id, repo_type=repo_type, private=not run.push.public,
-                                    commit_message=f"dermt2im run: {folder.name}")
+                                    commit_message=f"dermt2im run: {folder.name}",
+                                    allow_memorized=run.allow_memorized,
+                                    allow_real_images=folder == layout.real_dataset)
     return urls
 
 

@@ -29,3 +29,18 @@ def unet_weights_sha256(folder: str | Path, variant: str | None = None) -> tuple
         joined = "".join(sha256_file(p) for p in shards)
         return sha256_bytes(joined.encode()), "unet/diffusion_pytorch_model-*.safetensors (sha256 of shard sha256s)"
     return None, None
+
+
+def addnet_hash(path: str | Path) -> str:
+    """The hash AUTOMATIC1111 and civitai give a LoRA safetensors file (kohya's "addnet" hash): the sha256 of the
+    file after its header (an 8-byte little-endian header length, then that many bytes of JSON), so that editing
+    the file's metadata does not change it. A1111's infotext `Lora hashes` shows its first 12 hex digits."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        header_length = int.from_bytes(handle.read(8), "little")
+        handle.seek(8 + header_length)
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
