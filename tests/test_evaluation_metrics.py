@@ -219,3 +219,60 @@ def test_difference_ci_carries_seed_to_seed_spread():
                                 rng=np.random.default_rng(3)).confidence_interval
     assert ours["ci_low"] == pytest.approx(reference.low, abs=0.02)
     assert ours["ci_high"] == pytest.approx(reference.high, abs=0.02)
+
+
+def _load_null_simulation():
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "null_simulation.py"
+    spec = importlib.util.spec_from_file_location("bench_null_simulation", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_primary_test_holds_its_false_positive_rate_where_ensemble_mcnemar_does_not():
+    """Under a true null (equal population accuracy, 5 seeds per arm, a fresh test set per experiment) the
+    seed-aware test rejects 3-7 % of the time at alpha 0.05 for n in {227, 659} and seed SD 1-3 pp; the
+    ensemble McNemar test (the old verdict) does not, so the check can fail. bench/null_simulation.py prints
+    the full table with power."""
+    simulation = _load_null_simulation()
+    rates = {(n, sd): simulation.simulate(n, sd, experiments=1200) for n, sd in simulation.CELLS}
+    for (n, sd), rate in rates.items():
+        assert 0.03 <= rate["primary"] <= 0.07, (n, sd, rate)
+        assert abs(rate["realised_seed_sd_pp"] - sd) < 0.3, (n, sd, rate)  # the cell is the one it claims
+    assert rates[(659, 3.0)]["mcnemar"] > 0.15
+
+
+def test_seed_image_test_is_the_paired_t_test_with_one_seed_and_widens_with_seed_spread():
+    from scipy import stats
+
+    from dermt2im_hub.evaluation.stats import seed_image_test
+
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 2, 300)
+    a = np.where(rng.random(300) < 0.82, labels, 1 - labels)
+    b = np.where(rng.random(300) < 0.75, labels, 1 - labels)
+    ours = seed_image_test("accuracy", labels, a, b)
+    reference = stats.ttest_rel((a == labels) * 1.0, (b == labels) * 1.0)
+    assert ours["p_value"] == pytest.approx(reference.pvalue, rel=1e-9)
+    assert ours["df"] == pytest.approx(299) and not ours["seed_variance_known"]
+    low, high = reference.confidence_interval(0.95)
+    assert (ours["ci_low"], ours["ci_high"]) == (pytest.approx(low), pytest.approx(high))
+
+    # five seeds that agree image by image except for a shared shift: the seed part dominates the variance
+    steady = np.stack([a] * 5)
+    shifted = np.stack([np.where(np.arange(300) < k * 15, labels, a) for k in range(5)])
+    wide = seed_image_test("accuracy", labels, shifted, steady)
+    assert wide["seed_variance_known"] and wide["seed_se"] > wide["image_se"]
+    assert wide["df"] < 20  # five seeds are not read as hundreds of observations
+    assert wide["detectable_difference"] > 2.4 * wide["se"]
+
+
+def test_mcc_is_none_when_undefined():
+    from dermt2im_hub.evaluation.metrics.derm_metrics import compute_all
+
+    assert compute_all([0, 0, 1, 1], [1, 1, 1, 1])["mcc"] is None  # one predicted class
+    assert compute_all([1, 1, 1], [1, 0, 1])["mcc"] is None  # one true class
+    assert compute_all([0, 1, 0, 1], [0, 1, 1, 1])["mcc"] == pytest.approx(skm.matthews_corrcoef([0, 1, 0, 1],
+                                                                                                 [0, 1, 1, 1]))
