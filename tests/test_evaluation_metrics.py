@@ -276,3 +276,41 @@ def test_mcc_is_none_when_undefined():
     assert compute_all([1, 1, 1], [1, 0, 1])["mcc"] is None  # one true class
     assert compute_all([0, 1, 0, 1], [0, 1, 1, 1])["mcc"] == pytest.approx(skm.matthews_corrcoef([0, 1, 0, 1],
                                                                                                  [0, 1, 1, 1]))
+
+
+def test_paper_names_only_for_the_paper_setup():
+    """The paper's name (and its Table IV number) only when the timm id, the pretrained weights and the input
+    size are the paper's; otherwise the real id and why it is not the paper's setup."""
+    from dermt2im_hub.evaluation.leaderboard import model_label, paper_setup
+
+    assert paper_setup("vit_base_patch16_224.orig_in21k", "google/vit-base-patch16-224-in21k", 224)[0] == "ViT-B/16"
+    assert paper_setup("mobilenetv2_100", "timm/mobilenetv2_100.ra_in1k", 224)[0] == "MobileNetV2"
+    assert paper_setup("local-dir:/models/mobilenetv2_100.tf_in1k", "/models/x", 224)[0] == "MobileNetV2"
+    not_paper = [("mobilenetv2_050", None, 32), ("mobilenetv2_100", None, 224), ("mobilenetv2_100", "w", 128),
+                 ("vit_base_patch16_224.augreg_in21k", "timm/vit_base_patch16_224.augreg_in21k", 224),
+                 ("vit_tiny_patch16_224", "timm/vit_tiny", 224)]
+    for model, weights, size in not_paper:
+        name, why = paper_setup(model, weights, size)
+        assert name is None and why, model
+        label = model_label(model, {model: (name, why)})
+        assert "MobileNetV2" not in label and "ViT-B/16" not in label and "not the paper's setup" in label
+
+
+def test_delong_and_operating_points():
+    from dermt2im_hub.evaluation.stats import delong_difference, sensitivity_at_specificity
+
+    rng = np.random.default_rng(4)
+    labels = rng.integers(0, 2, 400)
+    good = labels + rng.normal(0, 0.6, 400)
+    poor = labels + rng.normal(0, 1.5, 400)
+    result = delong_difference(labels, good, poor)
+    assert result["auroc_a"] == pytest.approx(skm.roc_auc_score(labels, good))
+    assert result["difference"] > 0 and result["p_value"] < 0.001
+    assert delong_difference(labels, good, good)["p_value"] == 1.0
+    # the DeLong SE of a single AUROC difference is close to a bootstrap's
+    draws = rng.integers(0, 400, (300, 400))
+    boot = [skm.roc_auc_score(labels[d], good[d]) - skm.roc_auc_score(labels[d], poor[d]) for d in draws]
+    assert result["se"] == pytest.approx(np.std(boot), rel=0.25)
+    sens = sensitivity_at_specificity(labels, good, 0.9)
+    fpr, tpr, _ = skm.roc_curve(labels, good)
+    assert sens == pytest.approx(tpr[fpr <= 0.1].max()) and sensitivity_at_specificity([1, 1], [0.2, 0.3], 0.8) is None

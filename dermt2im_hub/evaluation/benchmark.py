@@ -243,7 +243,7 @@ def _test(model, data: BenchmarkData, data_config: dict, config: EvaluationConfi
         result = score_test_set(table, probabilities, config, seed)
         result["dataset_id"] = spec.hub_id or spec.path
         results.append(result)
-        predictions += prediction_rows(table, probabilities)
+        predictions += prediction_rows(table, probabilities, config)
     return results, predictions
 
 

@@ -267,3 +267,55 @@ def seed_image_test(name: str, labels, predictions_a, predictions_b, confidence:
             "detectable_difference": detectable_difference(variance, df, detect_alpha, power),
             "detect_alpha": detect_alpha, "power": power,
             "seed_variance_known": right_a.shape[0] > 1 and right_b.shape[0] > 1}
+
+
+# ---------------------------------------------------------------------------------------------- scores
+
+
+def sensitivity_at_specificity(labels, scores, specificity: float) -> float | None:
+    """The highest sensitivity any threshold reaches while keeping at least `specificity` (ROC curve
+    points; None when the test set lacks a class)."""
+    from sklearn.metrics import roc_curve
+
+    labels = np.asarray(labels, dtype=np.int64)
+    if len(np.unique(labels)) < 2:
+        return None
+    fpr, tpr, _ = roc_curve(labels, np.asarray(scores, dtype=np.float64))
+    allowed = fpr <= 1.0 - specificity + 1e-12
+    return float(tpr[allowed].max())
+
+
+def _placements(positive: np.ndarray, negative: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
+    """AUROC and DeLong's structural components (midranks, so ties count one half)."""
+    from scipy.stats import rankdata
+
+    m, n = positive.size, negative.size
+    overall = rankdata(np.concatenate([positive, negative]))
+    within_positive, within_negative = rankdata(positive), rankdata(negative)
+    auc = (overall[:m].sum() - m * (m + 1) / 2) / (m * n)
+    v10 = (overall[:m] - within_positive) / n  # share of negatives each positive outranks
+    v01 = 1.0 - (overall[m:] - within_negative) / m  # share of positives that outrank each negative
+    return float(auc), v10, v01
+
+
+def delong_difference(labels, scores_a, scores_b) -> dict[str, float | None]:
+    """Paired DeLong test of AUROC(A) - AUROC(B) on the same images (DeLong, DeLong & Clarke-Pearson 1988)."""
+    from scipy.stats import norm
+
+    labels = np.asarray(labels, dtype=np.int64)
+    positive, negative = labels == 1, labels == 0
+    if positive.sum() < 2 or negative.sum() < 2:
+        return {"auroc_a": None, "auroc_b": None, "difference": None, "se": None, "p_value": None}
+    parts = [_placements(np.asarray(s, dtype=np.float64)[positive], np.asarray(s, dtype=np.float64)[negative])
+             for s in (scores_a, scores_b)]
+    s10 = np.cov(np.stack([parts[0][1], parts[1][1]]))
+    s01 = np.cov(np.stack([parts[0][2], parts[1][2]]))
+    contrast = np.array([1.0, -1.0])
+    variance = float(contrast @ s10 @ contrast / positive.sum() + contrast @ s01 @ contrast / negative.sum())
+    difference = parts[0][0] - parts[1][0]
+    if variance <= 0:
+        p = 1.0 if difference == 0 else 0.0
+    else:
+        p = float(2 * norm.sf(abs(difference) / math.sqrt(variance)))
+    return {"auroc_a": parts[0][0], "auroc_b": parts[1][0], "difference": difference,
+            "se": math.sqrt(max(variance, 0.0)), "p_value": p}
