@@ -103,7 +103,8 @@ def inputs(tmp_path_factory, shared_data):
 def _config(output_dir: Path, **overrides) -> EvaluationConfig:
     settings = {"models": TINY_MODELS, "pretrained": False, "image_size": 32, "seeds": [0, 1], "epochs": 1,
                 "batch_size": 8, "eval_batch_size": 32, "num_workers": 0, "bootstrap_resamples": 200,
-                "arms": ["real", "hybrid"], "output_dir": str(output_dir), "real": {"path": None},
+                "arms": ["real", "hybrid"], "shrink_short_mixes": True,  # the samples hold too few synthetic
+                "output_dir": str(output_dir), "real": {"path": None},
                 "synthetic": {"path": None}}
     settings.update(overrides)
     return load_config(EvaluationConfig, overrides=settings)
@@ -143,6 +144,12 @@ def test_benchmark_writes_one_record_per_run_with_metrics_cis_and_predictions(be
     hybrid = next(r for r in records if r["mix"] == "r0.75")
     assert hybrid["training_mix"]["synthetic_fraction"] == pytest.approx(0.75, abs=0.05)
     assert hybrid["training_mix"]["synthetic_images"] > 0
+    # equal training budgets: whatever the size of its training set, every arm sees the same samples and steps
+    real = next(r for r in records if r["mix"] == "real" and r["model"] == hybrid["model"])
+    assert hybrid["budget"] == real["budget"] and real["budget"]["steps"] > 0
+    assert real["budget"]["samples"] == real["training_mix"]["real_images"]  # epochs: 1
+    assert all(r["budget"] == real["budget"] for r in records)
+    assert {p["groups"]["sex"] for p in hybrid["predictions"]} - {None}  # subgroups ride along for the CIs
 
 
 def test_results_folder_is_a_hub_ready_dataset(benchmark):

@@ -144,7 +144,8 @@ def test_mixes_hold_the_synthetic_fraction_per_class():
     real_rows, synthetic_rows = select_mix(real, synthetic, Mix(1.0), seed=0)
     assert len(real_rows) == 0 and len(synthetic_rows) == 600
     small = np.array([0] * 10 + [1] * 10)
-    real_rows, synthetic_rows = select_mix(real, small, Mix(0.5), seed=0)  # synthetic-bound: fraction kept
+    # opted into shrinking: synthetic-bound, the fraction is kept with fewer real images
+    real_rows, synthetic_rows = select_mix(real, small, Mix(0.5), seed=0, shrink=True)
     assert len(synthetic_rows) == len(real_rows) == 20
     assert select_mix(real, None, Mix(0.0), seed=0)[0].size == 60
 
@@ -314,3 +315,51 @@ def test_delong_and_operating_points():
     sens = sensitivity_at_specificity(labels, good, 0.9)
     fpr, tpr, _ = skm.roc_curve(labels, good)
     assert sens == pytest.approx(tpr[fpr <= 0.1].max()) and sensitivity_at_specificity([1, 1], [0.2, 0.3], 0.8) is None
+
+
+def test_training_budget_is_identical_across_arms():
+    """Every arm trains the same samples, rounds, steps, warm-up and patience, counted in the real-only
+    training set, whatever the size of its own training set; budget.samples makes it explicit."""
+    import torch
+
+    from dermt2im_hub.evaluation.train import CachedTrainingSet, _train_loader, training_budget
+
+    config = load_config(EvaluationConfig, overrides={"epochs": 3, "batch_size": 8, "num_workers": 0,
+                                                      "warmup_epochs": 0.5, "early_stopping_patience": 2})
+    budget = training_budget(config, real_training_images=40)
+    assert (budget.samples, budget.round_samples, budget.warmup_samples, budget.patience_rounds) == (120, 40, 20, 2)
+
+    class OneProcess:
+        num_processes = 1
+        device = torch.device("cpu")
+
+    pool = np.zeros((160, 4, 4, 3), np.uint8)
+    lengths = []
+    for images in (40, 160):  # real-only, hybrid (75 % synthetic)
+        labels = np.arange(images) % 2
+        train_set = CachedTrainingSet([pool], [np.arange(images)], [labels])
+        lengths.append(len(_train_loader(train_set, config, torch.Generator(), OneProcess(), budget.round_samples)))
+    assert lengths == [5, 5]  # 40 draws per round in batches of 8, for both
+
+    explicit = load_config(EvaluationConfig, overrides={"budget": {"samples": 1000, "round_samples": 250}})
+    fixed = training_budget(explicit, real_training_images=40)
+    assert (fixed.rounds, fixed.as_record()["samples"], fixed.source) == (4, 1000, "budget.samples")
+    with pytest.raises(ConfigError, match="budget.samples"):
+        load_config(EvaluationConfig, overrides={"budget": {"samples": 0}})
+
+
+def test_a_short_mix_fails_saying_how_many_synthetic_images_are_missing():
+    """A full mix keeps every real image; without enough synthetic images that is an error (before any run
+    trains), not a silent drop of real images, unless shrink_short_mixes is set."""
+    from dermt2im_hub.evaluation.mixes import ShortMixError, check_mixes
+
+    real = np.array([0] * 40 + [1] * 20)
+    synthetic = np.array([0] * 100 + [1] * 100)
+    with pytest.raises(ShortMixError, match=r"all 40 real benign .* 120 synthetic benign .* has 100: 20 missing"):
+        select_mix(real, synthetic, Mix(0.75), seed=0)
+    mixes = plan_mixes(["real", "hybrid"], 0.75, [])
+    with pytest.raises(ShortMixError, match="shrink_short_mixes"):
+        check_mixes(real, synthetic, mixes)
+    check_mixes(real, synthetic, mixes, shrink=True)
+    check_mixes(real, synthetic, plan_mixes(["real", "hybrid"], 0.6, []))  # 60 + 30 needed: enough
+    assert issubclass(ShortMixError, ConfigError)
