@@ -315,3 +315,40 @@ def test_an_interrupted_run_keeps_finished_images_and_resumes(phantoms, tmp_path
     resumed = run_preprocess(config, progress=False)
     assert (resumed.processed, resumed.reused, len(resumed.records)) == (4, 2, 6)
     assert read_manifest(tmp_path / "o")["status"] == "complete"
+
+
+def test_a_ham_id_inside_an_isic_source_is_dropped_before_any_training(shared_data, tmp_path):
+    """ISIC 2019's ground truth lists HAM10000's images under their ISIC_ ids. With HAM10000 as the unseen test
+    source (exclude_sources: its metadata CSV), those rows are dropped at preprocessing, counted in the report
+    and manifest, and never reach metadata.jsonl (what the LoRA and the classifiers train on); a second pass
+    with the preprocessed HAM folder as the list catches the same images by id and bytes."""
+    ham, isic = _sub(shared_data, "ham10000-sample"), _sub(shared_data, "isic-sample")
+    ground_truth = _sub(shared_data, "isic-ground-truth") / "ISIC_2019_Training_GroundTruth.csv"
+    images = tmp_path / "images"
+    images.mkdir()
+    ham_images = sorted((ham / "images").glob("*.jpg"))[:3]
+    for path in ham_images + sorted((isic / "images").glob("*.jpg"))[:3]:
+        (images / path.name).symlink_to(path)
+    ham_ids = {p.stem for p in ham_images}
+    settings = {"source": "isic", "images": str(images), "metadata": [str(ground_truth)], "size": 64,
+                "hair_removal": False, "split_fractions": [0.5, 0.0, 0.5]}
+
+    plain = run_preprocess(load_config(DataConfig, overrides={**settings, "output": str(tmp_path / "plain")}),
+                           progress=False)
+    assert ham_ids <= {r.image_id for r in plain.records}  # without the list, HAM images would train the LoRA
+
+    excluded = run_preprocess(load_config(DataConfig, overrides={
+        **settings, "output": str(tmp_path / "isic"), "exclude_sources": [str(ham / "HAM10000_metadata.csv")]}),
+        progress=False)
+    kept = {r.image_id for r in excluded.records}
+    assert kept and not kept & ham_ids and len(kept) == 3
+    assert excluded.report.skipped["in_test_source"] == 3
+    assert read_manifest(tmp_path / "isic")["extra"]["excluded_test_source_rows"] == 3
+    written = [json.loads(line)["image_id"] for line in (tmp_path / "isic" / "metadata.jsonl").open()]
+    assert not set(written) & ham_ids
+
+    # the preprocessed HAM folder as the list: its ids (and input-file hashes) reach the ISIC source's rows
+    by_folder = run_preprocess(load_config(DataConfig, overrides={
+        **settings, "output": str(tmp_path / "isic-2"), "exclude_sources": [str(tmp_path / "plain")]}),
+        progress=False)
+    assert not by_folder.records and by_folder.report.skipped["in_test_source"] == 6
