@@ -352,3 +352,33 @@ def test_a_ham_id_inside_an_isic_source_is_dropped_before_any_training(shared_da
         **settings, "output": str(tmp_path / "isic-2"), "exclude_sources": [str(tmp_path / "plain")]}),
         progress=False)
     assert not by_folder.records and by_folder.report.skipped["in_test_source"] == 6
+
+
+def test_dermt2im_run_excludes_the_test_source_from_the_others_and_the_lora(tmp_path):
+    """paper.yaml: HAM10000 is test_only, so it is preprocessed first, the ISIC source gets its metadata CSV and
+    folder as exclude_sources, and the LoRA's exclusion list holds every HAM image plus each source's test split."""
+    from dermt2im_hub.pipeline.config import RunConfig
+    from dermt2im_hub.pipeline.stages import RunLayout, merged_exclusion, preprocess_specs, train_spec
+    from dermt2im_hub.records import ImageRecord, TestExclusion, write_records
+
+    recipe = Path(__file__).resolve().parents[1] / "configs" / "paper.yaml"
+    run = load_config(RunConfig, recipe, section="run")
+    layout = RunLayout(tmp_path / "run")
+    specs = preprocess_specs(recipe, run, layout)
+    assert [s.name for s in specs] == ["preprocess:ham10000", "preprocess:isic"]
+    ham, isic = specs[0].config, specs[1].config
+    assert not ham.exclude_sources
+    assert str(layout.data("ham10000")) in isic.exclude_sources
+    assert ham.limit_per_class == 227 and isic.limit_per_class == 2000
+
+    def record(image_id: str, split: str, lesion: str) -> ImageRecord:
+        return ImageRecord(file_name=f"benign/{image_id}.png", image_id=image_id, label="benign", source="x",
+                           split=split, lesion_id=lesion, sha256=image_id * 2)
+
+    write_records(layout.data("ham10000"), [record("ISIC_0024306", "train", "HAM_1"), record("ISIC_1", "test", "HAM_2")])
+    isic_folder = layout.data("isic")
+    TestExclusion.from_records([record("ISIC_9", "test", "L9")]).save(isic_folder / "test_exclusion.json")
+    spec = train_spec(recipe, run, layout)
+    merged = merged_exclusion(spec.notes["sources"], Path(spec.config.test_exclusion))
+    assert {"ISIC_0024306", "ISIC_1", "ISIC_9"} <= merged.image_ids and "HAM_1" in merged.lesion_ids
+    assert TestExclusion.load(spec.config.test_exclusion).image_ids == merged.image_ids
