@@ -382,3 +382,19 @@ def test_dermt2im_run_excludes_the_test_source_from_the_others_and_the_lora(tmp_
     merged = merged_exclusion(spec.notes["sources"], Path(spec.config.test_exclusion))
     assert {"ISIC_0024306", "ISIC_1", "ISIC_9"} <= merged.image_ids and "HAM_1" in merged.lesion_ids
     assert TestExclusion.load(spec.config.test_exclusion).image_ids == merged.image_ids
+
+
+def test_isic_2020_without_its_duplicates_list_is_said(shared_data):
+    from dermt2im_hub.data.collect import collect_records
+    from dermt2im_hub.data.report import Report
+
+    truth = _sub(shared_data, "isic-ground-truth")
+    images = _sub(shared_data, "isic-sample") / "images"
+    notes = []
+    for extra in ([], [str(truth / "ISIC_2020_Training_Duplicates.csv")]):
+        report = Report()
+        config = load_config(DataConfig, overrides={"source": "isic", "images": str(images), "metadata": [
+            str(truth / "ISIC_2020_Training_GroundTruth.csv"), *extra]})
+        collect_records(config, report)
+        notes.append(any("without ISIC_2020_Training_Duplicates.csv" in n for n in report.notes))
+    assert notes == [True, False]

@@ -210,6 +210,7 @@ def test_leaderboard_table_plot_and_hub_metadata_parse_back(benchmark, inputs):
     # random-init 32 px tiny models are not the paper's setup: never under its names or beside its numbers
     assert "78.89" not in table.split("## Every arm")[0].split("Caveat")[0] and "| MobileNetV2 (" not in table
     assert "not the paper's setup" in table and "random initialisation" in table and "input 32 px" in table
+    assert "**Not comparable with the paper:** no model here is the paper's setup" in table
     assert "McNemar" in table and "Holm" in table and " ± " in table
     assert "detectable ≥" in table and ("n.s. (p_Holm" in table or "; p_Holm" in table)
     assert "not whole-image counts" in table and "Training budget:" in table

@@ -604,12 +604,27 @@ def verdict_lines(comparisons: list[dict], setups: dict[str, tuple[str | None, s
     return lines
 
 
+def setup_banner(summaries: list[dict], setups: dict[str, tuple[str | None, str]]) -> str:
+    """A visible warning when nothing in the table is the paper's setup (a demo, phantoms, tiny models)."""
+    foreign_tests = [t for t in _test_set_order(summaries) if paper_test_set(t) is None]
+    parts = []
+    if not any(name for name, _ in setups.values()):
+        parts.append("no model here is the paper's setup (timm id, pretrained weights, 224 px)")
+    if foreign_tests:
+        parts.append(f"test set(s) {', '.join(foreign_tests)} are not the paper's ISIC or HAM10000")
+    if not parts:
+        return ""
+    return ("> **Not comparable with the paper:** " + "; ".join(parts) + ". A demo or a check of the machinery, "
+            "not a reproduction: read no number here as evidence about synthetic data.")
+
+
 def render_markdown(summaries: list[dict], comparisons: list[dict], records: list[dict], confidence: float) -> str:
     hybrid_fraction = _hybrid_fraction(records)
     seeds = sorted({r["seed"] for r in records})
     setups = model_setups(records)
     return "\n\n".join(part for part in [
         TABLE_IV_HEADING,
+        setup_banner(summaries, setups),
         f"Ours: mean ± SD over {len(seeds)} seed(s) ({', '.join(map(str, seeds))}). Paper: one run per cell.",
         table_iv(summaries, hybrid_fraction, comparisons, setups),
         reading_note(comparisons, confidence),
