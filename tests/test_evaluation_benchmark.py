@@ -321,6 +321,26 @@ def test_run_hashes_follow_content_not_the_folder_or_file_times(tmp_path):
     assert other.origin["content_sha256"] != first.origin["content_sha256"]
 
 
+def test_synthetic_pretraining_then_real_fine_tuning_has_the_same_total_budget(inputs, tmp_path):
+    """The pretrain_finetune arm trains on every synthetic image, then on the real set, in rounds that add up to
+    the real-only arm's budget, and gets the same seed-aware comparison in the leaderboard."""
+    from dermt2im_hub.evaluation.benchmark import read_records, run_benchmark
+    from dermt2im_hub.evaluation.leaderboard import compare_arms
+
+    config = _config(tmp_path, models=["mobilenetv2_050"], seeds=[0], epochs=2,
+                     arms=["real", "pretrain_finetune"])
+    results = run_benchmark(config, real=inputs["real"], synthetic=inputs["synthetic"], progress=False)
+    records = {r["mix"]: r for r in read_records(results)}
+    real, staged = records["real"], records["synthetic-then-real"]
+    assert staged["budget"]["samples"] == real["budget"]["samples"] == 2 * real["training_mix"]["real_images"]
+    assert [p["phase"] for p in staged["budget"]["phases"]] == ["synthetic", "real"]
+    assert [h["phase"] for h in staged["training"]["history"]][0] == "synthetic"
+    assert staged["training_mix"]["synthetic_fraction"] == pytest.approx(0.5)
+    comparison = compare_arms(list(records.values()))
+    assert {c["arm"] for c in comparison} == {"pretrain_finetune"} and not any(c["primary"] for c in comparison)
+    assert comparison[0]["accuracy"]["p_holm"] is not None
+
+
 def test_real_only_first_and_synthetic_arms_later_are_one_sweep(inputs, tmp_path):
     """`arms=[real]` without synthetic data (what the missing-synthetic error suggests), then the hybrid arm
     with it: the real-only records belong to the same sweep and are neither set aside nor retrained."""

@@ -257,7 +257,12 @@ def _training_summary(fitted, accelerator) -> dict[str, Any]:
             "device": str(accelerator.device)}
 
 
-def _mix_summary(train_set) -> dict[str, Any]:
+def _mix_summary(train_set, pretrained_on: BenchmarkData | None = None, fitted=None) -> dict[str, Any]:
+    if pretrained_on is not None:  # two phases: every synthetic image, then the real set; the fraction is of samples
+        phases = fitted.budget["phases"]
+        return {"real_images": len(pretrained_on.real_train), "synthetic_images": len(pretrained_on.synthetic),
+                "synthetic_fraction": phases[0]["samples"] / max(1, fitted.budget["samples"]),
+                "phases": ["synthetic", "real"]}
     n_real, n_synthetic = (int(len(rows)) for rows in (train_set.row_of[train_set.pool_of == 0],
                                                        train_set.row_of[train_set.pool_of == 1]))
     return {"real_images": n_real, "synthetic_images": n_synthetic,
@@ -272,7 +277,15 @@ def train_classifier(config: EvaluationConfig, model_name: str, mix: Mix, seed: 
     import torch
     from accelerate.utils import set_seed
 
-    from dermt2im_hub.evaluation.train import create_classifier, fit, get_accelerator, training_budget, unwrap
+    from dermt2im_hub.evaluation.train import (
+        create_classifier,
+        fit,
+        get_accelerator,
+        join_phases,
+        split_budget,
+        training_budget,
+        unwrap,
+    )
 
     accelerator = get_accelerator(config)
     output_dir = Path(output_dir or config.output_dir)
@@ -283,8 +296,17 @@ def train_classifier(config: EvaluationConfig, model_name: str, mix: Mix, seed: 
     validation_images = _eval_images(data.validation, data_config, config, progress)
     # one budget for every arm, counted in the real-only training set (not this mix's size)
     budget = training_budget(config, len(data.real_train))
-    model, fitted = fit(model, data_config, train_set, validation_images, data.validation.labels, config, seed,
-                        accelerator, progress, budget=budget)
+    if mix.size_policy == "pretrain":  # synthetic first, then the real set: the same total budget in two phases
+        first, second = split_budget(budget, config.pretrain_share)
+        model, pretrained = fit(model, data_config, train_set, validation_images, data.validation.labels, config,
+                                seed, accelerator, progress, budget=first)
+        train_set = _training_set(data, Mix(0.0), seed, data_config, config, progress)
+        model, tuned = fit(unwrap(accelerator, model), data_config, train_set, validation_images,
+                           data.validation.labels, config, seed, accelerator, progress, budget=second)
+        fitted = join_phases(pretrained, tuned)
+    else:
+        model, fitted = fit(model, data_config, train_set, validation_images, data.validation.labels, config, seed,
+                            accelerator, progress, budget=budget)
     results, predictions = _test(model, data, data_config, config, seed, accelerator, progress)
     record = {
         "schema": RECORD_SCHEMA, "run_id": run_id,
@@ -294,7 +316,8 @@ def train_classifier(config: EvaluationConfig, model_name: str, mix: Mix, seed: 
         "model": model_name, "pretrained_weights": _pretrained_weights(model, model_name, config),
         "mix": mix.name, "arms": list(mix.arms), "synthetic_fraction": mix.synthetic_fraction,
         "size_policy": mix.size_policy, "hybrid_fraction": config.hybrid_fraction, "seed": seed,
-        "training_mix": _mix_summary(train_set), "budget": fitted.budget,
+        "training_mix": _mix_summary(train_set, data if mix.size_policy == "pretrain" else None, fitted),
+        "budget": fitted.budget,
         "data_config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in data_config.items()},
         "training": _training_summary(fitted, accelerator),
         "datasets": _dataset_refs(data),

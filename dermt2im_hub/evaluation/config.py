@@ -14,7 +14,8 @@ real-only training set), so a hybrid set with four times the images gets no more
   cannot come only from having more images).
 
 Arms name the mixes: `real` (r = 0), `hybrid` (r = hybrid_fraction, full), `equal_size` (r =
-hybrid_fraction, equal) and `sweep` (every r in synthetic_fractions, full). Runs shared by two arms
+hybrid_fraction, equal), `sweep` (every r in synthetic_fractions, full) and `pretrain_finetune` (every
+synthetic image for `pretrain_share` of the budget, then the real set for the rest: same total budget). Runs shared by two arms
 (hybrid and the sweep's 0.75) are trained once.
 """
 
@@ -26,8 +27,8 @@ from typing import Any
 from dermt2im_hub.config import ConfigError
 from dermt2im_hub.utils.files import is_safetensors
 
-ARMS = ("real", "hybrid", "equal_size", "sweep")
-SIZE_POLICIES = ("full", "equal")
+ARMS = ("real", "hybrid", "equal_size", "sweep", "pretrain_finetune")
+SIZE_POLICIES = ("full", "equal", "pretrain")
 MIXED_PRECISION = ("auto", "no", "fp16", "bf16")
 PAPER_MODELS = ("vit_base_patch16_224.orig_in21k", "mobilenetv2_100")
 
@@ -120,6 +121,9 @@ class EvaluationConfig:
     hybrid_fraction: float = field(default=0.75, metadata={"help": "synthetic share of the hybrid set"})
     synthetic_fractions: list[float] = field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 0.9, 1.0],
                                              metadata={"help": "the sweep's synthetic shares"})
+    pretrain_share: float = field(default=0.5, metadata={
+        "help": "pretrain_finetune arm: share of the training budget spent on synthetic images before fine-tuning "
+                "on the real set"})
     shrink_short_mixes: bool = field(default=False, metadata={
         "help": "when a full mix lacks synthetic images, drop real ones to hold its fraction (default: an error "
                 "saying how many synthetic images are missing)"})
@@ -174,6 +178,8 @@ class EvaluationConfig:
         for r in [self.hybrid_fraction, *self.synthetic_fractions]:
             if not 0.0 <= r <= 1.0:
                 raise ConfigError(f"synthetic fractions must be within [0, 1], got {r}")
+        if not 0.0 < self.pretrain_share < 1.0:
+            raise ConfigError(f"evaluation.pretrain_share must be within (0, 1), got {self.pretrain_share}")
         if "equal_size" in self.arms and self.hybrid_fraction >= 1.0:
             raise ConfigError("equal_size needs hybrid_fraction < 1")
         if self.mixed_precision not in MIXED_PRECISION:

@@ -170,6 +170,8 @@ def arm_of(record: dict, hybrid_fraction: float) -> str | None:
     r, policy = record["synthetic_fraction"], record["size_policy"]
     if r == 0:
         return "real"
+    if policy == "pretrain":
+        return "pretrain_finetune"
     if abs(r - hybrid_fraction) < 1e-9:
         return "hybrid" if policy == "full" else "equal_size"
     return None
@@ -377,7 +379,14 @@ def _hybrid_cell(summary: dict | None, comparison: dict | None) -> str:
         return cell
     test = comparison["accuracy"]
     return (f"{cell}; Δ {_signed_pct(test['difference'])} [{_signed_pct(test['ci_low'])}, "
-            f"{_signed_pct(test['ci_high'])}]; {verdict(test)}; detectable ≥ {_pct(test['detectable_difference'])}")
+            f"{_signed_pct(test['ci_high'])}]; {verdict(test)}; {_detectable(test.get('detectable_difference'))}")
+
+
+def _detectable(value: float | None) -> str:
+    """"detectable ≥ 3.40" (pp); a run that could not detect even a 100-point difference says so."""
+    if value is None:
+        return "detectable: –"
+    return f"detectable ≥ {_pct(value)}" if value < 1.0 else "detectable: nothing (≥ 100 pp; too few seeds/images)"
 
 
 def table_iv(summaries: list[dict], hybrid_fraction: float, comparisons: list[dict] | None = None,
@@ -471,7 +480,7 @@ def differences_table(comparisons: list[dict], confidence: float) -> str:
             cells.append(f"{_signed_pct(d['difference'])} [{_signed_pct(d['ci_low'])}, {_signed_pct(d['ci_high'])}]")
             cells.append(verdict(d))
             if metric == "accuracy":
-                cells.append(f"≥ {_pct(d.get('detectable_difference'))}")
+                cells.append(_detectable(d.get("detectable_difference")).removeprefix("detectable").strip(" :"))
         cells.append(f"{c['seeds_real']}/{c['seeds_arm']}")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -575,7 +584,7 @@ def table_iv_section(markdown: str) -> str:
 
 
 def budget_note(records: list[dict]) -> str:
-    budgets = {json.dumps(r.get("budget"), sort_keys=True) for r in records}
+    budgets = {json.dumps((r.get("budget") or {}).get("samples")) for r in records}
     if budgets == {"null"}:
         return "Training budget: not recorded (records from before budgets were explicit)."
     if len(budgets) == 1:
@@ -598,9 +607,9 @@ def verdict_lines(comparisons: list[dict], setups: dict[str, tuple[str | None, s
                 else "not significant: this run cannot tell hybrid from real-only")
         lines.append(f"{model_label(c['model'], setups)} on {c['test_set']}: Δ accuracy "
                      f"{_signed_pct(test['difference'])} pp [{_signed_pct(test['ci_low'])}, "
-                     f"{_signed_pct(test['ci_high'])}], {verdict(test)}: {said} (smallest detectable difference "
-                     f"{_pct(test.get('detectable_difference'))} pp; seeds {c['seeds_real']}/{c['seeds_arm']}, "
-                     f"n = {c['n_images']})")
+                     f"{_signed_pct(test['ci_high'])}], {verdict(test)}: {said} "
+                     f"({_detectable(test.get('detectable_difference'))}; seeds {c['seeds_real']}/"
+                     f"{c['seeds_arm']}, n = {c['n_images']})")
     return lines
 
 
@@ -633,8 +642,8 @@ def render_markdown(summaries: list[dict], comparisons: list[dict], records: lis
         budget_note(records),
         "## Every arm − real-only (percentage points)",
         "The seed-aware test (see above) for every arm against real-only; hybrid rows are Table IV's family, the "
-        "other arms (equal size, sweep points) a second Holm family. Equal size vs hybrid separates \"more data\" "
-        "from \"synthetic data\"; every arm trains for the same budget.",
+        "other arms (equal size, sweep points, synthetic-then-real) a second Holm family. Equal size vs hybrid "
+        "separates \"more data\" from \"synthetic data\"; every arm trains for the same budget.",
         differences_table(comparisons, confidence),
         "## Ensemble vs ensemble (secondary)",
         "Each arm's seeds averaged into one classifier (mean probability, threshold 0.5). Exact McNemar on the "

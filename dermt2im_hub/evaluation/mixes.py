@@ -29,13 +29,15 @@ class ShortMixError(MissingSyntheticDataError):
 @dataclass(frozen=True)
 class Mix:
     synthetic_fraction: float
-    size_policy: str = "full"  # "full" | "equal"
+    size_policy: str = "full"  # "full" | "equal" | "pretrain" (synthetic first, then the real set)
     arms: tuple[str, ...] = ()
 
     @property
     def name(self) -> str:
         if self.synthetic_fraction == 0:
             return "real"
+        if self.size_policy == "pretrain":
+            return "synthetic-then-real"
         suffix = "-equal" if self.size_policy == "equal" else ""
         return f"r{self.synthetic_fraction:.2f}{suffix}"
 
@@ -59,6 +61,8 @@ def plan_mixes(arms, hybrid_fraction: float, sweep_fractions) -> list[Mix]:
             want(hybrid_fraction, "full", arm)
         elif arm == "equal_size":
             want(hybrid_fraction, "equal", arm)
+        elif arm == "pretrain_finetune":  # every synthetic image first; the real set is the second phase
+            want(1.0, "pretrain", arm)
         elif arm == "sweep":
             for fraction in sweep_fractions:
                 want(fraction, "full", arm)

@@ -261,7 +261,8 @@ def seed_image_test(name: str, labels, predictions_a, predictions_b, confidence:
     half_width = float(stats.t.ppf(0.5 + confidence / 2, df)) * math.sqrt(variance)
     return {"difference": difference, "se": math.sqrt(variance), "df": df,
             "p_value": float(t_test_from_components(difference, variance, df)),
-            "ci_low": difference - half_width, "ci_high": difference + half_width,
+            # a difference of two proportions lies in [-1, 1]: with few seeds the t interval can reach past that
+            "ci_low": max(-1.0, difference - half_width), "ci_high": min(1.0, difference + half_width),
             "seed_se": math.sqrt(float(parts["seed_variance_a"] + parts["seed_variance_b"])),
             "image_se": math.sqrt(float(parts["image_variance"])),
             "detectable_difference": detectable_difference(variance, df, detect_alpha, power),

@@ -8,6 +8,7 @@ weights kept. Training length is a budget of samples seen (`TrainingBudget`), id
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -118,6 +119,34 @@ class TrainingBudget:
                 "patience_samples": self.patience_rounds * self.round_samples, "source": self.source,
                 "unit_note": "identical for every arm: validation after every round; warm-up and patience in the "
                              "same samples"}
+
+
+def split_budget(budget: TrainingBudget, first_share: float) -> tuple[TrainingBudget, TrainingBudget]:
+    """Two phases (synthetic pre-training, real fine-tuning) whose rounds add up to `budget`'s; each phase gets
+    at least one round and its own warm-up and patience."""
+    rounds = budget.rounds
+    first = min(max(1, round(first_share * rounds)), max(1, rounds - 1))
+    second = max(1, rounds - first)
+    return tuple(dataclasses.replace(budget, samples=n * budget.round_samples,
+                                     source=f"{budget.source}, phase {i + 1} of 2")
+                 for i, n in enumerate((first, second)))
+
+
+def join_phases(first: FitResult, second: FitResult) -> FitResult:
+    """One FitResult for pre-training then fine-tuning: the second phase's best weights and score count."""
+    history = [{**h, "phase": "synthetic"} for h in first.history] + [{**h, "phase": "real"} for h in second.history]
+    budget = {**second.budget, "samples": first.budget["samples"] + second.budget["samples"],
+              "rounds": first.budget["rounds"] + second.budget["rounds"],
+              "steps": first.budget["steps"] + second.budget["steps"],
+              "source": first.budget["source"].rsplit(", phase", 1)[0],
+              "phases": [{"phase": "synthetic", **first.budget}, {"phase": "real", **second.budget}]}
+    seen = first.images_seen + second.images_seen
+    seconds = first.train_seconds + second.train_seconds
+    return FitResult(history=history, best_epoch=len(first.history) + second.best_epoch,
+                     best_validation_balanced_accuracy=second.best_validation_balanced_accuracy,
+                     stopped_early=second.stopped_early, train_seconds=seconds,
+                     train_images_per_second=seen / max(seconds, 1e-9), steps=first.steps + second.steps,
+                     images_seen=seen, budget=budget)
 
 
 def training_budget(config: EvaluationConfig, real_training_images: int) -> TrainingBudget:
