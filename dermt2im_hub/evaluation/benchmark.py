@@ -430,6 +430,12 @@ def save_classifier(folder: Path, model, data_config: dict, record: dict[str, An
     return folder
 
 
+def _budget_text(budget: dict[str, Any]) -> str:
+    phases = " in two phases (synthetic, then real)" if budget.get("phases") else ""
+    return (f"{budget.get('samples')} training samples seen{phases}: {budget.get('rounds')} rounds of "
+            f"{budget.get('round_samples')}, {budget.get('steps')} steps; the same for every arm of the sweep")
+
+
 def _hyperparameters(config: EvaluationConfig, record: dict[str, Any]) -> dict[str, Any]:
     training = record["training"]
     return {
@@ -437,7 +443,7 @@ def _hyperparameters(config: EvaluationConfig, record: dict[str, Any]) -> dict[s
         "schedule": f"linear warmup {(record.get('budget') or {}).get('warmup_samples')} samples + cosine",
         "weight_decay": config.weight_decay,
         "batch_size_per_device": config.batch_size, "num_processes": training["num_processes"],
-        "training_budget": record.get("budget"), "rounds_run": training["epochs_run"],
+        "training_budget": _budget_text(record.get("budget") or {}), "rounds_run": training["epochs_run"],
         "best_round": training["best_epoch"],
         "early_stopping": "validation balanced accuracy, patience "
                           f"{(record.get('budget') or {}).get('patience_samples')} samples",
