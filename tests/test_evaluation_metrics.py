@@ -268,6 +268,8 @@ def test_seed_image_test_is_the_paired_t_test_with_one_seed_and_widens_with_seed
     assert wide["seed_variance_known"] and wide["seed_se"] > wide["image_se"]
     assert wide["df"] < 20  # five seeds are not read as hundreds of observations
     assert wide["detectable_difference"] > 2.4 * wide["se"]
+    same = seed_image_test("accuracy", labels, steady, steady)  # the arms never disagree: nothing to estimate
+    assert same["p_value"] == 1.0 and same["detectable_difference"] is None
 
 
 def test_mcc_is_none_when_undefined():

@@ -385,7 +385,7 @@ def _hybrid_cell(summary: dict | None, comparison: dict | None) -> str:
 def _detectable(value: float | None) -> str:
     """"detectable ≥ 3.40" (pp); a run that could not detect even a 100-point difference says so."""
     if value is None:
-        return "detectable: –"
+        return "detectable: not estimable (the arms never disagree)"
     return f"detectable ≥ {_pct(value)}" if value < 1.0 else "detectable: nothing (≥ 100 pp; too few seeds/images)"
 
 

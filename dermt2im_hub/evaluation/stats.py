@@ -215,9 +215,11 @@ def variance_components(right_a: np.ndarray, right_b: np.ndarray,
     image_df = max(1, sum(int(mask.sum()) - 1 for mask, _ in strata))
     parts = [(seed_a, seeds_a - 1), (seed_b, seeds_b - 1), (image, image_df)]
     variance = seed_a + seed_b + image
+    variance = np.where(variance < 1e-12, 0.0, variance)  # rounding noise of identical arrays is no variation
     with np.errstate(invalid="ignore", divide="ignore"):
         denominator = sum(v ** 2 / df for v, df in parts if df > 0)
-        df = np.where(denominator > 0, variance ** 2 / np.where(denominator > 0, denominator, 1.0), image_df)
+        usable = (denominator > 0) & (variance > 0)
+        df = np.where(usable, variance ** 2 / np.where(usable, denominator, 1.0), image_df)
     return {"difference": difference, "variance": variance, "df": df, "seed_variance_a": seed_a,
             "seed_variance_b": seed_b, "image_variance": image}
 
@@ -234,10 +236,13 @@ def t_test_from_components(difference, variance, df) -> np.ndarray:
     return 2 * stats.t.sf(t, df)
 
 
-def detectable_difference(variance: float, df: float, alpha: float = 0.05, power: float = 0.8) -> float:
-    """The smallest true difference a two-sided t test at `alpha` finds with probability `power`."""
+def detectable_difference(variance: float, df: float, alpha: float = 0.05, power: float = 0.8) -> float | None:
+    """The smallest true difference a two-sided t test at `alpha` finds with probability `power`; None when the
+    run shows no variation at all (no image or seed where the arms disagree: nothing to estimate it from)."""
     from scipy import stats
 
+    if variance <= 0:
+        return None
     return float((stats.t.ppf(1 - alpha / 2, df) + stats.t.ppf(power, df)) * math.sqrt(max(variance, 0.0)))
 
 
