@@ -315,3 +315,86 @@ def test_an_interrupted_run_keeps_finished_images_and_resumes(phantoms, tmp_path
     resumed = run_preprocess(config, progress=False)
     assert (resumed.processed, resumed.reused, len(resumed.records)) == (4, 2, 6)
     assert read_manifest(tmp_path / "o")["status"] == "complete"
+
+
+def test_a_ham_id_inside_an_isic_source_is_dropped_before_any_training(shared_data, tmp_path):
+    """ISIC 2019's ground truth lists HAM10000's images under their ISIC_ ids. With HAM10000 as the unseen test
+    source (exclude_sources: its metadata CSV), those rows are dropped at preprocessing, counted in the report
+    and manifest, and never reach metadata.jsonl (what the LoRA and the classifiers train on); a second pass
+    with the preprocessed HAM folder as the list catches the same images by id and bytes."""
+    ham, isic = _sub(shared_data, "ham10000-sample"), _sub(shared_data, "isic-sample")
+    ground_truth = _sub(shared_data, "isic-ground-truth") / "ISIC_2019_Training_GroundTruth.csv"
+    images = tmp_path / "images"
+    images.mkdir()
+    ham_images = sorted((ham / "images").glob("*.jpg"))[:3]
+    for path in ham_images + sorted((isic / "images").glob("*.jpg"))[:3]:
+        (images / path.name).symlink_to(path)
+    ham_ids = {p.stem for p in ham_images}
+    settings = {"source": "isic", "images": str(images), "metadata": [str(ground_truth)], "size": 64,
+                "hair_removal": False, "split_fractions": [0.5, 0.0, 0.5]}
+
+    plain = run_preprocess(load_config(DataConfig, overrides={**settings, "output": str(tmp_path / "plain")}),
+                           progress=False)
+    assert ham_ids <= {r.image_id for r in plain.records}  # without the list, HAM images would train the LoRA
+
+    excluded = run_preprocess(load_config(DataConfig, overrides={
+        **settings, "output": str(tmp_path / "isic"), "exclude_sources": [str(ham / "HAM10000_metadata.csv")]}),
+        progress=False)
+    kept = {r.image_id for r in excluded.records}
+    assert kept and not kept & ham_ids and len(kept) == 3
+    assert excluded.report.skipped["in_test_source"] == 3
+    assert read_manifest(tmp_path / "isic")["extra"]["excluded_test_source_rows"] == 3
+    written = [json.loads(line)["image_id"] for line in (tmp_path / "isic" / "metadata.jsonl").open()]
+    assert not set(written) & ham_ids
+
+    # the preprocessed HAM folder as the list: its ids (and input-file hashes) reach the ISIC source's rows
+    by_folder = run_preprocess(load_config(DataConfig, overrides={
+        **settings, "output": str(tmp_path / "isic-2"), "exclude_sources": [str(tmp_path / "plain")]}),
+        progress=False)
+    assert not by_folder.records and by_folder.report.skipped["in_test_source"] == 6
+
+
+def test_dermt2im_run_excludes_the_test_source_from_the_others_and_the_lora(tmp_path):
+    """paper.yaml: HAM10000 is test_only, so it is preprocessed first, the ISIC source gets its metadata CSV and
+    folder as exclude_sources, and the LoRA's exclusion list holds every HAM image plus each source's test split."""
+    from dermt2im_hub.pipeline.config import RunConfig
+    from dermt2im_hub.pipeline.stages import RunLayout, merged_exclusion, preprocess_specs, train_spec
+    from dermt2im_hub.records import ImageRecord, TestExclusion, write_records
+
+    recipe = Path(__file__).resolve().parents[1] / "configs" / "paper.yaml"
+    run = load_config(RunConfig, recipe, section="run")
+    layout = RunLayout(tmp_path / "run")
+    specs = preprocess_specs(recipe, run, layout)
+    assert [s.name for s in specs] == ["preprocess:ham10000", "preprocess:isic"]
+    ham, isic = specs[0].config, specs[1].config
+    assert not ham.exclude_sources
+    assert str(layout.data("ham10000")) in isic.exclude_sources
+    assert ham.limit_per_class == 227 and isic.limit_per_class == 2000
+
+    def record(image_id: str, split: str, lesion: str) -> ImageRecord:
+        return ImageRecord(file_name=f"benign/{image_id}.png", image_id=image_id, label="benign", source="x",
+                           split=split, lesion_id=lesion, sha256=image_id * 2)
+
+    write_records(layout.data("ham10000"), [record("ISIC_0024306", "train", "HAM_1"), record("ISIC_1", "test", "HAM_2")])
+    isic_folder = layout.data("isic")
+    TestExclusion.from_records([record("ISIC_9", "test", "L9")]).save(isic_folder / "test_exclusion.json")
+    spec = train_spec(recipe, run, layout)
+    merged = merged_exclusion(spec.notes["sources"], Path(spec.config.test_exclusion))
+    assert {"ISIC_0024306", "ISIC_1", "ISIC_9"} <= merged.image_ids and "HAM_1" in merged.lesion_ids
+    assert TestExclusion.load(spec.config.test_exclusion).image_ids == merged.image_ids
+
+
+def test_isic_2020_without_its_duplicates_list_is_said(shared_data):
+    from dermt2im_hub.data.collect import collect_records
+    from dermt2im_hub.data.report import Report
+
+    truth = _sub(shared_data, "isic-ground-truth")
+    images = _sub(shared_data, "isic-sample") / "images"
+    notes = []
+    for extra in ([], [str(truth / "ISIC_2020_Training_Duplicates.csv")]):
+        report = Report()
+        config = load_config(DataConfig, overrides={"source": "isic", "images": str(images), "metadata": [
+            str(truth / "ISIC_2020_Training_GroundTruth.csv"), *extra]})
+        collect_records(config, report)
+        notes.append(any("without ISIC_2020_Training_Duplicates.csv" in n for n in report.notes))
+    assert notes == [True, False]

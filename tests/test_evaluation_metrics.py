@@ -144,7 +144,8 @@ def test_mixes_hold_the_synthetic_fraction_per_class():
     real_rows, synthetic_rows = select_mix(real, synthetic, Mix(1.0), seed=0)
     assert len(real_rows) == 0 and len(synthetic_rows) == 600
     small = np.array([0] * 10 + [1] * 10)
-    real_rows, synthetic_rows = select_mix(real, small, Mix(0.5), seed=0)  # synthetic-bound: fraction kept
+    # opted into shrinking: synthetic-bound, the fraction is kept with fewer real images
+    real_rows, synthetic_rows = select_mix(real, small, Mix(0.5), seed=0, shrink=True)
     assert len(synthetic_rows) == len(real_rows) == 20
     assert select_mix(real, None, Mix(0.0), seed=0)[0].size == 60
 
@@ -219,3 +220,148 @@ def test_difference_ci_carries_seed_to_seed_spread():
                                 rng=np.random.default_rng(3)).confidence_interval
     assert ours["ci_low"] == pytest.approx(reference.low, abs=0.02)
     assert ours["ci_high"] == pytest.approx(reference.high, abs=0.02)
+
+
+def _load_null_simulation():
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "null_simulation.py"
+    spec = importlib.util.spec_from_file_location("bench_null_simulation", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_primary_test_holds_its_false_positive_rate_where_ensemble_mcnemar_does_not():
+    """Under a true null (equal population accuracy, 5 seeds per arm, a fresh test set per experiment) the
+    seed-aware test rejects 3-7 % of the time at alpha 0.05 for n in {227, 659} and seed SD 1-3 pp; the
+    ensemble McNemar test (the old verdict) does not, so the check can fail. bench/null_simulation.py prints
+    the full table with power."""
+    simulation = _load_null_simulation()
+    rates = {(n, sd): simulation.simulate(n, sd, experiments=1200) for n, sd in simulation.CELLS}
+    for (n, sd), rate in rates.items():
+        assert 0.03 <= rate["primary"] <= 0.07, (n, sd, rate)
+        assert abs(rate["realised_seed_sd_pp"] - sd) < 0.3, (n, sd, rate)  # the cell is the one it claims
+    assert rates[(659, 3.0)]["mcnemar"] > 0.15
+
+
+def test_seed_image_test_is_the_paired_t_test_with_one_seed_and_widens_with_seed_spread():
+    from scipy import stats
+
+    from dermt2im_hub.evaluation.stats import seed_image_test
+
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 2, 300)
+    a = np.where(rng.random(300) < 0.82, labels, 1 - labels)
+    b = np.where(rng.random(300) < 0.75, labels, 1 - labels)
+    ours = seed_image_test("accuracy", labels, a, b)
+    reference = stats.ttest_rel((a == labels) * 1.0, (b == labels) * 1.0)
+    assert ours["p_value"] == pytest.approx(reference.pvalue, rel=1e-9)
+    assert ours["df"] == pytest.approx(299) and not ours["seed_variance_known"]
+    low, high = reference.confidence_interval(0.95)
+    assert (ours["ci_low"], ours["ci_high"]) == (pytest.approx(low), pytest.approx(high))
+
+    # five seeds that agree image by image except for a shared shift: the seed part dominates the variance
+    steady = np.stack([a] * 5)
+    shifted = np.stack([np.where(np.arange(300) < k * 15, labels, a) for k in range(5)])
+    wide = seed_image_test("accuracy", labels, shifted, steady)
+    assert wide["seed_variance_known"] and wide["seed_se"] > wide["image_se"]
+    assert wide["df"] < 20  # five seeds are not read as hundreds of observations
+    assert wide["detectable_difference"] > 2.4 * wide["se"]
+    same = seed_image_test("accuracy", labels, steady, steady)  # the arms never disagree: nothing to estimate
+    assert same["p_value"] == 1.0 and same["detectable_difference"] is None
+
+
+def test_mcc_is_none_when_undefined():
+    from dermt2im_hub.evaluation.metrics.derm_metrics import compute_all
+
+    assert compute_all([0, 0, 1, 1], [1, 1, 1, 1])["mcc"] is None  # one predicted class
+    assert compute_all([1, 1, 1], [1, 0, 1])["mcc"] is None  # one true class
+    assert compute_all([0, 1, 0, 1], [0, 1, 1, 1])["mcc"] == pytest.approx(skm.matthews_corrcoef([0, 1, 0, 1],
+                                                                                                 [0, 1, 1, 1]))
+
+
+def test_paper_names_only_for_the_paper_setup():
+    """The paper's name (and its Table IV number) only when the timm id, the pretrained weights and the input
+    size are the paper's; otherwise the real id and why it is not the paper's setup."""
+    from dermt2im_hub.evaluation.leaderboard import model_label, paper_setup
+
+    assert paper_setup("vit_base_patch16_224.orig_in21k", "google/vit-base-patch16-224-in21k", 224)[0] == "ViT-B/16"
+    assert paper_setup("mobilenetv2_100", "timm/mobilenetv2_100.ra_in1k", 224)[0] == "MobileNetV2"
+    assert paper_setup("local-dir:/models/mobilenetv2_100.tf_in1k", "/models/x", 224)[0] == "MobileNetV2"
+    not_paper = [("mobilenetv2_050", None, 32), ("mobilenetv2_100", None, 224), ("mobilenetv2_100", "w", 128),
+                 ("vit_base_patch16_224.augreg_in21k", "timm/vit_base_patch16_224.augreg_in21k", 224),
+                 ("vit_tiny_patch16_224", "timm/vit_tiny", 224)]
+    for model, weights, size in not_paper:
+        name, why = paper_setup(model, weights, size)
+        assert name is None and why, model
+        label = model_label(model, {model: (name, why)})
+        assert "MobileNetV2" not in label and "ViT-B/16" not in label and "not the paper's setup" in label
+
+
+def test_delong_and_operating_points():
+    from dermt2im_hub.evaluation.stats import delong_difference, sensitivity_at_specificity
+
+    rng = np.random.default_rng(4)
+    labels = rng.integers(0, 2, 400)
+    good = labels + rng.normal(0, 0.6, 400)
+    poor = labels + rng.normal(0, 1.5, 400)
+    result = delong_difference(labels, good, poor)
+    assert result["auroc_a"] == pytest.approx(skm.roc_auc_score(labels, good))
+    assert result["difference"] > 0 and result["p_value"] < 0.001
+    assert delong_difference(labels, good, good)["p_value"] == 1.0
+    # the DeLong SE of a single AUROC difference is close to a bootstrap's
+    draws = rng.integers(0, 400, (300, 400))
+    boot = [skm.roc_auc_score(labels[d], good[d]) - skm.roc_auc_score(labels[d], poor[d]) for d in draws]
+    assert result["se"] == pytest.approx(np.std(boot), rel=0.25)
+    sens = sensitivity_at_specificity(labels, good, 0.9)
+    fpr, tpr, _ = skm.roc_curve(labels, good)
+    assert sens == pytest.approx(tpr[fpr <= 0.1].max()) and sensitivity_at_specificity([1, 1], [0.2, 0.3], 0.8) is None
+
+
+def test_training_budget_is_identical_across_arms():
+    """Every arm trains the same samples, rounds, steps, warm-up and patience, counted in the real-only
+    training set, whatever the size of its own training set; budget.samples makes it explicit."""
+    import torch
+
+    from dermt2im_hub.evaluation.train import CachedTrainingSet, _train_loader, training_budget
+
+    config = load_config(EvaluationConfig, overrides={"epochs": 3, "batch_size": 8, "num_workers": 0,
+                                                      "warmup_epochs": 0.5, "early_stopping_patience": 2})
+    budget = training_budget(config, real_training_images=40)
+    assert (budget.samples, budget.round_samples, budget.warmup_samples, budget.patience_rounds) == (120, 40, 20, 2)
+
+    class OneProcess:
+        num_processes = 1
+        device = torch.device("cpu")
+
+    pool = np.zeros((160, 4, 4, 3), np.uint8)
+    lengths = []
+    for images in (40, 160):  # real-only, hybrid (75 % synthetic)
+        labels = np.arange(images) % 2
+        train_set = CachedTrainingSet([pool], [np.arange(images)], [labels])
+        lengths.append(len(_train_loader(train_set, config, torch.Generator(), OneProcess(), budget.round_samples)))
+    assert lengths == [5, 5]  # 40 draws per round in batches of 8, for both
+
+    explicit = load_config(EvaluationConfig, overrides={"budget": {"samples": 1000, "round_samples": 250}})
+    fixed = training_budget(explicit, real_training_images=40)
+    assert (fixed.rounds, fixed.as_record()["samples"], fixed.source) == (4, 1000, "budget.samples")
+    with pytest.raises(ConfigError, match="budget.samples"):
+        load_config(EvaluationConfig, overrides={"budget": {"samples": 0}})
+
+
+def test_a_short_mix_fails_saying_how_many_synthetic_images_are_missing():
+    """A full mix keeps every real image; without enough synthetic images that is an error (before any run
+    trains), not a silent drop of real images, unless shrink_short_mixes is set."""
+    from dermt2im_hub.evaluation.mixes import ShortMixError, check_mixes
+
+    real = np.array([0] * 40 + [1] * 20)
+    synthetic = np.array([0] * 100 + [1] * 100)
+    with pytest.raises(ShortMixError, match=r"all 40 real benign .* 120 synthetic benign .* has 100: 20 missing"):
+        select_mix(real, synthetic, Mix(0.75), seed=0)
+    mixes = plan_mixes(["real", "hybrid"], 0.75, [])
+    with pytest.raises(ShortMixError, match="shrink_short_mixes"):
+        check_mixes(real, synthetic, mixes)
+    check_mixes(real, synthetic, mixes, shrink=True)
+    check_mixes(real, synthetic, plan_mixes(["real", "hybrid"], 0.6, []))  # 60 + 30 needed: enough
+    assert issubclass(ShortMixError, ConfigError)

@@ -110,6 +110,10 @@ def _collect_isic(config: DataConfig, report: Report) -> list[SourceRecord]:
     if not labelled:
         raise InputError("isic needs labels: pass a ground-truth CSV or a folder of ISIC JSON records with "
                          "--metadata (metadata-only CSVs and duplicates lists only add to those)")
+    if not pairs and any(table.format == "isic2020" for table in labelled):
+        # ISIC 2020 holds the same image under two ids; unlisted, a copy can land in train and test
+        report.note("ISIC 2020 ground truth without ISIC_2020_Training_Duplicates.csv: its duplicate images are "
+                    "not removed (pass the duplicates list with --metadata)")
     records = _merge_labelled(labelled, report)
     by_id = {record.image_id: record for record in records}
     for table in extra_tables:

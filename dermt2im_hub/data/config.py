@@ -60,6 +60,10 @@ class DataConfig:
     hair: HairConfig = field(default_factory=HairConfig)
     limit_per_class: int | None = field(default=None, metadata={
         "help": "keep at most N images per class, picked at random by seed (the paper used 1400 + 1400)"})
+    exclude_sources: list[str] = field(default_factory=list, metadata={
+        "help": "sources that are test sets (e.g. HAM10000 when it is the unseen test source): their metadata CSV, "
+                "preprocessed folder or test_exclusion.json; rows of this source with one of their image ids, "
+                "lesion ids or image sha256s are dropped and counted"})
     split_fractions: list[float] = field(default_factory=lambda: [0.7, 0.15, 0.15], metadata={
         "help": "train, validation, test shares; lesion- and patient-disjoint, stratified by label"})
     seed: int = field(default=0, metadata={"help": "seed for the split and for --limit-per-class"})

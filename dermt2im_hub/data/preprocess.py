@@ -86,6 +86,58 @@ def select_per_class(records: list[SourceRecord], limit: int | None, seed: int,
     return sorted(chosen, key=lambda record: record.image_id)
 
 
+# ---------------------------------------------------------------- sources that are test sets
+
+EXCLUDED_REASON = "in_test_source"
+_ID_COLUMNS = ("image_id", "isic_id", "image_name", "image", "name")
+
+
+def exclusion_from_sources(paths: list[str]) -> TestExclusion:
+    """Every image of the given test sources as one exclusion list: a preprocessed folder (its metadata.jsonl:
+    ids and sha256s of every split), a test_exclusion.json, or a metadata CSV (image and lesion ids, e.g.
+    HAM10000_metadata.csv)."""
+    from dermt2im_hub.data.sources import read_csv_rows, rows_as_dicts
+    from dermt2im_hub.records import read_records
+
+    merged = TestExclusion(source="exclude_sources")
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            records = read_records(path)
+            merged = merged.merge(TestExclusion.from_records(records, source=str(path)))
+            # the input files' bytes too: the same download listed under another id in another source
+            merged.sha256.update(r.extra.get("source_sha256") for r in records if r.extra.get("source_sha256"))
+        elif path.suffix.lower() == ".json":
+            merged = merged.merge(TestExclusion.load(path))
+        elif path.is_file():
+            header, rows = rows_as_dicts(read_csv_rows(path))
+            lower = {h.lower(): h for h in header}
+            id_column = next((lower[c] for c in _ID_COLUMNS if c in lower), None)
+            if id_column is None:
+                raise InputError(f"exclude_sources: {path} has none of the id columns {list(_ID_COLUMNS)}")
+            for row in rows:
+                merged.image_ids.add(row[id_column])
+                if row.get(lower.get("lesion_id", "")):
+                    merged.lesion_ids.add(row[lower["lesion_id"]])
+        else:
+            raise InputError(f"exclude_sources: {path} not found (a metadata CSV, a preprocessed folder or a "
+                             "test_exclusion.json)")
+    merged.image_ids.discard("")
+    return merged
+
+
+def drop_test_source_rows(records: list[SourceRecord], exclusion: TestExclusion, report: Report
+                          ) -> list[SourceRecord]:
+    """The records whose image id or lesion id is not in a test source's list (the others reported)."""
+    kept = []
+    for record in records:
+        if record.image_id in exclusion.image_ids or (record.lesion_id and record.lesion_id in exclusion.lesion_ids):
+            report.skip(EXCLUDED_REASON, record.image_id, record.path, "image or lesion of a test source")
+        else:
+            kept.append(record)
+    return kept
+
+
 def processing_settings(config: DataConfig) -> dict[str, Any]:
     """The settings that decide an output image's pixels (the rest, e.g. prompts, live only in metadata)."""
     return {
@@ -289,6 +341,11 @@ def run_preprocess(config: DataConfig, progress: bool = True) -> PreprocessResul
     started_at = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     report = Report()
     candidates = collect_records(config, report)
+    test_sources = exclusion_from_sources(config.exclude_sources) if config.exclude_sources else None
+    if test_sources is not None:  # before selection, so limit_per_class counts only usable images
+        candidates = drop_test_source_rows(candidates, test_sources, report)
+        report.note(f"exclude_sources: {report.skipped.get(EXCLUDED_REASON, 0)} row(s) dropped: their image or "
+                    "lesion belongs to a test source")
     out.mkdir(parents=True, exist_ok=True)
     remove_stale_temp_files(out)
     try:
@@ -296,7 +353,8 @@ def run_preprocess(config: DataConfig, progress: bool = True) -> PreprocessResul
         journal = Journal(out / JOURNAL_NAME)
         old_rows = dict(journal.rows)
         processed, reused = _process(config, out, selected, journal, progress)
-        return _finish(config, out, selected, journal, old_rows, report, processed, reused, started, started_at)
+        return _finish(config, out, selected, journal, old_rows, report, processed, reused, started, started_at,
+                       test_sources)
     except BaseException as exc:
         status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
         write_manifest(out, STAGE, config, started_at=started_at, status=status,
@@ -338,13 +396,17 @@ def _process(config: DataConfig, out: Path, selected: list[SourceRecord], journa
 
 def _finish(config: DataConfig, out: Path, selected: list[SourceRecord], journal: Journal,
             old_rows: dict[str, dict[str, Any]], report: Report, processed: int, reused: int, started: float,
-            started_at: str) -> PreprocessResult:
+            started_at: str, test_sources: TestExclusion | None = None) -> PreprocessResult:
     records: list[ImageRecord] = []
     for source in selected:
         row = journal.rows[source.image_id]
         for reason, detail in row.get("conversions") or []:
             report.convert(reason, source.image_id, source.path, detail)
-        if row.get("ok"):
+        if row.get("ok") and test_sources is not None and ({row.get("sha256"), row.get("source_sha256")}
+                                                          & test_sources.sha256):
+            # a test image under another id: the same bytes after the same preprocessing
+            report.skip(EXCLUDED_REASON, source.image_id, source.path, "same image bytes as a test-source image")
+        elif row.get("ok"):
             records.append(_image_record(source, row, config))
         else:
             report.skip(row.get("reason") or "worker_error", source.image_id, source.path, row.get("detail"))
@@ -375,6 +437,7 @@ def _finish(config: DataConfig, out: Path, selected: list[SourceRecord], journal
     extra = {"elapsed_seconds": round(elapsed, 3), "processed": processed, "reused": reused,
              "images_per_second": round(processed / elapsed, 2) if processed and elapsed > 0 else None,
              "skipped": dict(report.skipped), "converted": dict(report.converted),
+             "excluded_test_source_rows": report.skipped.get(EXCLUDED_REASON, 0) if test_sources else None,
              "card": {"source": config.source, "num_images": len(records), "size": config.size,
                       "hair_removal": config.hair_removal, **_count_summary(records)}}
     inputs = {"images": _images_fingerprint(config, records),

@@ -41,7 +41,7 @@ from dermt2im_hub.evaluation.data import (
     group_holdout,
     load_table,
 )
-from dermt2im_hub.evaluation.mixes import MissingSyntheticDataError, Mix, plan_mixes, select_mix
+from dermt2im_hub.evaluation.mixes import MissingSyntheticDataError, Mix, check_mixes, plan_mixes, select_mix
 from dermt2im_hub.evaluation.scoring import prediction_rows, score_test_set
 from dermt2im_hub.hub.eval_results import eval_results_entries, hub_dataset_id, hub_metric_id
 from dermt2im_hub.labels import CLASS_NAMES
@@ -59,9 +59,9 @@ PREDICTIONS_FILE = "predictions.jsonl"
 PAPER_WEIGHTS = {"vit_base_patch16_224.orig_in21k": "google/vit-base-patch16-224-in21k"}
 # Settings that change what a run computes (the rest, e.g. workers or the output folder, do not).
 _RUN_SETTINGS = ("pretrained", "pretrained_files", "model_kwargs", "image_size", "validation_split",
-                 "validation_fraction", "epochs", "batch_size", "learning_rate", "min_learning_rate",
+                 "validation_fraction", "shrink_short_mixes", "epochs", "batch_size", "learning_rate", "min_learning_rate",
                  "weight_decay", "warmup_epochs", "label_smoothing", "early_stopping_patience", "mixed_precision",
-                 "augmentation", "subgroups", "age_bands", "ece_bins", "bootstrap_resamples", "confidence")
+                 "budget", "augmentation", "subgroups", "age_bands", "ece_bins", "bootstrap_resamples", "confidence")
 
 
 @dataclass
@@ -223,7 +223,8 @@ def _training_set(data: BenchmarkData, mix: Mix, seed: int, data_config: dict, c
     from dermt2im_hub.evaluation.train import CachedTrainingSet
 
     synthetic_labels = data.synthetic.labels if data.synthetic else np.zeros(0, np.int64)
-    real_rows, synthetic_rows = select_mix(data.real_train.labels, synthetic_labels, mix, seed)
+    real_rows, synthetic_rows = select_mix(data.real_train.labels, synthetic_labels, mix, seed,
+                                           shrink=config.shrink_short_mixes)
     real_pool, synthetic_pool = _training_pools(data, data_config, config, progress)
     return CachedTrainingSet([real_pool, synthetic_pool], [real_rows, synthetic_rows],
                              [data.real_train.labels[real_rows], synthetic_labels[synthetic_rows]])
@@ -244,7 +245,7 @@ def _test(model, data: BenchmarkData, data_config: dict, config: EvaluationConfi
         result = score_test_set(table, probabilities, config, seed)
         result["dataset_id"] = spec.hub_id or spec.path
         results.append(result)
-        predictions += prediction_rows(table, probabilities)
+        predictions += prediction_rows(table, probabilities, config)
     return results, predictions
 
 
@@ -257,7 +258,12 @@ def _training_summary(fitted, accelerator) -> dict[str, Any]:
             "device": str(accelerator.device)}
 
 
-def _mix_summary(train_set) -> dict[str, Any]:
+def _mix_summary(train_set, pretrained_on: BenchmarkData | None = None, fitted=None) -> dict[str, Any]:
+    if pretrained_on is not None:  # two phases: every synthetic image, then the real set; the fraction is of samples
+        phases = fitted.budget["phases"]
+        return {"real_images": len(pretrained_on.real_train), "synthetic_images": len(pretrained_on.synthetic),
+                "synthetic_fraction": phases[0]["samples"] / max(1, fitted.budget["samples"]),
+                "phases": ["synthetic", "real"]}
     n_real, n_synthetic = (int(len(rows)) for rows in (train_set.row_of[train_set.pool_of == 0],
                                                        train_set.row_of[train_set.pool_of == 1]))
     return {"real_images": n_real, "synthetic_images": n_synthetic,
@@ -272,7 +278,15 @@ def train_classifier(config: EvaluationConfig, model_name: str, mix: Mix, seed: 
     import torch
     from accelerate.utils import set_seed
 
-    from dermt2im_hub.evaluation.train import create_classifier, fit, get_accelerator, unwrap
+    from dermt2im_hub.evaluation.train import (
+        create_classifier,
+        fit,
+        get_accelerator,
+        join_phases,
+        split_budget,
+        training_budget,
+        unwrap,
+    )
 
     accelerator = get_accelerator(config)
     output_dir = Path(output_dir or config.output_dir)
@@ -281,8 +295,19 @@ def train_classifier(config: EvaluationConfig, model_name: str, mix: Mix, seed: 
     model, data_config = create_classifier(model_name, config)
     train_set = _training_set(data, mix, seed, data_config, config, progress)
     validation_images = _eval_images(data.validation, data_config, config, progress)
-    model, fitted = fit(model, data_config, train_set, validation_images, data.validation.labels, config, seed,
-                        accelerator, progress)
+    # one budget for every arm, counted in the real-only training set (not this mix's size)
+    budget = training_budget(config, len(data.real_train))
+    if mix.size_policy == "pretrain":  # synthetic first, then the real set: the same total budget in two phases
+        first, second = split_budget(budget, config.pretrain_share)
+        model, pretrained = fit(model, data_config, train_set, validation_images, data.validation.labels, config,
+                                seed, accelerator, progress, budget=first)
+        train_set = _training_set(data, Mix(0.0), seed, data_config, config, progress)
+        model, tuned = fit(unwrap(accelerator, model), data_config, train_set, validation_images,
+                           data.validation.labels, config, seed, accelerator, progress, budget=second)
+        fitted = join_phases(pretrained, tuned)
+    else:
+        model, fitted = fit(model, data_config, train_set, validation_images, data.validation.labels, config, seed,
+                            accelerator, progress, budget=budget)
     results, predictions = _test(model, data, data_config, config, seed, accelerator, progress)
     record = {
         "schema": RECORD_SCHEMA, "run_id": run_id,
@@ -292,7 +317,8 @@ def train_classifier(config: EvaluationConfig, model_name: str, mix: Mix, seed: 
         "model": model_name, "pretrained_weights": _pretrained_weights(model, model_name, config),
         "mix": mix.name, "arms": list(mix.arms), "synthetic_fraction": mix.synthetic_fraction,
         "size_policy": mix.size_policy, "hybrid_fraction": config.hybrid_fraction, "seed": seed,
-        "training_mix": _mix_summary(train_set),
+        "training_mix": _mix_summary(train_set, data if mix.size_policy == "pretrain" else None, fitted),
+        "budget": fitted.budget,
         "data_config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in data_config.items()},
         "training": _training_summary(fitted, accelerator),
         "datasets": _dataset_refs(data),
@@ -393,14 +419,23 @@ def save_classifier(folder: Path, model, data_config: dict, record: dict[str, An
     return folder
 
 
+def _budget_text(budget: dict[str, Any]) -> str:
+    phases = " in two phases (synthetic, then real)" if budget.get("phases") else ""
+    return (f"{budget.get('samples')} training samples seen{phases}: {budget.get('rounds')} rounds of "
+            f"{budget.get('round_samples')}, {budget.get('steps')} steps; the same for every arm of the sweep")
+
+
 def _hyperparameters(config: EvaluationConfig, record: dict[str, Any]) -> dict[str, Any]:
     training = record["training"]
     return {
         "optimizer": "AdamW", "learning_rate": config.learning_rate, "min_learning_rate": config.min_learning_rate,
-        "schedule": f"linear warmup {config.warmup_epochs} epoch(s) + cosine", "weight_decay": config.weight_decay,
+        "schedule": f"linear warmup {(record.get('budget') or {}).get('warmup_samples')} samples + cosine",
+        "weight_decay": config.weight_decay,
         "batch_size_per_device": config.batch_size, "num_processes": training["num_processes"],
-        "max_epochs": config.epochs, "epochs_run": training["epochs_run"], "best_epoch": training["best_epoch"],
-        "early_stopping": f"validation balanced accuracy, patience {config.early_stopping_patience}",
+        "training_budget": _budget_text(record.get("budget") or {}), "rounds_run": training["epochs_run"],
+        "best_round": training["best_epoch"],
+        "early_stopping": "validation balanced accuracy, patience "
+                          f"{(record.get('budget') or {}).get('patience_samples')} samples",
         "mixed_precision": training["mixed_precision"], "sampling": "class-balanced",
         "input_size": record["data_config"]["input_size"][-1],
         "augmentation": config_to_dict(config.augmentation),
@@ -530,6 +565,8 @@ def run_benchmark(config: EvaluationConfig, *, real=None, synthetic=None, test_s
     mixes = plan_mixes(config.arms, config.hybrid_fraction, config.synthetic_fractions)
     data = prepare_data(config, real, synthetic, test_sets,
                         needs_synthetic=any(m.synthetic_fraction > 0 for m in mixes))
+    check_mixes(data.real_train.labels, data.synthetic.labels if data.synthetic else None, mixes,
+                config.shrink_short_mixes)  # a short mix fails before the first run trains
     output_dir = Path(config.output_dir)
     results_dir = output_dir / "results"
     inputs = {"real": config.real.path if real is None else None,

@@ -3,14 +3,19 @@
 One `EvaluationConfig` drives the whole sweep (models x mixes x seeds). A mix is a synthetic fraction r
 of the training set and a size policy:
 
+Every arm trains for the same budget of samples seen (`budget`; by default `epochs` passes' worth of the
+real-only training set), so a hybrid set with four times the images gets no more steps than real-only.
+
 - "full": keep every real training image and add synthetic images until they are r of the set; when the
-  synthetic pool is too small, the largest set with exactly r synthetic (some real images left out, with
-  a warning). r = 0 is the real-only baseline, r = 1 synthetic-only.
+  synthetic pool is too small, an error saying how many synthetic images are missing (with
+  `shrink_short_mixes`, the largest set with exactly r synthetic instead, some real images left out).
+  r = 0 is the real-only baseline, r = 1 synthetic-only.
 - "equal": as many images as the real-only set, r of them synthetic (the equal-size ablation, so a gain
   cannot come only from having more images).
 
 Arms name the mixes: `real` (r = 0), `hybrid` (r = hybrid_fraction, full), `equal_size` (r =
-hybrid_fraction, equal) and `sweep` (every r in synthetic_fractions, full). Runs shared by two arms
+hybrid_fraction, equal), `sweep` (every r in synthetic_fractions, full) and `pretrain_finetune` (every
+synthetic image for `pretrain_share` of the budget, then the real set for the rest: same total budget). Runs shared by two arms
 (hybrid and the sweep's 0.75) are trained once.
 """
 
@@ -22,8 +27,8 @@ from typing import Any
 from dermt2im_hub.config import ConfigError
 from dermt2im_hub.utils.files import is_safetensors
 
-ARMS = ("real", "hybrid", "equal_size", "sweep")
-SIZE_POLICIES = ("full", "equal")
+ARMS = ("real", "hybrid", "equal_size", "sweep", "pretrain_finetune")
+SIZE_POLICIES = ("full", "equal", "pretrain")
 MIXED_PRECISION = ("auto", "no", "fp16", "bf16")
 PAPER_MODELS = ("vit_base_patch16_224.orig_in21k", "mobilenetv2_100")
 
@@ -70,6 +75,21 @@ class AugmentationConfig:
 
 
 @dataclass
+class BudgetConfig:
+    """Training length in samples seen, the same for every arm (null: counted in epochs of the real-only set)."""
+
+    samples: int | None = field(default=None, metadata={
+        "help": "training samples seen per run, identical for every arm (null: epochs x real-only training images)"})
+    round_samples: int | None = field(default=None, metadata={
+        "help": "samples between validation checks (null: the real-only training images, one real-only epoch)"})
+    warmup_samples: int | None = field(default=None, metadata={
+        "help": "linear warm-up length in samples (null: warmup_epochs x real-only training images)"})
+    patience_samples: int | None = field(default=None, metadata={
+        "help": "early stopping: samples without a better validation score (null: early_stopping_patience "
+                "rounds)"})
+
+
+@dataclass
 class EvaluationConfig:
     # ---- data
     real: DatasetSource = field(default_factory=lambda: DatasetSource(config_name="real"),
@@ -101,9 +121,19 @@ class EvaluationConfig:
     hybrid_fraction: float = field(default=0.75, metadata={"help": "synthetic share of the hybrid set"})
     synthetic_fractions: list[float] = field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 0.9, 1.0],
                                              metadata={"help": "the sweep's synthetic shares"})
+    pretrain_share: float = field(default=0.5, metadata={
+        "help": "pretrain_finetune arm: share of the training budget spent on synthetic images before fine-tuning "
+                "on the real set"})
+    shrink_short_mixes: bool = field(default=False, metadata={
+        "help": "when a full mix lacks synthetic images, drop real ones to hold its fraction (default: an error "
+                "saying how many synthetic images are missing)"})
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4], metadata={"help": "one run per seed"})
     # ---- training
-    epochs: int = field(default=30, metadata={"help": "most epochs per run"})
+    epochs: int = field(default=30, metadata={
+        "help": "most epochs per run, an epoch being as many samples as the real-only training set has images "
+                "(the same samples for every arm); budget.samples overrides"})
+    budget: BudgetConfig = field(default_factory=BudgetConfig, metadata={
+        "help": "training length in samples seen, identical for every arm"})
     batch_size: int = field(default=64, metadata={"help": "images per step per device"})
     eval_batch_size: int = field(default=256, metadata={"help": "images per evaluation step per device"})
     learning_rate: float = field(default=1e-4, metadata={"help": "AdamW peak learning rate"})
@@ -148,6 +178,8 @@ class EvaluationConfig:
         for r in [self.hybrid_fraction, *self.synthetic_fractions]:
             if not 0.0 <= r <= 1.0:
                 raise ConfigError(f"synthetic fractions must be within [0, 1], got {r}")
+        if not 0.0 < self.pretrain_share < 1.0:
+            raise ConfigError(f"evaluation.pretrain_share must be within (0, 1), got {self.pretrain_share}")
         if "equal_size" in self.arms and self.hybrid_fraction >= 1.0:
             raise ConfigError("equal_size needs hybrid_fraction < 1")
         if self.mixed_precision not in MIXED_PRECISION:
@@ -167,9 +199,17 @@ class EvaluationConfig:
         for name, value in positive.items():
             if value < 1:
                 raise ConfigError(f"evaluation.{name} must be at least 1")
+        for name, value in config_budget_values(self.budget):
+            if value is not None and value < (0 if name == "warmup_samples" else 1):
+                raise ConfigError(f"evaluation.budget.{name} must be positive (or null), got {value}")
         if not 0.0 < self.validation_fraction < 1.0:
             raise ConfigError("evaluation.validation_fraction must be within (0, 1)")
         if not 0.0 < self.confidence < 1.0:
             raise ConfigError("evaluation.confidence must be within (0, 1)")
         if not 0.0 < self.augmentation.scale_min <= 1.0:
             raise ConfigError("evaluation.augmentation.scale_min must be within (0, 1]")
+
+
+def config_budget_values(budget: BudgetConfig) -> list[tuple[str, int | None]]:
+    return [(name, getattr(budget, name)) for name in ("samples", "round_samples", "warmup_samples",
+                                                       "patience_samples")]

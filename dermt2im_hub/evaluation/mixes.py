@@ -22,16 +22,22 @@ class MissingSyntheticDataError(ConfigError):
     """A mix with synthetic images was asked for, but there is no (or too little) synthetic data."""
 
 
+class ShortMixError(MissingSyntheticDataError):
+    """A "full" mix cannot keep every real image at its synthetic fraction (and shrinking was not asked for)."""
+
+
 @dataclass(frozen=True)
 class Mix:
     synthetic_fraction: float
-    size_policy: str = "full"  # "full" | "equal"
+    size_policy: str = "full"  # "full" | "equal" | "pretrain" (synthetic first, then the real set)
     arms: tuple[str, ...] = ()
 
     @property
     def name(self) -> str:
         if self.synthetic_fraction == 0:
             return "real"
+        if self.size_policy == "pretrain":
+            return "synthetic-then-real"
         suffix = "-equal" if self.size_policy == "equal" else ""
         return f"r{self.synthetic_fraction:.2f}{suffix}"
 
@@ -55,6 +61,8 @@ def plan_mixes(arms, hybrid_fraction: float, sweep_fractions) -> list[Mix]:
             want(hybrid_fraction, "full", arm)
         elif arm == "equal_size":
             want(hybrid_fraction, "equal", arm)
+        elif arm == "pretrain_finetune":  # every synthetic image first; the real set is the second phase
+            want(1.0, "pretrain", arm)
         elif arm == "sweep":
             for fraction in sweep_fractions:
                 want(fraction, "full", arm)
@@ -62,8 +70,8 @@ def plan_mixes(arms, hybrid_fraction: float, sweep_fractions) -> list[Mix]:
     return sorted(mixes, key=lambda m: (m.size_policy != "full", m.synthetic_fraction))
 
 
-def _class_counts(real_count: int, synthetic_count: int, fraction: float, policy: str, label: str
-                  ) -> tuple[int, int]:
+def _class_counts(real_count: int, synthetic_count: int, fraction: float, policy: str, label: str,
+                  shrink: bool = False) -> tuple[int, int]:
     """(real, synthetic) images of one class for a mix."""
     if fraction == 0:
         return real_count, 0
@@ -81,16 +89,44 @@ def _class_counts(real_count: int, synthetic_count: int, fraction: float, policy
         return real_count - n_synthetic, n_synthetic
     if fraction == 1:
         return 0, synthetic_count
-    total = min(real_count / (1 - fraction), synthetic_count / fraction)
-    if synthetic_count / fraction < real_count / (1 - fraction):
-        logger.warning("only %d synthetic %s images: the r=%.2f mix keeps %d of %d real ones to hold the fraction",
-                       synthetic_count, label, fraction, round(total - round(fraction * total)), real_count)
-    n_synthetic = round(fraction * math.floor(total))
-    return math.floor(total) - n_synthetic, n_synthetic
+    needed = synthetic_needed(real_count, fraction)
+    if synthetic_count >= needed:
+        return real_count, needed
+    if not shrink:
+        raise ShortMixError(
+            f"the r={fraction:.2f} mix keeps all {real_count} real {label} training images only with {needed} "
+            f"synthetic {label} images; the synthetic dataset has {synthetic_count}: {needed - synthetic_count} "
+            f"missing. Generate more, lower the synthetic fraction (evaluation.hybrid_fraction / "
+            "synthetic_fractions), or set evaluation.shrink_short_mixes: true to drop real images instead (that mix "
+            "then has fewer real images than real-only, and the mixes table says how many)")
+    total = math.floor(synthetic_count / fraction)
+    n_synthetic = round(fraction * total)
+    logger.warning("only %d synthetic %s images: the r=%.2f mix keeps %d of %d real ones to hold the fraction "
+                   "(shrink_short_mixes)", synthetic_count, label, fraction, total - n_synthetic, real_count)
+    return total - n_synthetic, n_synthetic
 
 
-def select_mix(real_labels, synthetic_labels, mix: Mix, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Indices into the real and the synthetic training pools for `mix`, drawn with `seed`."""
+def synthetic_needed(real_count: int, fraction: float) -> int:
+    """Synthetic images that, beside `real_count` real ones, make `fraction` of the set."""
+    return round(real_count * fraction / (1 - fraction))
+
+
+def check_mixes(real_labels, synthetic_labels, mixes: list[Mix], shrink: bool = False) -> None:
+    """Every mix's counts, before anything trains: a short mix fails here, not after the real-only runs."""
+    real_labels = np.asarray(real_labels)
+    synthetic_labels = np.asarray(synthetic_labels if synthetic_labels is not None else [], dtype=np.int64)
+    for mix in mixes:
+        if mix.synthetic_fraction == 0:
+            continue
+        for label_id, label in enumerate(CLASS_NAMES):
+            _class_counts(int((real_labels == label_id).sum()), int((synthetic_labels == label_id).sum()),
+                          mix.synthetic_fraction, mix.size_policy, label, shrink)
+
+
+def select_mix(real_labels, synthetic_labels, mix: Mix, seed: int, shrink: bool = False
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """Indices into the real and the synthetic training pools for `mix`, drawn with `seed`. A "full" mix
+    keeps every real image; when the synthetic pool is too small that is a `ShortMixError` unless `shrink`."""
     real_labels = np.asarray(real_labels)
     synthetic_labels = np.asarray(synthetic_labels if synthetic_labels is not None else [], dtype=np.int64)
     if mix.synthetic_fraction > 0 and synthetic_labels.size == 0:
@@ -104,7 +140,7 @@ def select_mix(real_labels, synthetic_labels, mix: Mix, seed: int) -> tuple[np.n
         real_pool = np.flatnonzero(real_labels == label_id)
         synthetic_pool = np.flatnonzero(synthetic_labels == label_id)
         n_real, n_synthetic = _class_counts(len(real_pool), len(synthetic_pool), mix.synthetic_fraction,
-                                            mix.size_policy, label)
+                                            mix.size_policy, label, shrink)
         real_take.append(rng.permutation(real_pool)[:n_real])
         synthetic_take.append(rng.permutation(synthetic_pool)[:n_synthetic])
     return np.sort(np.concatenate(real_take)), np.sort(np.concatenate(synthetic_take))

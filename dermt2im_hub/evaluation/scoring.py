@@ -99,7 +99,15 @@ def score_test_set(table: ImageTable, probabilities: np.ndarray, config, seed: i
     }
 
 
-def prediction_rows(table: ImageTable, probabilities: np.ndarray) -> list[dict[str, Any]]:
-    return [{"test_set": table.name, "image_id": image_id, "label": int(label), "prob_malignant": float(p),
-             "prediction": int(p >= THRESHOLD)}
-            for image_id, label, p in zip(table.image_ids, table.labels, probabilities)]
+def prediction_rows(table: ImageTable, probabilities: np.ndarray, config=None) -> list[dict[str, Any]]:
+    """One row per test image; with `config`, its subgroup of every attribute (so the leaderboard can put
+    seed-and-image intervals on subgroup differences)."""
+    groups = subgroup_values(table, config.subgroups, config.age_bands) if config is not None else {}
+    rows = []
+    for index, (image_id, label, p) in enumerate(zip(table.image_ids, table.labels, probabilities)):
+        row = {"test_set": table.name, "image_id": image_id, "label": int(label), "prob_malignant": float(p),
+               "prediction": int(p >= THRESHOLD)}
+        if groups:
+            row["groups"] = {attribute: values[index] for attribute, values in groups.items()}
+        rows.append(row)
+    return rows

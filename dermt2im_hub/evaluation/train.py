@@ -3,11 +3,12 @@
 AdamW (timm's optimizer factory: no weight decay on norms and biases), linear warmup then cosine decay
 (timm's scheduler, stepped per update), mixed precision and multi-GPU through accelerate, class-balanced
 sampling, batched device-side augmentation, early stopping on validation balanced accuracy with the best
-weights kept. Images come from the decoded-image cache as uint8 arrays.
+weights kept. Training length is a budget of samples seen (`TrainingBudget`), identical for every arm. Images come from the decoded-image cache as uint8 arrays.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -79,12 +80,89 @@ class CachedImages(torch.utils.data.Dataset):
         return self.__getitems__([index])[0]
 
 
-def balanced_sampler(labels: np.ndarray, generator: torch.Generator) -> torch.utils.data.WeightedRandomSampler:
-    """Draws each class equally often (with replacement); one epoch = as many draws as images."""
+def balanced_sampler(labels: np.ndarray, generator: torch.Generator,
+                     draws: int | None = None) -> torch.utils.data.WeightedRandomSampler:
+    """Draws each class equally often (with replacement); `draws` per pass (default: as many as images)."""
     counts = np.bincount(labels, minlength=len(CLASS_NAMES)).astype(np.float64)
     weights = 1.0 / counts[labels]
-    return torch.utils.data.WeightedRandomSampler(torch.as_tensor(weights, dtype=torch.double), len(labels),
-                                                  replacement=True, generator=generator)
+    return torch.utils.data.WeightedRandomSampler(torch.as_tensor(weights, dtype=torch.double),
+                                                  draws or len(labels), replacement=True, generator=generator)
+
+
+@dataclass(frozen=True)
+class TrainingBudget:
+    """How long a run trains, in training samples seen: the same numbers for every arm of a sweep.
+
+    Training runs in rounds of `round_samples` class-balanced draws, with a validation check after each; warm-up
+    and early-stopping patience are samples too. Counting epochs of each arm's own training set instead would
+    give a hybrid set four times the real-only set's steps, warm-up and patience, and any hybrid gain would be
+    confounded with training length.
+    """
+
+    samples: int
+    round_samples: int
+    warmup_samples: int
+    patience_samples: int
+    source: str = "explicit"
+
+    @property
+    def rounds(self) -> int:
+        return max(1, round(self.samples / self.round_samples))
+
+    @property
+    def patience_rounds(self) -> int:
+        return max(1, math.ceil(self.patience_samples / self.round_samples))
+
+    def as_record(self) -> dict:
+        return {"unit": "training samples seen (class-balanced draws)", "samples": self.rounds * self.round_samples,
+                "round_samples": self.round_samples, "rounds": self.rounds, "warmup_samples": self.warmup_samples,
+                "patience_samples": self.patience_rounds * self.round_samples, "source": self.source,
+                "unit_note": "identical for every arm: validation after every round; warm-up and patience in the "
+                             "same samples"}
+
+
+def split_budget(budget: TrainingBudget, first_share: float) -> tuple[TrainingBudget, TrainingBudget]:
+    """Two phases (synthetic pre-training, real fine-tuning) whose rounds add up to `budget`'s; each phase gets
+    at least one round and its own warm-up and patience."""
+    rounds = budget.rounds
+    first = min(max(1, round(first_share * rounds)), max(1, rounds - 1))
+    second = max(1, rounds - first)
+    return tuple(dataclasses.replace(budget, samples=n * budget.round_samples,
+                                     source=f"{budget.source}, phase {i + 1} of 2")
+                 for i, n in enumerate((first, second)))
+
+
+def join_phases(first: FitResult, second: FitResult) -> FitResult:
+    """One FitResult for pre-training then fine-tuning: the second phase's best weights and score count."""
+    history = [{**h, "phase": "synthetic"} for h in first.history] + [{**h, "phase": "real"} for h in second.history]
+    budget = {**second.budget, "samples": first.budget["samples"] + second.budget["samples"],
+              "rounds": first.budget["rounds"] + second.budget["rounds"],
+              "steps": first.budget["steps"] + second.budget["steps"],
+              "source": first.budget["source"].rsplit(", phase", 1)[0],
+              "phases": [{"phase": "synthetic", **first.budget}, {"phase": "real", **second.budget}]}
+    seen = first.images_seen + second.images_seen
+    seconds = first.train_seconds + second.train_seconds
+    return FitResult(history=history, best_epoch=len(first.history) + second.best_epoch,
+                     best_validation_balanced_accuracy=second.best_validation_balanced_accuracy,
+                     stopped_early=second.stopped_early, train_seconds=seconds,
+                     train_images_per_second=seen / max(seconds, 1e-9), steps=first.steps + second.steps,
+                     images_seen=seen, budget=budget)
+
+
+def training_budget(config: EvaluationConfig, real_training_images: int) -> TrainingBudget:
+    """The sweep's budget: `config.budget` where set, else counted in epochs of the real-only training set
+    (`epochs`, `warmup_epochs`, `early_stopping_patience`), the same samples for every arm."""
+    epoch = max(1, int(real_training_images))
+    given = config.budget
+    round_samples = given.round_samples or epoch
+    source = ("budget.samples" if given.samples else
+              f"epochs ({config.epochs}) x real-only training images ({epoch})")
+    return TrainingBudget(
+        samples=given.samples or config.epochs * epoch, round_samples=round_samples,
+        warmup_samples=given.warmup_samples if given.warmup_samples is not None
+        else int(round(config.warmup_epochs * epoch)),
+        patience_samples=given.patience_samples or config.early_stopping_patience * round_samples,
+        source=source)
 
 
 def make_loader(dataset, batch_size: int, num_workers: int, pin_memory: bool, sampler=None,
@@ -162,15 +240,16 @@ def create_classifier(model_name: str, config: EvaluationConfig) -> tuple[torch.
     return model, data_config
 
 
-def _optimizer_and_schedule(model, config: EvaluationConfig, steps_per_epoch: int):
+def _optimizer_and_schedule(model, config: EvaluationConfig, steps_per_round: int, budget: TrainingBudget,
+                            samples_per_step: int):
     from timm.optim import create_optimizer_v2
     from timm.scheduler import CosineLRScheduler
 
     extra = {"fused": True} if torch.cuda.is_available() else {}
     optimizer = create_optimizer_v2(model, opt="adamw", lr=config.learning_rate, weight_decay=config.weight_decay,
                                     **extra)
-    total = max(1, config.epochs * steps_per_epoch)
-    warmup = min(total - 1, int(round(config.warmup_epochs * steps_per_epoch)))
+    total = max(1, budget.rounds * steps_per_round)
+    warmup = max(0, min(total - 1, int(round(budget.warmup_samples / samples_per_step))))
     schedule = CosineLRScheduler(optimizer, t_initial=max(1, total - warmup), lr_min=config.min_learning_rate,
                                  warmup_t=warmup, warmup_lr_init=config.min_learning_rate, warmup_prefix=True,
                                  t_in_epochs=False)
@@ -190,6 +269,7 @@ class FitResult:
     train_images_per_second: float = 0.0
     steps: int = 0
     images_seen: int = 0
+    budget: dict = field(default_factory=dict)
 
 
 def unwrap(accelerator, model) -> torch.nn.Module:
@@ -242,18 +322,24 @@ def _train_epoch(model, loader, augment: Augment, optimizer, schedule, step: int
 
 
 def _train_loader(train_set: CachedTrainingSet, config: EvaluationConfig, generator: torch.Generator,
-                  accelerator) -> torch.utils.data.DataLoader:
+                  accelerator, round_samples: int) -> torch.utils.data.DataLoader:
+    """One round of `round_samples` draws; the batch size follows the budget, not the training set, so every
+    arm takes the same steps."""
     batch_size = config.batch_size
-    if len(train_set) < batch_size * accelerator.num_processes:  # a tiny training set: one smaller batch
-        batch_size = max(2, len(train_set) // accelerator.num_processes)
+    if round_samples < batch_size * accelerator.num_processes:  # a tiny budget: one smaller batch
+        batch_size = max(2, round_samples // accelerator.num_processes)
     return make_loader(train_set, batch_size, config.num_workers, accelerator.device.type == "cuda",
-                       balanced_sampler(train_set.labels, generator),
-                       drop_last=len(train_set) >= 2 * batch_size)  # never a batch of 1 (batch norm)
+                       balanced_sampler(train_set.labels, generator, round_samples),
+                       drop_last=round_samples >= 2 * batch_size)  # never a batch of 1 (batch norm)
 
 
 def fit(model, data_config: dict, train_set: CachedTrainingSet, validation_images: np.ndarray,
-        validation_labels: np.ndarray, config: EvaluationConfig, seed: int, accelerator, progress: bool = True):
-    """Train with early stopping; returns (the model with its best weights, FitResult)."""
+        validation_labels: np.ndarray, config: EvaluationConfig, seed: int, accelerator, progress: bool = True,
+        budget: TrainingBudget | None = None):
+    """Train for `budget` (default: `config.epochs` passes' worth of this training set) with early stopping;
+    returns (the model with its best weights, FitResult). A "round" in the history is `budget.round_samples`
+    draws."""
+    budget = budget or training_budget(config, len(train_set))
     channels_last = config.channels_last and accelerator.device.type == "cuda"
     mean, std, size = data_config["mean"], data_config["std"], int(data_config["input_size"][-1])
     augment = Augment(config.augmentation, size, mean, std, channels_last).to(accelerator.device)
@@ -263,15 +349,16 @@ def fit(model, data_config: dict, train_set: CachedTrainingSet, validation_image
     if config.compile:
         model = torch.compile(model)
     generator = torch.Generator().manual_seed(seed)
-    loader = _train_loader(train_set, config, generator, accelerator)
-    steps_per_epoch = max(1, math.floor(len(train_set) / (loader.batch_size * accelerator.num_processes)))
-    optimizer, schedule = _optimizer_and_schedule(model, config, steps_per_epoch)
+    loader = _train_loader(train_set, config, generator, accelerator, budget.round_samples)
+    samples_per_step = loader.batch_size * accelerator.num_processes
+    steps_per_round = max(1, math.floor(budget.round_samples / samples_per_step))
+    optimizer, schedule = _optimizer_and_schedule(model, config, steps_per_round, budget, samples_per_step)
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
     validation_loader = inference_loader(validation_images, config, accelerator)
 
     result, best_state, stale, step = FitResult(), None, 0, 0
     started = time.perf_counter()
-    for epoch in range(config.epochs):
+    for epoch in range(budget.rounds):
         generator.manual_seed(seed * 100_003 + epoch)  # the same draw order in every process
         epoch_start = time.perf_counter()
         loss, seen, step = _train_epoch(model, loader, augment, optimizer, schedule, step, config, accelerator,
@@ -284,7 +371,8 @@ def fit(model, data_config: dict, train_set: CachedTrainingSet, validation_image
         result.images_seen += images_seen
         result.steps = step
         result.history.append({
-            "epoch": epoch + 1, "train_loss": loss, "validation_balanced_accuracy": score,
+            "epoch": epoch + 1, "samples_seen": result.images_seen, "train_loss": loss,
+            "validation_balanced_accuracy": score,
             "learning_rate": optimizer.param_groups[0]["lr"],
             "train_images_per_second": images_seen / max(train_time, 1e-9),
         })
@@ -294,10 +382,12 @@ def fit(model, data_config: dict, train_set: CachedTrainingSet, validation_image
             best_state = {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
         else:
             stale += 1
-            if stale >= config.early_stopping_patience:
+            if stale >= budget.patience_rounds:
                 result.stopped_early = True
                 break
     result.train_images_per_second = result.images_seen / max(result.train_seconds, 1e-9)
+    result.budget = {**budget.as_record(), "batch_size_per_device": loader.batch_size,
+                     "num_processes": accelerator.num_processes, "steps": budget.rounds * steps_per_round}
     logger.info("trained %d epochs in %.1fs (best epoch %d, validation balanced accuracy %.4f)",
                 len(result.history), time.perf_counter() - started, result.best_epoch,
                 result.best_validation_balanced_accuracy)

@@ -29,6 +29,9 @@ class RealSource:
     metadata: list[str] = field(default_factory=list, metadata={"help": "metadata/ground-truth files"})
     train_lora: bool = field(default=True, metadata={
         "help": "the LoRA is trained on this source's train split (exactly one source; the paper: ISIC)"})
+    test_only: bool = field(default=False, metadata={
+        "help": "an unseen test source (the paper: HAM10000): its image ids, lesion ids and image hashes are "
+                "dropped from every other source at preprocessing, and the LoRA's exclusion list holds all of it"})
     num_images: int = field(default=64, metadata={"help": "phantoms only: how many images to make"})
     image_size: int = field(default=128, metadata={"help": "phantoms only: image side in pixels"})
     seed: int = field(default=0, metadata={"help": "phantoms only: seed"})
@@ -86,6 +89,8 @@ class RunConfig:
         if missing:
             raise ConfigError(f"run.real_sources {missing}: `images` is not set; fill in the paths of your "
                               "ISIC / HAM10000 downloads (configs/paper.yaml) or use --set")
+        if any(s.test_only and s.train_lora for s in self.real_sources):
+            raise ConfigError("run.real_sources: a test_only source cannot train the LoRA (set train_lora: false)")
         if sum(s.train_lora for s in self.real_sources) != 1:
             raise ConfigError("run.real_sources: exactly one source needs train_lora: true (the LoRA's data; "
                               "the paper used ISIC)")

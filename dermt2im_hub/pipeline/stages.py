@@ -142,14 +142,21 @@ def preprocess_specs(recipe: Path, run: RunConfig, layout: RunLayout) -> list[St
     from dermt2im_hub.data.config import DataConfig
 
     specs = []
-    for source in run.real_sources:
+    tests = [s for s in run.real_sources if s.test_only]
+    # test sources first: their metadata and preprocessed folders are every other source's exclusion list
+    for source in tests + [s for s in run.real_sources if not s.test_only]:
         overrides = dict(source.overrides)
         overrides.update(source="folder" if source.source == "phantoms" else source.source,
                          images=str(layout.source_images(source)), metadata=list(source.metadata),
                          output=str(layout.data(source.name)))
+        excluded = [] if source.test_only else [
+            *(m for t in tests for m in t.metadata), *(str(layout.data(t.name)) for t in tests)]
+        if excluded:
+            overrides["exclude_sources"] = [*overrides.get("exclude_sources", []), *excluded]
         config = load_config(DataConfig, recipe, overrides, section="data")
         inputs = [layout.source_images(source)] if source.source == "phantoms" else []
-        extra = None if source.source == "phantoms" else _fingerprint_paths([source.images, *source.metadata])
+        extra = None if source.source == "phantoms" else _fingerprint_paths([source.images, *source.metadata,
+                                                                             *excluded])
         specs.append(StageSpec(f"preprocess:{source.name}", layout.data(source.name), inputs, config,
                                _preprocess, extra_key=extra))
     return specs
@@ -181,7 +188,8 @@ def train_spec(recipe: Path, run: RunConfig, layout: RunLayout) -> StageSpec:
     from dermt2im_hub.training.config import TrainLoraConfig
 
     overrides: dict[str, Any] = {"train_data_dir": str(layout.data(run.lora_source.name)),
-                                 "output_dir": str(layout.lora)}
+                                 "output_dir": str(layout.lora),
+                                 "test_exclusion": str(layout.pipeline_dir / "lora_test_exclusion.json")}
     if run.base_model:
         overrides["pretrained_model_name_or_path"] = base_model_path(run, layout)
     config = load_config(TrainLoraConfig, recipe, overrides, section="training")
@@ -190,11 +198,28 @@ def train_spec(recipe: Path, run: RunConfig, layout: RunLayout) -> StageSpec:
         inputs.append(layout.tiny_base)
     return StageSpec("train_lora", layout.lora, inputs, config, _train,
                      notes={"num_processes": run.num_processes, "accelerate_config": run.accelerate_config,
-                            "layout": layout})
+                            "layout": layout, "sources": [(layout.data(s.name), s.test_only)
+                                                          for s in run.real_sources]})
+
+
+def merged_exclusion(sources: list[tuple[Path, bool]], path: Path):
+    """Every source's test split plus every image of a test_only source, saved to `path` (the LoRA refuses
+    all of them before its first step)."""
+    from dermt2im_hub.records import EXCLUSION_NAME, TestExclusion, read_records
+
+    merged = TestExclusion(source="dermt2im run")
+    for folder, test_only in sources:
+        if test_only and (folder / "metadata.jsonl").is_file():
+            merged = merged.merge(TestExclusion.from_records(read_records(folder), source=str(folder)))
+        elif (folder / EXCLUSION_NAME).is_file():
+            merged = merged.merge(TestExclusion.load(folder / EXCLUSION_NAME))
+    merged.save(path)
+    return merged
 
 
 def _train(spec: StageSpec) -> None:
     layout: RunLayout = spec.notes["layout"]
+    merged_exclusion(spec.notes["sources"], Path(spec.config.test_exclusion))
     argv = ["train-lora", "--config", str(_write_resolved(layout, "train_lora", spec.config))]
     if spec.notes["accelerate_config"]:
         argv += ["--accelerate-config", spec.notes["accelerate_config"]]

@@ -73,6 +73,14 @@ def expected_calibration_error(references, scores, n_bins=10):
     return float(total)
 
 
+def matthews_or_none(references, predictions):
+    """MCC, or None when it is undefined (one true or one predicted class): sklearn returns 0.0 there, which
+    reads as "no better than chance" rather than "cannot be computed"."""
+    if len(np.unique(references)) < 2 or len(np.unique(predictions)) < 2:
+        return None
+    return _defined(metrics.matthews_corrcoef(references, predictions))
+
+
 def label_metrics(references, predictions):
     """The metrics that need only hard predictions."""
     nan = np.nan
@@ -84,7 +92,7 @@ def label_metrics(references, predictions):
         "ppv": _defined(metrics.precision_score(references, predictions, pos_label=1, zero_division=nan)),
         "npv": _defined(metrics.precision_score(references, predictions, pos_label=0, zero_division=nan)),
         "f1": _defined(metrics.f1_score(references, predictions, pos_label=1, zero_division=nan)),
-        "mcc": _defined(metrics.matthews_corrcoef(references, predictions)),
+        "mcc": matthews_or_none(references, predictions),
     }
 
 
