@@ -20,6 +20,7 @@ from dermt2im_hub.data.sources import (
     read_ham10000_metadata,
     read_image_folder,
 )
+from dermt2im_hub.utils.files import describe_path, path_problem
 
 
 def _describe_diagnosis(record: SourceRecord) -> str:
@@ -139,4 +140,17 @@ def collect_records(config: DataConfig, report: Report) -> list[SourceRecord]:
         records = join_images(rows, index_images(config.images, report), report)
     else:
         records = _collect_isic(config, report)
-    return sorted(records, key=lambda record: record.image_id)
+    return sorted(_usable_files(records, report), key=lambda record: record.image_id)
+
+
+def _usable_files(records: list[SourceRecord], report: Report) -> list[SourceRecord]:
+    """Drop (and report) images whose file name is not UTF-8 or whose link leads nowhere (a loop)."""
+    usable = []
+    for record in records:
+        problem = path_problem(record.path) if record.path is not None else None
+        if problem is None:
+            usable.append(record)
+        else:
+            report.skip(problem, describe_path(record.image_id), describe_path(record.path),
+                        "file name is not valid UTF-8" if problem == "unreadable_name" else "cannot open the file")
+    return usable

@@ -25,6 +25,7 @@ Pickle formats (.ckpt, .bin, .pt, .pth) are refused: loading them can run arbitr
 from __future__ import annotations
 
 import json
+import math
 import re
 import tempfile
 from dataclasses import asdict, dataclass
@@ -112,9 +113,12 @@ def parse_adapter_spec(spec: str) -> tuple[str, float]:
     head, sep, tail = text.rpartition(":")
     if sep and head and not Path(text).exists():
         try:
-            return head, float(tail)
+            scale = float(tail)
         except ValueError:
-            pass
+            return text, 1.0
+        if not math.isfinite(scale):
+            raise ConfigError(f"lora: scale {tail!r} of {text!r} is not a finite number (NaN and infinity are refused)")
+        return head, scale
     return text, 1.0
 
 
