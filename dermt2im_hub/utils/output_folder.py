@@ -74,8 +74,8 @@ def _check_overlap(out: Path, inputs: Mapping[str, Any], inside_ok: Iterable[str
             raise OutputFolderError(f"the output folder {out} contains the {role} input {path}: write to a "
                                     "separate folder (the stage would write among, or delete, its own inputs)")
         if path.is_dir() and target.is_relative_to(path) and role not in inside_ok:
-            raise OutputFolderError(f"the output folder {out} lies inside the {role} input {path}: write to a "
-                                    "separate folder")
+            raise OutputFolderError(f"the output folder {out} lies inside the input folder {path} ({role}): write "
+                                    "to a separate folder")
 
 
 def _is_claim(name: str) -> bool:
@@ -132,7 +132,7 @@ def claim_output_folder(out: str | os.PathLike, stage: str, inputs: Mapping[str,
     out = Path(out)
     inputs = dict(inputs or {})
     if out.exists() and not out.is_dir():
-        raise OutputFolderError(f"the output {out} is a file, not a folder")
+        raise OutputFolderError(f"the output {out} is a file: a file is where a folder is expected (give a folder)")
     _check_overlap(out, {**dict(reads or {}), **inputs}, inside_ok)
     digest = inputs_digest(inputs)
     if out.is_dir() and any(not _is_claim(entry.name) for entry in out.iterdir()) and not overwrite:
