@@ -88,7 +88,10 @@ def _coerce(value: Any, tp, where: str) -> Any:
         if _takes_text(inner):
             # the text as typed; `null` / `~` still clear an optional string on purpose
             return None if allows_none and value.strip() in ("null", "~") else str(value)
-        value = value.parsed()
+        parsed = value.parsed()
+        is_list = typing.get_origin(inner) in (list, tuple, Iterable, typing.Sequence) or inner in (list, tuple)
+        # a list field given one item (`--seeds 0`) or "a,b": comma-separated items, read below
+        value = str(value) if is_list and parsed is not None and not isinstance(parsed, (list, tuple)) else parsed
     if value is None:
         if allows_none or inner is Any:
             return None

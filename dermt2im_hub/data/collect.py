@@ -29,14 +29,21 @@ def _describe_diagnosis(record: SourceRecord) -> str:
 
 
 def unique_by_id(records: Iterable[SourceRecord], report: Report, where: str) -> list[SourceRecord]:
-    """First record per image id; later ones are reported as duplicate ids."""
+    """First record per image id; later ones are reported as duplicate ids. An id listed twice with two
+    labels is excluded altogether (a label conflict): no one can say which label is right."""
     kept: dict[str, SourceRecord] = {}
+    conflicts: set[str] = set()
     for record in records:
-        if record.image_id in kept:
+        first = kept.get(record.image_id)
+        if first is None:
+            kept[record.image_id] = record
+        elif first.label != record.label and record.image_id not in conflicts:
+            conflicts.add(record.image_id)
+            report.skip("label_conflict", record.image_id, record.path or where,
+                        f"listed twice in {where}, as {first.label} and as {record.label}")
+        else:
             report.skip("duplicate_id", record.image_id, record.path or where, f"second entry in {where}")
-            continue
-        kept[record.image_id] = record
-    return list(kept.values())
+    return [record for image_id, record in kept.items() if image_id not in conflicts]
 
 
 def join_images(records: list[SourceRecord], images: Mapping[str, Path], report: Report) -> list[SourceRecord]:
@@ -82,7 +89,16 @@ def _merge_labelled(tables: list[IsicTable], report: Report) -> list[SourceRecor
 def _drop_listed_duplicates(records: list[SourceRecord], pairs: list[tuple[str, str]],
                             report: Report) -> list[SourceRecord]:
     present = {record.image_id for record in records}
-    dropped = {second: first for first, second in pairs if first in present and second in present}
+    dropped: dict[str, str] = {}
+    for first, second in pairs:
+        keeper = first
+        while keeper in dropped:  # (a, b), (b, c): c is a duplicate of a, the image that stays
+            keeper = dropped[keeper]
+        # a self pair names one image; of a pair listed both ways (a, b), (b, a) one image stays
+        if second in dropped or keeper == second:
+            continue
+        if first in present and second in present:
+            dropped[second] = keeper
     for second, first in dropped.items():
         report.skip("listed_duplicate", second, None, f"duplicate of {first}")
     return [record for record in records if record.image_id not in dropped]
