@@ -7,6 +7,7 @@ a duplicates list (ISIC 2020).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
@@ -156,7 +157,24 @@ def collect_records(config: DataConfig, report: Report) -> list[SourceRecord]:
         records = join_images(rows, index_images(config.images, report), report)
     else:
         records = _collect_isic(config, report)
+    if config.images and Path(config.images).is_dir():
+        _report_unsupported_images(Path(config.images), report)
     return sorted(_usable_files(records, report), key=lambda record: record.image_id)
+
+
+# image formats no reader here decodes: listed in the report instead of vanishing silently
+UNSUPPORTED_IMAGE_SUFFIXES = frozenset({".gif", ".heic", ".heif", ".avif", ".jp2", ".jxl", ".dcm", ".svg", ".ico"})
+
+
+def _report_unsupported_images(folder: Path, report: Report) -> None:
+    for current, dirs, files in os.walk(folder, followlinks=False):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(files):
+            suffix = os.path.splitext(name)[1].lower()
+            if not name.startswith(".") and suffix in UNSUPPORTED_IMAGE_SUFFIXES:
+                path = os.path.join(current, name)
+                report.skip("unsupported_format", describe_path(os.path.splitext(name)[0]), describe_path(path),
+                            f"{suffix} images are not read: convert them to PNG or JPEG")
 
 
 def _usable_files(records: list[SourceRecord], report: Report) -> list[SourceRecord]:

@@ -34,7 +34,7 @@ from typing import Any
 
 from dermt2im_hub.config import ConfigError
 from dermt2im_hub.hub.resolve import is_hub_id
-from dermt2im_hub.utils.files import is_pickle_weight, is_safetensors, sha256_file
+from dermt2im_hub.utils.files import is_pickle_weight, is_safetensors, missing_local_path, sha256_file
 from dermt2im_hub.utils.logging import get_logger
 from dermt2im_hub.utils.model_hash import UNET_WEIGHTS, unet_weights_sha256
 
@@ -156,6 +156,8 @@ def _classify_base(base: str) -> str:
     if path.is_file():
         _check_weight_file(path, "base model")
         return "single_file"
+    if missing_local_path(base):
+        raise ModelLoadError(f"base model folder {base!r} not found (no such file or folder)")
     if _looks_like_hub_id(base):
         _refuse_pickle(Path(base), "base model")
         return "hub"
@@ -171,6 +173,8 @@ def _classify_adapter(source: str) -> str:
     if path.is_file():
         _check_weight_file(path, "LoRA adapter")
         return "file"
+    if missing_local_path(source):
+        raise ModelLoadError(f"LoRA adapter {source!r} not found (no such file or folder)")
     if _looks_like_hub_id(source):
         _refuse_pickle(Path(source), "LoRA adapter")
         return "hub"

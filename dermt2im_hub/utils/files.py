@@ -222,3 +222,17 @@ def path_problem(path: str | os.PathLike) -> str | None:
 def describe_path(path: str | os.PathLike) -> str:
     """A file name safe to print or write to JSON: undecodable bytes shown as \\xNN escapes."""
     return os.fsdecode(path).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def missing_local_path(text: str) -> bool:
+    """Whether `text`, which names nothing on disk, was meant as a local path rather than a Hub id (`org/name`):
+    it starts with `/`, `./`, `../` or `~`, or its first part is a local folder (`outputs/lora` typed before the
+    run that writes it). Such a name gets "no such folder" at once instead of Hub requests and retries."""
+    text = str(text)
+    try:
+        if Path(text).expanduser().exists():
+            return False
+        first = PurePosixPath(text).parts[0] if text else ""
+        return text.startswith(("/", "./", "../", "~")) or ("/" in text and Path(first).is_dir())
+    except OSError:
+        return False
