@@ -260,10 +260,16 @@ def select_section(data: Mapping[str, Any], section: str | None) -> dict:
     return dict(data)
 
 
+def _typed_leaves(value: Any) -> bool:
+    if isinstance(value, Mapping):
+        return all(_typed_leaves(v) for v in value.values())
+    return isinstance(value, CommandLineText)
+
+
 def _field_defaults_for(cls, data: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict:
-    """`data` plus, for every mapping-valued field that `overrides` reaches into but `data` does not give, the
-    field's default: `--set transformations.size.huge.weight=2` then changes one weight of the default mapping
-    instead of replacing the whole mapping."""
+    """`data` plus, for every mapping-valued field that a command-line override reaches into but `data` does not
+    give, the field's default: `--set transformations.size.huge.weight=2` then changes one weight of the default
+    mapping instead of replacing the whole mapping."""
     if not _is_dataclass_type(cls):
         return dict(data)
     data = dict(data)
@@ -280,7 +286,8 @@ def _field_defaults_for(cls, data: Mapping[str, Any], overrides: Mapping[str, An
                 data[key] = _field_defaults_for(inner, current or {}, value)
             continue
         is_mapping = typing.get_origin(inner) is dict or inner is dict
-        if is_mapping and current is None and key not in data:
+        # only what was typed (`--set a.b.c=V`) merges; a mapping given in code replaces the field as before
+        if is_mapping and current is None and key not in data and _typed_leaves(value):
             default = f.default_factory() if f.default_factory is not dataclasses.MISSING else (  # type: ignore[misc]
                 f.default if f.default is not dataclasses.MISSING else None)
             if isinstance(default, Mapping):

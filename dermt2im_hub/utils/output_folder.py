@@ -69,7 +69,9 @@ def _check_overlap(out: Path, inputs: Mapping[str, Any], inside_ok: Iterable[str
     inside_ok = set(inside_ok)
     for role, path in _local_paths(inputs):
         if target == path:
-            raise OutputFolderError(f"the output folder {out} is the {role} input: write to a separate folder")
+            owner = (_read_json(path / _MANIFEST_NAME) or {}).get("stage") if path.is_dir() else None
+            what = f" (the output of stage {owner!r})" if owner else ""
+            raise OutputFolderError(f"the output folder {out} is the {role} input{what}: write to a separate folder")
         if path.is_relative_to(target):
             raise OutputFolderError(f"the output folder {out} contains the {role} input {path}: write to a "
                                     "separate folder (the stage would write among, or delete, its own inputs)")
