@@ -437,6 +437,34 @@ def test_an_unclosed_csv_quote_is_an_error(tmp_path):
         read_csv_rows(path)  # merged ISIC_2's row into a field before
 
 
+def test_an_oversized_infotext_is_flagged_and_not_published(world, tmp_path, capsys):
+    import pyarrow.parquet as pq
+    from PIL import Image, PngImagePlugin
+
+    folder = tmp_path / "a1111" / "benign"
+    folder.mkdir(parents=True)
+    info = PngImagePlugin.PngInfo()
+    info.add_text("parameters", "benign mole\nSteps: 20, Sampler: Euler, CFG scale: 7, Seed: 1, Size: 64x64, "
+                  "Model: x\n" + "A" * 200_000)
+    Image.new("RGB", (64, 64), (150, 100, 80)).save(folder / "x.png", pnginfo=info)
+    code, stdout, err = run("build-dataset", tmp_path / "a1111", "--config", "a1111", "--output", tmp_path / "ds",
+                            "--quiet", capsys=capsys)
+    assert code == 0 and "oversized" in stdout, stdout + err
+    rows = pq.read_table(next((tmp_path / "ds" / "data").glob("*.parquet"))).to_pylist()
+    assert b"AAAAAAAA" not in rows[0]["image"]["bytes"]  # the 200 kB text was kept in the image bytes before
+
+
+def test_int32_images_are_scaled_by_their_range():
+    import numpy as np
+    from PIL import Image
+
+    from dermt2im_hub.data.images import _to_rgb
+
+    samples = np.linspace(0, 2**31 - 1, 64 * 64).reshape(64, 64).astype(np.int32)
+    rgb = np.asarray(_to_rgb(Image.fromarray(samples, "I"), []))
+    assert (rgb == 255).mean() < 0.01 and abs(float(rgb.mean()) - 127.5) < 2  # 2/3 saturated at 255 before
+
+
 def test_a_missing_local_base_or_lora_is_not_a_hub_id(world, tiny_base, tmp_path, capsys):
     for extra in (["--base", world / "no-base"], ["--base", tiny_base, "--lora", "./no-lora:0.5"]):
         code, _, err = run("generate", *extra, "--output", tmp_path / "g", capsys=capsys)
