@@ -73,7 +73,6 @@ def add_hostile_files(folder: Path) -> None:
 def world(tmp_path_factory, tiny_base, phantom_dir):
     """ph (16 phantoms), hostile (ph + odd files), pre (preprocess of ph), gen (4 generated images), ds (a built
     dataset of gen), a_file; the tiny base lives outside and is checked too."""
-    import pytest as _pytest
 
     root = tmp_path_factory.mktemp("world")
     shutil.copytree(phantom_dir, root / "ph")
@@ -87,7 +86,7 @@ def world(tmp_path_factory, tiny_base, phantom_dir):
                  ["build-dataset", root / "gen", "--output", root / "ds", "--quiet"]):
         code, _, err = run(*argv, capsys=capsys)
         if code != 0:
-            _pytest.fail(f"world setup {argv[0]} failed: {err}")
+            pytest.fail(f"world setup {argv[0]} failed: {err}")
     (root / "a_file").write_text("not a folder")
     return root
 
@@ -302,10 +301,9 @@ def test_list_options_take_one_item_and_literals_stay_text():
 
 
 def test_a_plain_rerun_resumes_from_the_checkpoint(world, tiny_base, tmp_path, monkeypatch, capsys):
+    from dermt2im_hub.testing.phantoms import PhantomConfig, make_phantoms
     from dermt2im_hub.training.checkpoints import INTERRUPT_ENV
     from dermt2im_hub.training.launch import main
-
-    from dermt2im_hub.testing.phantoms import PhantomConfig, make_phantoms
 
     data = make_phantoms(tmp_path / "data", PhantomConfig(num_images=4, size=64, seed=1), progress=False)
     out = tmp_path / "lora"

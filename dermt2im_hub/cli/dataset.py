@@ -48,7 +48,6 @@ def _build_dataset(args: argparse.Namespace) -> int:
     from dermt2im_hub.dataset.sources import MemorizationError
     from dermt2im_hub.hub import PushError
     from dermt2im_hub.hub.online import require_online
-
     from dermt2im_hub.utils.output_folder import claimed_output_folder
 
     config = config_from_args(DatasetConfig, args, section="dataset")

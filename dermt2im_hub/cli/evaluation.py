@@ -49,7 +49,6 @@ def _benchmark(args: argparse.Namespace) -> int:
 
 def _leaderboard(args: argparse.Namespace) -> int:
     from dermt2im_hub.evaluation.leaderboard import render_leaderboard, table_iv_section
-
     from dermt2im_hub.utils.output_folder import claimed_output_folder
 
     if not args.results_dir.is_dir():
