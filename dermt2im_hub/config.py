@@ -15,7 +15,9 @@ subcommand's `--help` documents its settings from the field metadata (`field(met
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
+import math
 import types
 import typing
 from collections.abc import Iterable, Mapping
@@ -29,6 +31,34 @@ T = TypeVar("T")
 
 class ConfigError(ValueError):
     """A configuration problem the user can fix; the message says what and where."""
+
+
+class CommandLineText(str):
+    """A value typed on the command line (`--option TEXT`, `--set key=TEXT`). It is read as YAML (numbers,
+    lists, null) for every field except a string field, which takes the text exactly as typed: a negative
+    prompt `yes` stays 'yes', `[blurry]` and `{label}` stay text."""
+
+    def parsed(self) -> Any:
+        try:
+            return yaml.safe_load(str(self))
+        except yaml.YAMLError:
+            return str(self)  # not YAML (e.g. "a: b: c"): keep the text as typed
+
+
+yaml.SafeDumper.add_representer(CommandLineText, lambda dumper, text: dumper.represent_str(str(text)))
+
+
+def _takes_text(tp) -> bool:
+    """A field whose value is text as typed: str, Path, or a Literal of strings (`no` must not become False)."""
+    if tp in (str, Path):
+        return True
+    return typing.get_origin(tp) is typing.Literal and all(isinstance(a, str) for a in typing.get_args(tp))
+
+
+def _finite(number: float, value: Any, where: str) -> float:
+    if not math.isfinite(number):
+        raise ConfigError(f"{where}: {value!r} is not a finite number (NaN and infinity are refused)")
+    return number
 
 
 def _type_hints(cls) -> dict[str, Any]:
@@ -54,11 +84,21 @@ def _unwrap_optional(tp):
 def _coerce(value: Any, tp, where: str) -> Any:
     """Check/convert one value against a field type; raise ConfigError naming `where`."""
     inner, allows_none = _unwrap_optional(tp)
+    if isinstance(value, CommandLineText):
+        if _takes_text(inner):
+            # the text as typed; `null` / `~` still clear an optional string on purpose
+            return None if allows_none and value.strip() in ("null", "~") else str(value)
+        parsed = value.parsed()
+        is_list = typing.get_origin(inner) in (list, tuple, Iterable, typing.Sequence) or inner in (list, tuple)
+        # a list field given one item (`--seeds 0`) or "a,b": comma-separated items, read below
+        value = str(value) if is_list and parsed is not None and not isinstance(parsed, (list, tuple)) else parsed
     if value is None:
         if allows_none or inner is Any:
             return None
         raise ConfigError(f"{where}: null is not allowed (expected {_type_name(inner)})")
     if inner is Any:
+        if isinstance(value, float):
+            _finite(value, value, where)
         return value
     if _is_dataclass_type(inner):
         if isinstance(value, inner):
@@ -108,16 +148,17 @@ def _coerce(value: Any, tp, where: str) -> Any:
             as_float = float(value)
         except ValueError as exc:
             raise ConfigError(f"{where}: expected an integer, got {value!r}") from exc
-        if not as_float.is_integer():
+        if not math.isfinite(as_float) or not as_float.is_integer():
             raise ConfigError(f"{where}: expected an integer, got {value!r}")
-        return int(as_float)
+        return int(value) if isinstance(value, int) else int(as_float)
     if inner is float:
         if isinstance(value, bool):
             raise ConfigError(f"{where}: expected a number, got {value!r}")
         try:
-            return float(value)
+            number = float(value)
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"{where}: expected a number, got {value!r}") from exc
+        return _finite(number, value, where)
     if inner is str:
         if isinstance(value, (dict, list)):
             raise ConfigError(f"{where}: expected a string, got {value!r}")
@@ -167,7 +208,8 @@ def read_yaml(path: str | Path) -> dict:
 
 
 def parse_overrides(overrides: Iterable[str] | Mapping[str, Any] | None) -> dict[str, Any]:
-    """`["lora.rank=8", "samplers=[Euler, PLMS]"]` -> nested dict. Values parse as YAML."""
+    """`["lora.rank=8", "samplers=[Euler, PLMS]"]` -> nested dict. Values are `CommandLineText`: YAML for
+    every field but a string field, which takes the text as typed."""
     if not overrides:
         return {}
     if isinstance(overrides, Mapping):
@@ -178,7 +220,7 @@ def parse_overrides(overrides: Iterable[str] | Mapping[str, Any] | None) -> dict
             if "=" not in item:
                 raise ConfigError(f"override {item!r} must look like key=value")
             key, raw = item.split("=", 1)
-            items.append((key.strip(), yaml.safe_load(raw) if raw.strip() else None))
+            items.append((key.strip(), CommandLineText(raw) if raw.strip() else None))
     nested: dict[str, Any] = {}
     for key, value in items:
         parts = key.replace("-", "_").split(".")
@@ -218,6 +260,41 @@ def select_section(data: Mapping[str, Any], section: str | None) -> dict:
     return dict(data)
 
 
+def _typed_leaves(value: Any) -> bool:
+    if isinstance(value, Mapping):
+        return all(_typed_leaves(v) for v in value.values())
+    return isinstance(value, CommandLineText)
+
+
+def _field_defaults_for(cls, data: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict:
+    """`data` plus, for every mapping-valued field that a command-line override reaches into but `data` does not
+    give, the field's default: `--set transformations.size.huge.weight=2` then changes one weight of the default
+    mapping instead of replacing the whole mapping."""
+    if not _is_dataclass_type(cls):
+        return dict(data)
+    data = dict(data)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    hints = _type_hints(cls)
+    for key, value in overrides.items():
+        f = fields.get(key)
+        if f is None or not isinstance(value, Mapping):
+            continue
+        inner, _ = _unwrap_optional(hints[key])
+        current = data.get(key)
+        if _is_dataclass_type(inner):
+            if current is None or isinstance(current, Mapping):
+                data[key] = _field_defaults_for(inner, current or {}, value)
+            continue
+        is_mapping = typing.get_origin(inner) is dict or inner is dict
+        # only what was typed (`--set a.b.c=V`) merges; a mapping given in code replaces the field as before
+        if is_mapping and current is None and key not in data and _typed_leaves(value):
+            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else (  # type: ignore[misc]
+                f.default if f.default is not dataclasses.MISSING else None)
+            if isinstance(default, Mapping):
+                data[key] = copy.deepcopy(config_to_dict(default))
+    return data
+
+
 def load_config(
     cls: type[T],
     path: str | Path | None = None,
@@ -230,7 +307,8 @@ def load_config(
     if path is not None:
         data = select_section(read_yaml(path), section)
         where = f"{Path(path).name}" + (f" [{section}]" if section else "")
-    data = deep_merge(data, parse_overrides(overrides))
+    parsed = parse_overrides(overrides)
+    data = deep_merge(_field_defaults_for(cls, data, parsed), parsed)
     config = _build(cls, data, where)
     validate = getattr(config, "validate", None)
     if callable(validate):
@@ -309,11 +387,10 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
         if not dest.startswith("cfg__") or value is None:
             continue
         key = dest[len("cfg__"):].replace("__", ".")
-        if isinstance(value, str):
-            try:
-                value = yaml.safe_load(value)  # "null" / "~" set a field to None on purpose
-            except yaml.YAMLError:
-                pass  # not YAML (e.g. "a: b: c"): keep the text as typed
+        if isinstance(value, str) and not isinstance(value, CommandLineText):
+            value = CommandLineText(value)  # "null" / "~" set a field to None on purpose
+        elif isinstance(value, list):
+            value = [CommandLineText(v) if isinstance(v, str) else v for v in value]
         out[key] = value
     return out
 

@@ -54,11 +54,16 @@ def _now() -> str:
 def tree_fingerprint(folder: Path, pattern: str = "*") -> str:
     """sha256 over (relative path, size, content sha256) of every file below `folder`, in sorted order."""
     digest = hashlib.sha256()
-    for path in sorted(p for p in folder.rglob(pattern) if p.is_file()):
+    for path in sorted(p for p in folder.rglob(pattern) if p.is_file()):  # is_file: False for link loops
         rel = path.relative_to(folder).as_posix()
         if rel.startswith(".") or "/." in rel:  # temp files of interrupted writes, caches
             continue
-        digest.update(f"{rel}\0{path.stat().st_size}\0{sha256_file(path)}\n".encode())
+        try:
+            size, content = path.stat().st_size, sha256_file(path)
+        except OSError:  # vanished or unreadable since listed: the stage reading it skips it too
+            continue
+        # the name's own bytes: a name that is not UTF-8 (b"bad\xff.png") is hashed, not a crash
+        digest.update(os.fsencode(rel) + f"\0{size}\0{content}\n".encode())
     return digest.hexdigest()
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from dermt2im_hub.utils.output_folder import add_overwrite_flag, claimed_output_folder
+
 ORDER = 90
 
 
@@ -20,6 +22,7 @@ def register(subparsers) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed for the random weights (default 0)")
     p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32",
                    help="weight dtype to save (default float32)")
+    add_overwrite_flag(p)
     p.set_defaults(func=_make_tiny_base)
 
     p = subparsers.add_parser(
@@ -32,24 +35,15 @@ def register(subparsers) -> None:
     p.add_argument("--size", type=int, default=256, help="image side in pixels (default 256)")
     p.add_argument("--seed", type=int, default=0, help="seed (default 0)")
     p.add_argument("--hair-probability", type=float, default=0.3, help="share of images with hair (default 0.3)")
+    add_overwrite_flag(p)
     p.set_defaults(func=_make_phantoms)
-
-
-def _refuse_other_stage(folder: Path, own: str) -> None:
-    """Writing into another stage's output would replace its files (manifest, metadata, weights)."""
-    from dermt2im_hub.cli import UserError
-    from dermt2im_hub.manifest import try_read_manifest
-
-    stage = (try_read_manifest(folder) or {}).get("stage")
-    if stage and stage != own:
-        raise UserError(f"{folder} holds the output of stage {stage!r}; choose an empty folder")
 
 
 def _make_tiny_base(args: argparse.Namespace) -> int:
     from dermt2im_hub.testing.tiny_base import make_tiny_base
 
-    _refuse_other_stage(args.output_dir, "tiny_base")
-    out = make_tiny_base(args.output_dir, full_size=args.full_size, seed=args.seed, dtype=args.dtype)
+    with claimed_output_folder(args.output_dir, "tiny_base", overwrite=args.overwrite):
+        out = make_tiny_base(args.output_dir, full_size=args.full_size, seed=args.seed, dtype=args.dtype)
     print(f"tiny base written to {out}")
     return 0
 
@@ -60,7 +54,7 @@ def _make_phantoms(args: argparse.Namespace) -> int:
 
     config = load_config(PhantomConfig, overrides={"num_images": args.n, "size": args.size, "seed": args.seed,
                                                    "hair_probability": args.hair_probability})
-    _refuse_other_stage(args.output_dir, "phantoms")
-    out = make_phantoms(args.output_dir, config)
+    with claimed_output_folder(args.output_dir, "phantoms", overwrite=args.overwrite):
+        out = make_phantoms(args.output_dir, config)
     print(f"{config.num_images} phantom images written to {out} (metadata.jsonl, manifest.json)")
     return 0

@@ -6,6 +6,7 @@ import argparse
 
 from dermt2im_hub.config import add_common_config_flags, add_config_arguments, config_from_args
 from dermt2im_hub.data.config import DataConfig
+from dermt2im_hub.utils.output_folder import add_overwrite_flag, claimed_output_folder
 
 ORDER = 20
 
@@ -42,6 +43,7 @@ def register(subparsers) -> None:
                         "folder: not needed")
     add_config_arguments(p, DataConfig, skip=("metadata",))
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_overwrite_flag(p)
     p.set_defaults(func=_preprocess)
 
 
@@ -50,7 +52,13 @@ def _preprocess(args: argparse.Namespace) -> int:
     from dermt2im_hub.data.preprocess import REPORT_NAME, run_preprocess
 
     config = config_from_args(DataConfig, args, section="data")
-    result = run_preprocess(config, progress=not args.no_progress)
+    if not config.output:
+        result = run_preprocess(config, progress=not args.no_progress)  # says what is missing
+    else:
+        # another source's earlier output would lose its images as "stale": only with --overwrite
+        with claimed_output_folder(config.output, "preprocess", {"images": config.images},
+                                   overwrite=args.overwrite, reads={"metadata": list(config.metadata)}):
+            result = run_preprocess(config, progress=not args.no_progress)
     rate = f", {result.processed / result.elapsed_seconds:.1f} img/s" if result.processed else ""
     print(f"preprocess: {len(result.records)} image(s) in {result.output} (processed {result.processed}, "
           f"reused {result.reused}, {result.elapsed_seconds:.1f} s{rate})")

@@ -34,6 +34,9 @@ def register(subparsers) -> None:
     p.add_argument("--quiet", "--no-progress", dest="quiet", action="store_true",
                    help="no progress bar (--no-progress as in the other commands)")
     add_config_arguments(p, DatasetConfig, skip=("config_name",))
+    from dermt2im_hub.utils.output_folder import add_overwrite_flag
+
+    add_overwrite_flag(p)
     p.set_defaults(func=_build_dataset)
 
 
@@ -45,12 +48,15 @@ def _build_dataset(args: argparse.Namespace) -> int:
     from dermt2im_hub.dataset.sources import MemorizationError
     from dermt2im_hub.hub import PushError
     from dermt2im_hub.hub.online import require_online
+    from dermt2im_hub.utils.output_folder import claimed_output_folder
 
     config = config_from_args(DatasetConfig, args, section="dataset")
     if config.push_to_hub:
         require_online("--push-to-hub")  # before building, not after
     try:
-        result = build_dataset(args.inputs, args.output, config, progress=not args.quiet)
+        with claimed_output_folder(args.output, "build_dataset", {"inputs": list(args.inputs)},
+                                   overwrite=args.overwrite):
+            result = build_dataset(args.inputs, args.output, config, progress=not args.quiet)
     except (MemorizationError, PushError) as error:
         raise UserError(str(error)) from error
     except ValueError as error:  # bad inputs: no usable image, output inside an input, ...

@@ -30,6 +30,9 @@ def register(subparsers) -> None:
     p.add_argument("--bootstrap-resamples", type=int, default=None,
                    help="bootstrap resamples (default: the benchmark config's)")
     p.add_argument("--confidence", type=float, default=None, help="CI level (default: the benchmark config's)")
+    from dermt2im_hub.utils.output_folder import add_overwrite_flag
+
+    add_overwrite_flag(p)
     p.set_defaults(func=_leaderboard)
 
 
@@ -46,8 +49,13 @@ def _benchmark(args: argparse.Namespace) -> int:
 
 def _leaderboard(args: argparse.Namespace) -> int:
     from dermt2im_hub.evaluation.leaderboard import render_leaderboard, table_iv_section
+    from dermt2im_hub.utils.output_folder import claimed_output_folder
 
-    output = render_leaderboard(args.results_dir, args.output, args.bootstrap_resamples, args.confidence)
+    if not args.results_dir.is_dir():
+        raise FileNotFoundError(f"results folder not found: {args.results_dir}")
+    with claimed_output_folder(args.output or args.results_dir / "leaderboard", "leaderboard",
+                               {"results": args.results_dir}, overwrite=args.overwrite, inside_ok=("results",)):
+        output = render_leaderboard(args.results_dir, args.output, args.bootstrap_resamples, args.confidence)
     # the Table IV section (table + test-set note) on screen; the rest (differences, every mix, subgroups) in the file
     section = table_iv_section((output / "leaderboard.md").read_text(encoding="utf-8"))
     if section:

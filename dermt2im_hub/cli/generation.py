@@ -42,6 +42,9 @@ def register(subparsers) -> None:
                    help="start N worker processes with `accelerate launch` (one per GPU; on a CPU-only machine "
                         "N CPU ranks) and split the plan between them (default 1: this process)")
     add_config_arguments(p, GenerationConfig, skip=("lora", "transformations"))
+    from dermt2im_hub.utils.output_folder import add_overwrite_flag
+
+    add_overwrite_flag(p)
     p.set_defaults(func=_generate)
 
 
@@ -51,6 +54,13 @@ def _generate(args: argparse.Namespace) -> int:
 
     config = config_from_args(GenerationConfig, args, section="generation")
     config.require_inputs()
+    if "WORLD_SIZE" in os.environ:  # a worker: the launching process checked and claimed the folder
+        return _run_generation(config, args)
+    with _claimed_output(config, args.overwrite):
+        return _run_generation(config, args)
+
+
+def _run_generation(config, args: argparse.Namespace) -> int:
     if args.num_processes > 1 and "WORLD_SIZE" not in os.environ:
         return _launch_workers(config, args.num_processes)
     if args.num_processes < 1:
@@ -68,6 +78,17 @@ def _generate(args: argparse.Namespace) -> int:
               f"on rank 0, {result.images_per_second:.2f} img/s); see metadata.jsonl, contact_sheet.png, "
               "manifest.json, README.md")
     return 0 if result.finished == result.planned or result.rank != 0 else 1
+
+
+def _claimed_output(config, overwrite: bool):
+    """The output folder must be empty or an earlier generate output (whose plan generation itself compares);
+    never the base model's folder or an adapter's."""
+    from dermt2im_hub.generation.models import parse_adapter_spec
+    from dermt2im_hub.utils.output_folder import claimed_output_folder
+
+    weights = {"base": config.base, "single_file_config": config.single_file_config,
+               "lora": [parse_adapter_spec(spec)[0] for spec in config.lora]}
+    return claimed_output_folder(config.output, "generate", overwrite=overwrite, reads=weights)
 
 
 def _launch_workers(config, num_processes: int) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from pathlib import Path
 
@@ -48,6 +49,9 @@ def register(subparsers) -> None:
                    help="folder for the report (default: GENERATED_DIR/qa)")
     add_common_config_flags(p)
     add_config_arguments(p, QualityConfig)
+    from dermt2im_hub.utils.output_folder import add_overwrite_flag
+
+    add_overwrite_flag(p)
     p.set_defaults(func=_qa)
 
 
@@ -61,7 +65,8 @@ def _qa(args: argparse.Namespace) -> int:
 
     config = config_from_args(QualityConfig, args, section="quality")
     try:
-        result = run_qa(args.generated_dir, args.real, config, output_dir=args.output)
+        with _claimed_output(args):
+            result = run_qa(args.generated_dir, args.real, config, output_dir=args.output)
     except FolderError as error:
         raise UserError(str(error)) from error
     write_stage_card(result.output_dir)
@@ -77,6 +82,24 @@ def _qa(args: argparse.Namespace) -> int:
         print(f"dermt2im qa: warning: {memo['flagged_published']} kept image(s) look memorized; accepted because "
               "of --allow-memorized (build/push still need --allow-memorized).", file=sys.stderr)
     return 0
+
+
+def _claimed_output(args: argparse.Namespace):
+    """The report folder: empty, or an earlier QA report of the same folders (run_qa refuses the rest first:
+    a missing folder, a generated folder it may not write into without --output)."""
+    from dermt2im_hub.manifest import try_read_manifest
+    from dermt2im_hub.quality.images import QA_DIR, has_metadata
+    from dermt2im_hub.utils.output_folder import claimed_output_folder
+
+    generated = args.generated_dir
+    if not generated.is_dir():
+        return contextlib.nullcontext()
+    if args.output is None and not (has_metadata(generated) and (try_read_manifest(generated) or {}).get(
+            "stage") in (None, "generate")):
+        return contextlib.nullcontext()
+    return claimed_output_folder(args.output if args.output is not None else generated / QA_DIR, "qa",
+                        {"generated": generated, "real": args.real}, overwrite=args.overwrite,
+                        inside_ok=("generated",))
 
 
 def _print_summary(report: dict, output_dir: Path) -> None:

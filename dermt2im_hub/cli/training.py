@@ -1,15 +1,15 @@
 """`dermt2im train-lora`: the LoRA stage from the package's own command line.
 
 Without launcher options it trains in this process (one CPU or GPU). With `--num-processes N` or
-`--accelerate-config FILE` it runs `accelerate launch ... -m dermt2im_hub.training.launch` with the same options,
-which is exactly what `accelerate launch training_scripts/train_lora.py` runs; on a machine without CUDA,
+`--accelerate-config FILE` it runs `accelerate launch ... -m dermt2im_hub.training.launch --config RESOLVED.yaml`
+with the config this command built (parsed once), which is what `accelerate launch training_scripts/train_lora.py
+--config RESOLVED.yaml` runs; on a machine without CUDA,
 `--num-processes N` makes a real gloo DDP group (ACCELERATE_USE_CPU=1).
 """
 
 from __future__ import annotations
 
 import argparse
-import subprocess
 
 ORDER = 20
 
@@ -41,35 +41,36 @@ def register(subparsers) -> None:
     p.set_defaults(func=_train_lora)
 
 
-def forwarded_argv(args: argparse.Namespace) -> list[str]:
-    """The training options the user gave, spelled for train_lora.py."""
-    argv: list[str] = []
-    if args.config:
-        argv += ["--config", str(args.config)]
-    for item in args.set or []:
-        argv += ["--set", item]
-    for dest, value in vars(args).items():
-        if not dest.startswith("cfg__") or value is None:
-            continue
-        flag = "--" + dest[len("cfg__"):].replace("__", ".").replace("_", "-")
-        if isinstance(value, bool):
-            argv.append(flag if value else flag.replace("--", "--no-", 1))
-        else:
-            argv += [flag, str(value)]
-    return argv
+def _config(args: argparse.Namespace):
+    """The training config, built once from the parsed options (YAML <- --set <- --options)."""
+    from dermt2im_hub.config import config_from_args
+    from dermt2im_hub.training.config import SECTION, TrainLoraConfig
+
+    return config_from_args(TrainLoraConfig, args, section=SECTION)
 
 
-def _accelerate_command(args: argparse.Namespace) -> tuple[list[str], dict[str, str]]:
-    from dermt2im_hub.utils.launch import accelerate_launch
+def _launch(config, args: argparse.Namespace) -> int:
+    """`accelerate launch -m dermt2im_hub.training.launch --config RESOLVED.yaml`: the workers read the config
+    this command resolved (as generation's do), not a command line rebuilt from parsed options."""
+    import tempfile
+    from pathlib import Path
 
+    from dermt2im_hub.config import save_config
+    from dermt2im_hub.training.launch import check_output
+    from dermt2im_hub.utils.launch import accelerate_launch, call_child
+
+    check_output(config, args.overwrite)  # refused here, before any process starts
     prefix, env = accelerate_launch(args.num_processes or 1, args.accelerate_config)
-    return prefix + ["-m", "dermt2im_hub.training.launch"] + forwarded_argv(args), env
+    with tempfile.TemporaryDirectory(prefix="dermt2im-train-") as folder:
+        resolved = save_config(config, Path(folder) / "train_lora.yaml")
+        command = prefix + ["-m", "dermt2im_hub.training.launch", "--config", str(resolved)]
+        return call_child(command + (["--overwrite"] if args.overwrite else []), env)
 
 
 def _train_lora(args: argparse.Namespace) -> int:
-    if args.num_processes or args.accelerate_config:
-        command, env = _accelerate_command(args)
-        return subprocess.call(command, env=env)
-    from dermt2im_hub.training.launch import main
+    from dermt2im_hub.training.launch import run
 
-    return main(forwarded_argv(args))
+    config = _config(args)
+    if args.num_processes or args.accelerate_config:
+        return _launch(config, args)
+    return run(config, overwrite=args.overwrite)

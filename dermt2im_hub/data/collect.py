@@ -7,6 +7,7 @@ a duplicates list (ISIC 2020).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from dermt2im_hub.data.sources import (
     read_ham10000_metadata,
     read_image_folder,
 )
+from dermt2im_hub.utils.files import describe_path, path_problem
 
 
 def _describe_diagnosis(record: SourceRecord) -> str:
@@ -28,14 +30,21 @@ def _describe_diagnosis(record: SourceRecord) -> str:
 
 
 def unique_by_id(records: Iterable[SourceRecord], report: Report, where: str) -> list[SourceRecord]:
-    """First record per image id; later ones are reported as duplicate ids."""
+    """First record per image id; later ones are reported as duplicate ids. An id listed twice with two
+    labels is excluded altogether (a label conflict): no one can say which label is right."""
     kept: dict[str, SourceRecord] = {}
+    conflicts: set[str] = set()
     for record in records:
-        if record.image_id in kept:
+        first = kept.get(record.image_id)
+        if first is None:
+            kept[record.image_id] = record
+        elif first.label != record.label and record.image_id not in conflicts:
+            conflicts.add(record.image_id)
+            report.skip("label_conflict", record.image_id, record.path or where,
+                        f"listed twice in {where}, as {first.label} and as {record.label}")
+        else:
             report.skip("duplicate_id", record.image_id, record.path or where, f"second entry in {where}")
-            continue
-        kept[record.image_id] = record
-    return list(kept.values())
+    return [record for image_id, record in kept.items() if image_id not in conflicts]
 
 
 def join_images(records: list[SourceRecord], images: Mapping[str, Path], report: Report) -> list[SourceRecord]:
@@ -81,7 +90,16 @@ def _merge_labelled(tables: list[IsicTable], report: Report) -> list[SourceRecor
 def _drop_listed_duplicates(records: list[SourceRecord], pairs: list[tuple[str, str]],
                             report: Report) -> list[SourceRecord]:
     present = {record.image_id for record in records}
-    dropped = {second: first for first, second in pairs if first in present and second in present}
+    dropped: dict[str, str] = {}
+    for first, second in pairs:
+        keeper = first
+        while keeper in dropped:  # (a, b), (b, c): c is a duplicate of a, the image that stays
+            keeper = dropped[keeper]
+        # a self pair names one image; of a pair listed both ways (a, b), (b, a) one image stays
+        if second in dropped or keeper == second:
+            continue
+        if first in present and second in present:
+            dropped[second] = keeper
     for second, first in dropped.items():
         report.skip("listed_duplicate", second, None, f"duplicate of {first}")
     return [record for record in records if record.image_id not in dropped]
@@ -143,4 +161,34 @@ def collect_records(config: DataConfig, report: Report) -> list[SourceRecord]:
         records = join_images(rows, index_images(config.images, report), report)
     else:
         records = _collect_isic(config, report)
-    return sorted(records, key=lambda record: record.image_id)
+    if config.images and Path(config.images).is_dir():
+        _report_unsupported_images(Path(config.images), report)
+    return sorted(_usable_files(records, report), key=lambda record: record.image_id)
+
+
+# image formats no reader here decodes: listed in the report instead of vanishing silently
+UNSUPPORTED_IMAGE_SUFFIXES = frozenset({".gif", ".heic", ".heif", ".avif", ".jp2", ".jxl", ".dcm", ".svg", ".ico"})
+
+
+def _report_unsupported_images(folder: Path, report: Report) -> None:
+    for current, dirs, files in os.walk(folder, followlinks=False):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(files):
+            suffix = os.path.splitext(name)[1].lower()
+            if not name.startswith(".") and suffix in UNSUPPORTED_IMAGE_SUFFIXES:
+                path = os.path.join(current, name)
+                report.skip("unsupported_format", describe_path(os.path.splitext(name)[0]), describe_path(path),
+                            f"{suffix} images are not read: convert them to PNG or JPEG")
+
+
+def _usable_files(records: list[SourceRecord], report: Report) -> list[SourceRecord]:
+    """Drop (and report) images whose file name is not UTF-8 or whose link leads nowhere (a loop)."""
+    usable = []
+    for record in records:
+        problem = path_problem(record.path) if record.path is not None else None
+        if problem is None:
+            usable.append(record)
+        else:
+            report.skip(problem, describe_path(record.image_id), describe_path(record.path),
+                        "file name is not valid UTF-8" if problem == "unreadable_name" else "cannot open the file")
+    return usable

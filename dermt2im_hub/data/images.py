@@ -91,7 +91,11 @@ def _to_rgb(image: Image.Image, conversions: list[tuple[str, str]]) -> Image.Ima
         return image.convert("RGB")
     if mode in _SIXTEEN_BIT_MODES:
         samples = np.asarray(image, dtype=np.float64)
-        peak = 65535.0 if samples.max(initial=0) > 255 or mode.startswith("I;16") else 255.0
+        if samples.min(initial=0) < 0:
+            raise ImageProblem("unsupported_mode", f"{mode} image with negative samples has no range to scale from")
+        largest = samples.max(initial=0)
+        # 32-bit samples ("I") beyond 16 bits use the int32 range: scaling them by 65535 saturated most pixels
+        peak = float(2**31 - 1) if largest > 65535 else 65535.0 if largest > 255 or mode.startswith("I;16") else 255.0
         eight_bit = np.clip(samples * (255.0 / peak) + 0.5, 0, 255).astype(np.uint8)
         conversions.append(("16bit_to_8bit", f"{mode} scaled by 255/{peak:g}"))
         conversions.append(("grayscale_to_rgb", "one channel -> RGB"))

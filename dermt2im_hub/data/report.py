@@ -32,6 +32,9 @@ REASONS = {
     "listed_duplicate": "named as the second image of a pair in a duplicates list",
     "duplicate_content": "byte-identical to another input image (the first one is kept)",
     "bad_metadata": "a metadata file or row that could not be parsed",
+    "unreadable_name": "a file name that is not valid UTF-8 (it cannot go into metadata or a Hub repo)",
+    "broken_link": "a symbolic link that leads nowhere (broken, or a loop)",
+    "unsupported_format": "an image format no reader here decodes (e.g. GIF): convert it to PNG or JPEG",
     "worker_error": "an unexpected error while processing the image (re-run to retry)",
     # converted
     "cmyk_to_rgb": "CMYK converted to RGB",

@@ -152,7 +152,11 @@ def read_csv_rows(path: str | Path) -> list[list[str]]:
     if not path.is_file():
         raise InputError(f"metadata file not found: {path}")
     with path.open("r", encoding="utf-8-sig", newline="") as handle:
-        return [row for row in csv.reader(handle) if any(cell.strip() for cell in row)]
+        reader = csv.reader(handle, strict=True)  # strict: an unclosed quote is an error, not merged rows
+        try:
+            return [row for row in reader if any(cell.strip() for cell in row)]
+        except csv.Error as exc:
+            raise InputError(f"{path}: not a valid CSV near line {reader.line_num} ({exc}; an unclosed quote?)") from exc
 
 
 def rows_as_dicts(rows: list[list[str]]) -> tuple[list[str], list[dict[str, str]]]:

@@ -109,8 +109,12 @@ def input_fingerprint(paths: Sequence[str | os.PathLike]) -> str:
         for current, dirs, files in os.walk(root):
             dirs.sort()
             for name in sorted(files):
-                stat = os.stat(os.path.join(current, name))
-                digest.update(f"{current}/{name}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+                try:
+                    stat = os.stat(os.path.join(current, name))
+                except OSError:  # a link loop or a vanished file: the build skips and reports it
+                    continue
+                # os.fsencode: a name that is not UTF-8 is hashed by its bytes instead of stopping the build
+                digest.update(os.fsencode(f"{current}/{name}") + f"\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
     return digest.hexdigest()[:16]
 
 

@@ -214,6 +214,8 @@ def _admit(config_name: str, folder: Path, where: str, candidate: _Candidate, op
             report.note("duplicate", f"{where} has the same bytes as {seen[file_digest]}")
             return None
         facts = inspect_image(data, want_infotext=config_name != REAL, verify_pixels=options.verify_pixels)
+        if facts.infotext_oversized:  # flagged, and not published: the stored bytes drop it with the rest
+            keep_text = ()
         stored = strip_metadata(data, keep_text)
     except FileNotFoundError:
         report.note("missing", where)

@@ -60,6 +60,9 @@ class TestSetConfig:
     __test__ = False  # not a pytest class
 
 
+MIN_IMAGE_SIZE = 32
+
+
 @dataclass
 class AugmentationConfig:
     """Batched augmentation on the training device (ours; the paper does not report its settings)."""
@@ -193,6 +196,12 @@ class EvaluationConfig:
             if not is_safetensors(path):
                 raise ConfigError(f"evaluation.pretrained_files[{model!r}]: only .safetensors weights are loaded "
                                   f"(pickle files can run code), got {path}")
+        if self.real.path and self.real.path == self.synthetic.path:
+            raise ConfigError(f"evaluation.real.path and evaluation.synthetic.path are the same ({self.real.path}): "
+                              "a hybrid mix would count real images as synthetic")
+        if self.image_size is not None and self.image_size < MIN_IMAGE_SIZE:
+            raise ConfigError(f"evaluation.image_size must be at least {MIN_IMAGE_SIZE} (the models downsample by "
+                              f"32), got {self.image_size}")
         if self.batch_size < 2:
             raise ConfigError("evaluation.batch_size must be at least 2 (batch norm needs two images)")
         positive = {"epochs": self.epochs, "eval_batch_size": self.eval_batch_size, "ece_bins": self.ece_bins}

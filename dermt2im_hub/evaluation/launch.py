@@ -15,6 +15,7 @@ import sys
 
 from dermt2im_hub.config import add_common_config_flags, add_config_arguments, config_from_args
 from dermt2im_hub.evaluation.config import EvaluationConfig
+from dermt2im_hub.utils.output_folder import add_overwrite_flag, claimed_output_folder
 
 DESCRIPTION = (
     "Train and test classifiers on real-only and hybrid (real + synthetic) data: every model x mix x seed of "
@@ -30,6 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_arguments(parser, EvaluationConfig)
     parser.add_argument("--no-leaderboard", action="store_true", help="skip rendering the leaderboard at the end")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    add_overwrite_flag(parser)
 
 
 def run_from_args(args: argparse.Namespace) -> int:
@@ -39,7 +41,10 @@ def run_from_args(args: argparse.Namespace) -> int:
     from dermt2im_hub.evaluation.train import get_accelerator
 
     config = config_from_args(EvaluationConfig, args, section="evaluation")
-    results_dir = run_benchmark(config, progress=not args.no_progress)
+    # never into a dataset or generation folder (a later push would upload classifiers/ with it)
+    with claimed_output_folder(config.output_dir, "benchmark", {"real": config.real.path,
+                               "synthetic": config.synthetic.path}, overwrite=args.overwrite):
+        results_dir = run_benchmark(config, progress=not args.no_progress)
     if get_accelerator(config).is_main_process:
         print(f"results: {results_dir}")
         if not args.no_leaderboard:

@@ -25,6 +25,7 @@ Pickle formats (.ckpt, .bin, .pt, .pth) are refused: loading them can run arbitr
 from __future__ import annotations
 
 import json
+import math
 import re
 import tempfile
 from dataclasses import asdict, dataclass
@@ -33,7 +34,7 @@ from typing import Any
 
 from dermt2im_hub.config import ConfigError
 from dermt2im_hub.hub.resolve import is_hub_id
-from dermt2im_hub.utils.files import is_pickle_weight, is_safetensors, sha256_file
+from dermt2im_hub.utils.files import is_pickle_weight, is_safetensors, missing_local_path, sha256_file
 from dermt2im_hub.utils.logging import get_logger
 from dermt2im_hub.utils.model_hash import UNET_WEIGHTS, addnet_hash, unet_weights_sha256
 
@@ -116,9 +117,12 @@ def parse_adapter_spec(spec: str) -> tuple[str, float]:
     head, sep, tail = text.rpartition(":")
     if sep and head and not Path(text).exists():
         try:
-            return head, float(tail)
+            scale = float(tail)
         except ValueError:
-            pass
+            return text, 1.0
+        if not math.isfinite(scale):
+            raise ConfigError(f"lora: scale {tail!r} of {text!r} is not a finite number (NaN and infinity are refused)")
+        return head, scale
     return text, 1.0
 
 
@@ -156,6 +160,8 @@ def _classify_base(base: str) -> str:
     if path.is_file():
         _check_weight_file(path, "base model")
         return "single_file"
+    if missing_local_path(base):
+        raise ModelLoadError(f"base model folder {base!r} not found (no such file or folder)")
     if _looks_like_hub_id(base):
         _refuse_pickle(Path(base), "base model")
         return "hub"
@@ -171,6 +177,8 @@ def _classify_adapter(source: str) -> str:
     if path.is_file():
         _check_weight_file(path, "LoRA adapter")
         return "file"
+    if missing_local_path(source):
+        raise ModelLoadError(f"LoRA adapter {source!r} not found (no such file or folder)")
     if _looks_like_hub_id(source):
         _refuse_pickle(Path(source), "LoRA adapter")
         return "hub"

@@ -56,6 +56,8 @@ IGNORE_PATTERNS = [
     # resume journals and state of long jobs (the data stage's .preprocess-journal.jsonl names every source
     # file; generation keeps per-rank rows and its plan state in .generate/)
     ".*journal*", "*/.*journal*", ".generate/*", "*/.generate/*",
+    # the output-folder guard's claim (dermt2im_hub.utils.output_folder)
+    ".dermt2im-output.json", "*/.dermt2im-output.json",
 ]
 
 # Stages whose output folder holds real (patient-derived) dermoscopy images, and which images. A build_dataset

@@ -19,6 +19,7 @@ import yaml
 from dermt2im_hub.config import (
     ConfigError,
     check_config_data,
+    config_to_dict,
     deep_merge,
     load_config,
     parse_overrides,
@@ -79,11 +80,18 @@ def _check_sections(data: dict, recipe: Path) -> None:
     from dermt2im_hub.training.config import TrainLoraConfig
 
     for section, cls in (("data", DataConfig), ("training", TrainLoraConfig), ("generation", GenerationConfig),
-                         ("quality", QualityConfig), ("dataset", DatasetConfig), ("evaluation", EvaluationConfig)):
-        config = check_config_data(cls, data.get(section) or {}, f"{recipe.name} [{section}]")
-        config.validate()  # values too (samplers, schedules, arms ...); paths are filled in by each stage
+                         ("quality", QualityConfig), ("dataset", DatasetConfig), ("evaluation", EvaluationConfig),
+                         (SECTION, RunConfig)):
+        given = data.get(section) or {}
+        config = check_config_data(cls, given, f"{recipe.name} [{section}]")
+        if section != SECTION:  # the run section's own checks run once its paths are resolved
+            config.validate()  # values too (samplers, schedules, arms ...); paths are filled in by each stage
         if section == "evaluation":
             check_model_names(config.models)  # a typo here would surface after training and generation
+        # --set values typed as the fields want them (a string field keeps its text), so the saved recipe holds
+        # what each stage will read
+        resolved = config_to_dict(config)
+        data[section] = {key: resolved[key] for key in given}
 
 
 def _check_stage_name(name: str | None) -> None:

@@ -10,7 +10,6 @@ keeps each stage's GPU memory its own.
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -88,8 +87,11 @@ def _child_env() -> dict[str, str]:
 
 def run_child(argv: list[str], what: str) -> None:
     """Run `python -m dermt2im_hub.cli ARGV` (a stage's own command line) and fail loudly if it fails."""
+    from dermt2im_hub.utils.launch import call_child
+
     command = [sys.executable, "-m", "dermt2im_hub.cli", *argv]
-    code = subprocess.call(command, env=_child_env())
+    # Ctrl-C: the child (a trainer) saves its checkpoint before this returns; a re-run then resumes from it
+    code = call_child(command, _child_env())
     if code != 0:
         raise PipelineError(f"{what} failed (exit code {code}); command: {' '.join(command)}")
 
@@ -317,11 +319,11 @@ def _benchmark(spec: StageSpec) -> None:
     layout: RunLayout = spec.notes["layout"]
     config_path = _write_resolved(layout, "benchmark", spec.config)
     if spec.notes["num_processes"] > 1:
-        from dermt2im_hub.utils.launch import accelerate_launch
+        from dermt2im_hub.utils.launch import accelerate_launch, call_child
 
         prefix, env = accelerate_launch(spec.notes["num_processes"])
         command = prefix + ["-m", "dermt2im_hub.evaluation.launch", "--config", str(config_path), "--no-leaderboard"]
-        if subprocess.call(command, env={**env, "PYTHONUNBUFFERED": "1"}) != 0:
+        if call_child(command, {**env, "PYTHONUNBUFFERED": "1"}) != 0:
             raise PipelineError(f"classifier benchmark failed; command: {' '.join(command)}")
         return
     run_child(["benchmark", "--config", str(config_path), "--no-leaderboard"], "classifier benchmark")

@@ -20,7 +20,10 @@ from PIL import Image
 
 from dermt2im_hub.labels import CLASS_NAMES
 from dermt2im_hub.records import METADATA_NAME
-from dermt2im_hub.utils.files import read_jsonl, safe_join
+from dermt2im_hub.utils.files import describe_path, path_problem, read_jsonl, safe_join
+from dermt2im_hub.utils.logging import get_logger
+
+logger = get_logger(__name__)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 REJECTED_DIR = "rejected"
@@ -60,9 +63,17 @@ def _label_from_path(rel: PurePosixPath) -> str | None:
 def _plain_images(folder: Path, skip: Sequence[Path] = ()) -> list[ImageItem]:
     items = []
     skip = [s.resolve() for s in skip]
-    for path in sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()):
+    listed = sorted(p for p in folder.rglob("*")
+                    if p.suffix.lower() in IMAGE_SUFFIXES and (p.is_file() or p.is_symlink()))
+    for path in listed:
         rel = PurePosixPath(path.relative_to(folder).as_posix())
-        if any(part.startswith(".") for part in rel.parts) or any(path.resolve().is_relative_to(s) for s in skip):
+        if any(part.startswith(".") for part in rel.parts):
+            continue
+        problem = path_problem(path)
+        if problem is not None:  # a name that is not UTF-8, a link loop: skipped, said on the console
+            logger.warning("skipped %s: %s", describe_path(path), problem.replace("_", " "))
+            continue
+        if any(path.resolve().is_relative_to(s) for s in skip):
             continue
         items.append(ImageItem(str(rel.with_suffix("")), path, _label_from_path(rel), str(rel)))
     if not items:

@@ -182,3 +182,8 @@ class TrainLoraConfig:
     def te_alpha(self) -> float:
         # same alpha/rank ratio as the UNet adapter unless the user set a separate rank
         return self.unet_alpha * self.te_rank / self.rank
+
+
+def output_roles(config: TrainLoraConfig) -> dict[str, str | None]:
+    """What makes a re-run into the same output folder "the same run" for the output-folder guard."""
+    return {"train_data": config.train_data_dir}

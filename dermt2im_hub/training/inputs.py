@@ -218,7 +218,10 @@ def resolve_base_model(name_or_path: str, revision: str | None = None, variant: 
     """A local folder holding the checked base pipeline. A Hub id (`org/name`, `org/name@rev`) fetches
     model_index.json first and refuses a non-SD pipeline before downloading any weights."""
     from dermt2im_hub.hub import HubInputError, resolve_file, resolve_folder
+    from dermt2im_hub.utils.files import missing_local_path
 
+    if missing_local_path(name_or_path):  # a typo'd local path: no Hub requests and retries first
+        raise TrainingInputError(f"base model folder {name_or_path!r} not found (no such file or folder)")
     try:
         index_path = resolve_file(name_or_path, "model_index.json", revision=revision)
     except HubInputError as exc:

@@ -23,7 +23,10 @@ from dermt2im_hub.config import (
     add_config_arguments,
     config_from_args,
 )
-from dermt2im_hub.training.config import SECTION, TrainLoraConfig
+from dermt2im_hub.training.config import SECTION, TrainLoraConfig, output_roles
+from dermt2im_hub.utils.output_folder import add_overwrite_flag, claim_output_folder
+
+STAGE = "train_lora"
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
@@ -69,6 +72,7 @@ def normalize_argv(argv: list[str]) -> list[str]:
 def add_training_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     add_common_config_flags(parser)
     add_config_arguments(parser, TrainLoraConfig)
+    add_overwrite_flag(parser)
     return parser
 
 
@@ -79,28 +83,38 @@ def build_parser() -> argparse.ArgumentParser:
                     "Writes a Hub-ready folder: pytorch_lora_weights.safetensors (diffusers), a kohya/A1111 "
                     "copy, samples, loss curve, TensorBoard logs, training_config.yaml, manifest.json, README.md.",
         epilog="Run it under `accelerate launch` for multi-GPU / multi-node (configs/accelerate/*.yaml). "
-               "Ctrl-C saves a checkpoint; --resume_from_checkpoint latest continues identically.")
+               "Ctrl-C saves a checkpoint; running the same command again resumes from it.")
     return add_training_arguments(parser)
 
 
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    return build_parser().parse_args(normalize_argv(list(sys.argv[1:] if argv is None else argv)))
+
+
 def parse_config(argv: list[str] | None = None) -> TrainLoraConfig:
-    args = build_parser().parse_args(normalize_argv(list(sys.argv[1:] if argv is None else argv)))
-    return config_from_args(TrainLoraConfig, args, section=SECTION)
+    return config_from_args(TrainLoraConfig, parse_args(argv), section=SECTION)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Parse, train, and turn the errors a user can fix into one line on stderr (exit 2)."""
+def check_output(config: TrainLoraConfig, overwrite: bool = False) -> None:
+    """The adapter folder must be empty or an earlier train-lora output of the same data: never the base model's
+    folder, the data folder or another stage's output (the shared output-folder guard; the trainer claims the
+    folder once its own checks pass)."""
+    claim_output_folder(config.output_dir, STAGE, output_roles(config), overwrite=overwrite, claim=False,
+                        reads={"base": config.pretrained_model_name_or_path, "class_data": config.class_data_dir})
+
+
+def run(config: TrainLoraConfig, overwrite: bool = False) -> int:
+    """Train `config` (built once by the caller), turning the errors a user can fix into one line on stderr
+    (exit 2). A folder with checkpoints of the same run resumes; `overwrite` starts over."""
     from dermt2im_hub.records import TestLeakageError
     from dermt2im_hub.training.inputs import TrainingInputError
     from dermt2im_hub.training.step import OptimizerUnavailable
-    from dermt2im_hub.utils.logging import configure_logging
 
-    configure_logging()
     try:
-        config = parse_config(argv)
+        check_output(config, overwrite)
         from dermt2im_hub.training.trainer import train_lora
 
-        result = train_lora(config)
+        result = train_lora(config, start_over=overwrite)
     except (ConfigError, TrainingInputError, TestLeakageError, OptimizerUnavailable, FileNotFoundError) as exc:
         print(f"train_lora: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -117,10 +131,24 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_INTERRUPTED if result.status == "interrupted" else 0
     if result.status == "interrupted":
         print(f"train_lora: interrupted at step {result.global_step}; checkpoint saved in "
-              f"{result.output_dir / 'checkpoints'} (resume with --resume_from_checkpoint latest)", file=sys.stderr)
+              f"{result.output_dir / 'checkpoints'} (run the same command again to resume)", file=sys.stderr)
         return EXIT_INTERRUPTED
     print(f"train_lora: {result.global_step} steps; adapter written to {result.output_dir}")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse once, then train (train_lora.py, `python -m dermt2im_hub.training.launch`)."""
+    from dermt2im_hub.utils.logging import configure_logging
+
+    configure_logging()
+    try:
+        args = parse_args(argv)
+        config = config_from_args(TrainLoraConfig, args, section=SECTION)
+    except ConfigError as exc:
+        print(f"train_lora: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    return run(config, overwrite=args.overwrite)
 
 
 if __name__ == "__main__":  # python -m dermt2im_hub.training.launch (what `dermt2im train-lora` launches)

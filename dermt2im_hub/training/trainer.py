@@ -14,6 +14,7 @@ Order of work:
 from __future__ import annotations
 
 import math
+import shutil
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -21,20 +22,22 @@ from pathlib import Path
 
 import torch
 
-from dermt2im_hub.config import config_to_dict, save_config
+from dermt2im_hub.config import config_to_dict, read_yaml, save_config
 from dermt2im_hub.hub.online import require_online
 from dermt2im_hub.manifest import fingerprint, try_read_manifest, write_manifest
 from dermt2im_hub.training import step as steps
 from dermt2im_hub.training.cache import build_prompt_table, load_or_encode_latents
 from dermt2im_hub.training.checkpoints import (
+    CHECKPOINTS_DIR,
     StopRequest,
     TrainingProgress,
     find_resume_checkpoint,
+    list_checkpoints,
     maybe_simulate_interrupt,
     register_lora_checkpoint_hooks,
     save_checkpoint,
 )
-from dermt2im_hub.training.config import TrainLoraConfig
+from dermt2im_hub.training.config import TrainLoraConfig, output_roles
 from dermt2im_hub.training.inputs import (
     TrainingData,
     TrainingExample,
@@ -53,6 +56,7 @@ from dermt2im_hub.training.reporting import (
     write_loss_history,
 )
 from dermt2im_hub.utils.logging import get_logger
+from dermt2im_hub.utils.output_folder import write_claim
 
 logger = get_logger(__name__)
 
@@ -77,7 +81,7 @@ class Preflight:
     resume_from: Path | None
 
 
-def preflight(config: TrainLoraConfig) -> Preflight:
+def preflight(config: TrainLoraConfig, start_over: bool = False) -> Preflight:
     """Every check that needs no model weights; raises ConfigError / TrainingInputError / TestLeakageError /
     OptimizerUnavailable with a message that says what to fix."""
     config.validate()
@@ -94,13 +98,53 @@ def preflight(config: TrainLoraConfig) -> Preflight:
         require_online("--push_to_hub")  # now, not after the last training step
     base_dir = resolve_base_model(config.pretrained_model_name_or_path, config.revision, config.variant)
     steps.check_optimizer_available(config.optimizer)
-    resume_from = find_resume_checkpoint(config.resume_from_checkpoint, Path(config.output_dir))
+    resume_spec = _resume_spec(config, Path(config.output_dir), start_over)
+    resume_from = find_resume_checkpoint(resume_spec, Path(config.output_dir))
     return Preflight(data, base_dir, resume_from)
 
 
-def train_lora(config: TrainLoraConfig) -> TrainResult:
-    """Train one LoRA adapter as `config` says; the library entry point behind train_lora.py."""
-    checked = preflight(config)
+# Settings a resumed run may change: they decide how long it runs and what it logs, not what a step computes.
+RESUMABLE_FIELDS = frozenset({
+    "output_dir", "resume_from_checkpoint", "max_train_steps", "num_train_epochs", "checkpointing_steps",
+    "checkpoints_total_limit", "validation_prompts", "validation_seeds", "validation_steps",
+    "validation_inference_steps", "validation_guidance_scale", "logging_steps", "report_to", "save_precision",
+    "kohya_weight_name", "license", "push_to_hub", "hub_model_id", "hub_private", "cache_dir", "vae_batch_size",
+    "torch_compile"})
+
+
+def _resume_spec(config: TrainLoraConfig, output_dir: Path, start_over: bool) -> str | None:
+    """Same command, same folder = resume (as generation does): with no resume_from_checkpoint given, a folder
+    holding checkpoints of this run continues from the latest. A folder whose checkpoints came from other
+    settings is refused; `start_over` (--overwrite) deletes them and starts at step 0."""
+    if config.resume_from_checkpoint:
+        return config.resume_from_checkpoint
+    root = output_dir / CHECKPOINTS_DIR
+    if not list_checkpoints(root):
+        return None
+    if start_over:
+        logger.info("--overwrite: deleting the checkpoints in %s and starting at step 0", root)
+        shutil.rmtree(root, ignore_errors=True)
+        return None
+    saved_path = output_dir / CONFIG_NAME
+    if saved_path.is_file():
+        saved, current = read_yaml(saved_path), config_to_dict(config)
+        changed = sorted(k for k in set(saved) | set(current)
+                         if k not in RESUMABLE_FIELDS and saved.get(k) != current.get(k))
+        if changed:
+            raise TrainingInputError(
+                f"output_dir {config.output_dir} holds checkpoints of a run with other settings (changed: "
+                f"{', '.join(changed)}); resuming would mix two runs. Use the same settings to resume, another "
+                "output_dir, or --overwrite to delete them and start over.")
+    logger.info("resuming from the latest checkpoint in %s (same command, same folder = resume; another "
+                "output_dir or --overwrite starts over)", root)
+    return "latest"
+
+
+def train_lora(config: TrainLoraConfig, start_over: bool = False) -> TrainResult:
+    """Train one LoRA adapter as `config` says; the library entry point behind train_lora.py. A re-run into a
+    folder with checkpoints resumes unless `start_over`."""
+    checked = preflight(config, start_over)
+    write_claim(config.output_dir, STAGE, output_roles(config))  # this folder is now this run's (resumable)
     return LoraTrainer(config, checked).run()
 
 

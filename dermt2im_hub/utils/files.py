@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
 import os
 import tempfile
 from collections.abc import Iterable, Iterator
@@ -25,12 +26,24 @@ SAFETENSORS_SUFFIX = ".safetensors"
 MAX_NAME_CHARS = 1024  # an untrusted relative file name longer than this is refused
 
 
+def _current_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+# mkstemp creates files readable by the owner only; outputs get the mode every other tool gives (0644 under
+# the usual umask 022). Read once: changing the umask is process-wide and not thread-safe.
+_FILE_MODE = 0o666 & ~_current_umask()
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     """Write `data` to `path` so that readers see either the old file or the complete new one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, _FILE_MODE)
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
@@ -46,8 +59,27 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def _json_safe(obj: Any) -> Any:
+    """NaN and infinity are not JSON (strict readers refuse them): they are written as null."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {key: _json_safe(value) for key, value in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(value) for value in obj]
+    return obj
+
+
+def json_dumps(obj: Any, **kwargs: Any) -> str:
+    """`json.dumps` that never writes NaN or Infinity (they become null)."""
+    try:
+        return json.dumps(obj, allow_nan=False, default=str, **kwargs)
+    except ValueError:
+        return json.dumps(_json_safe(obj), allow_nan=False, default=str, **kwargs)
+
+
 def atomic_write_json(path: str | os.PathLike, obj: Any, indent: int = 2) -> Path:
-    return atomic_write_text(path, json.dumps(obj, indent=indent, sort_keys=False, default=str) + "\n")
+    return atomic_write_text(path, json_dumps(obj, indent=indent, sort_keys=False) + "\n")
 
 
 def encode_png(image, pnginfo=None, compress_level: int = 6) -> bytes:
@@ -95,7 +127,7 @@ def iter_jsonl(path: str | os.PathLike) -> Iterator[dict]:
 
 def write_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> Path:
     """Atomically (re)write a whole JSON-lines file."""
-    text = "".join(json.dumps(row, sort_keys=False, default=str) + "\n" for row in rows)
+    text = "".join(json_dumps(row, sort_keys=False) + "\n" for row in rows)
     return atomic_write_text(path, text)
 
 
@@ -103,7 +135,7 @@ def append_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> None:
     """Append rows and fsync; used for resumable logs where a rewrite per row would be quadratic."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    text = "".join(json.dumps(row, sort_keys=False, default=str) + "\n" for row in rows)
+    text = "".join(json_dumps(row, sort_keys=False) + "\n" for row in rows)
     with path.open("a", encoding="utf-8") as handle:
         handle.write(text)
         handle.flush()
@@ -169,3 +201,38 @@ def safe_join(root: str | os.PathLike, name: object, *, windows_separators: bool
     except (OSError, RuntimeError):  # symlink loops
         return None
     return path if inside else None
+
+
+def path_problem(path: str | os.PathLike) -> str | None:
+    """Why a listed file cannot be used, or None: a name that is not valid UTF-8 (it cannot be written into
+    metadata, manifests or a Hub repo) or a link that leads nowhere (broken, or a loop). Stages skip and
+    report such files instead of stopping on them."""
+    text = os.fsdecode(path)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return "unreadable_name"
+    try:
+        os.stat(path)
+    except OSError as exc:
+        return "broken_link" if os.path.islink(path) else f"unreadable_file ({exc.strerror})"
+    return None
+
+
+def describe_path(path: str | os.PathLike) -> str:
+    """A file name safe to print or write to JSON: undecodable bytes shown as \\xNN escapes."""
+    return os.fsdecode(path).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def missing_local_path(text: str) -> bool:
+    """Whether `text`, which names nothing on disk, was meant as a local path rather than a Hub id (`org/name`):
+    it starts with `/`, `./`, `../` or `~`, or its first part is a local folder (`outputs/lora` typed before the
+    run that writes it). Such a name gets "no such folder" at once instead of Hub requests and retries."""
+    text = str(text)
+    try:
+        if Path(text).expanduser().exists():
+            return False
+        first = PurePosixPath(text).parts[0] if text else ""
+        return text.startswith(("/", "./", "../", "~")) or ("/" in text and Path(first).is_dir())
+    except OSError:
+        return False

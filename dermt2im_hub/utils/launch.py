@@ -39,3 +39,21 @@ def accelerate_launch(num_processes: int, accelerate_config: str | None = None,
         if not cuda:
             env["ACCELERATE_USE_CPU"] = "1"
     return command, env
+
+
+def call_child(command: list[str], env: dict[str, str] | None = None) -> int:
+    """Run a stage's child process and return its exit code. Ctrl-C reaches the child too (same process group);
+    this waits for it to finish its own shutdown (a trainer saves a checkpoint) instead of killing it, as
+    `subprocess.call` would, then re-raises. A second Ctrl-C stops the child at once."""
+    import subprocess
+
+    process = subprocess.Popen(command, env=env)
+    try:
+        return process.wait()
+    except KeyboardInterrupt:
+        try:
+            process.wait()
+        except KeyboardInterrupt:
+            process.kill()
+            process.wait()
+        raise
