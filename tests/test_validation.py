@@ -248,3 +248,27 @@ def test_validate_cli_end_to_end_on_tiny_models(tmp_path, capsys):
     assert main(["validate", *common, "--output", str(out), "--fidelity.sheet-size", "2"]) == 0
     assert (out / "reference_classifier" / "manifest.json").stat().st_mtime_ns == stamp
     assert main(["validate", *common, "--output", str(source / "validation")]) == 2
+
+
+def test_pipeline_runs_validate_only_when_the_recipe_asks(tmp_path):
+    """Off without a `validation:` section (the demo); with one, the reference classifier and the detector train
+    on the LoRA source's data-stage folder (its train split), which the run wires in."""
+    from dermt2im_hub.pipeline.config import RealSource, RunConfig
+    from dermt2im_hub.pipeline.runner import merged_recipe
+    from dermt2im_hub.pipeline.stages import RunLayout, validate_specs
+
+    run = RunConfig(output=str(tmp_path / "run"), real_sources=[RealSource(name="isic", images="x")])
+    layout = RunLayout(tmp_path / "run")
+    without = tmp_path / "without.yaml"
+    without.write_text("quality: {}\n")
+    assert validate_specs(without, run, layout) == []
+    recipe = tmp_path / "with.yaml"
+    recipe.write_text("validation:\n  segmentation: {enabled: true}\n")
+    assert "validation" in merged_recipe(recipe, None, None)  # a known section
+    (spec,) = validate_specs(recipe, run, layout)
+    assert spec.folder == layout.validation and layout.generated in spec.inputs
+    assert spec.config.fidelity.real == str(layout.data("isic")) == spec.config.detection.real
+    assert spec.config.segmentation.enabled and not spec.config.detection.enabled
+    recipe.write_text("validation:\n  fidelity: {classifier: /models/real-only}\n")
+    (spec,) = validate_specs(recipe, run, layout)
+    assert spec.config.fidelity.classifier == "/models/real-only" and spec.config.fidelity.real is None

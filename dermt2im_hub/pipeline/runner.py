@@ -60,10 +60,10 @@ def merged_recipe(recipe: Path, overrides: Iterable[str] | dict | None, output: 
         data.setdefault(SECTION, {})
         data[SECTION] = {**(data[SECTION] or {}), "output": str(output)}
     unknown = [k for k in data if k not in ("data", "training", "generation", "quality", "dataset", "evaluation",
-                                            SECTION)]
+                                            "validation", SECTION)]
     if unknown:
         raise ConfigError(f"unknown section {unknown[0]!r} in {recipe} (known: data, training, generation, quality, "
-                          "dataset, evaluation, run)")
+                          "dataset, evaluation, validation, run)")
     return data
 
 
@@ -77,9 +77,11 @@ def _check_sections(data: dict, recipe: Path) -> None:
     from dermt2im_hub.generation.plan import GenerationConfig
     from dermt2im_hub.quality.config import QualityConfig
     from dermt2im_hub.training.config import TrainLoraConfig
+    from dermt2im_hub.validation.config import ValidationConfig
 
     for section, cls in (("data", DataConfig), ("training", TrainLoraConfig), ("generation", GenerationConfig),
-                         ("quality", QualityConfig), ("dataset", DatasetConfig), ("evaluation", EvaluationConfig)):
+                         ("quality", QualityConfig), ("dataset", DatasetConfig), ("evaluation", EvaluationConfig),
+                         ("validation", ValidationConfig)):
         config = check_config_data(cls, data.get(section) or {}, f"{recipe.name} [{section}]")
         config.validate()  # values too (samplers, schedules, arms ...); paths are filled in by each stage
         if section == "evaluation":
@@ -124,6 +126,7 @@ def run_pipeline(recipe: str | Path, overrides: Iterable[str] | dict | None = No
         ("dataset", lambda: st.dataset_specs(resolved, run, layout)),
         ("benchmark", lambda: [st.benchmark_spec(resolved, run, layout)]),
         ("leaderboard", lambda: [st.leaderboard_spec(run, layout)]),
+        ("validate", lambda: st.validate_specs(resolved, run, layout)),
     ]
     for group, build in groups:
         if STAGES.index(group) > last:

@@ -110,15 +110,19 @@ def _dataset_loader(dataset, index: int) -> Callable[[], Image.Image]:
 
 def read_synthetic(folder: str | Path, split: str | None = None,
                    skip: str | Path | None = None) -> tuple[str, list[SyntheticImage]]:
-    """(kind, images) of any accepted input; kind is generated, a1111 or dataset. `skip`: a folder inside
+    """(kind, images) of any accepted input; kind is generated, a1111 or dataset (a generated folder's
+    QA-rejected rows are left out). `skip`: a folder inside
     `folder` whose images are not inputs (the validation output itself)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise FolderError(f"input folder not found: {folder}")
     if _is_built_dataset(folder):
         return "dataset", _dataset_images(folder, split)
-    if has_metadata(folder):
-        return "generated", [_generated_image(item) for item in generated_items(folder)]
+    if has_metadata(folder):  # images the QA stage rejected are not part of the set
+        items = [item for item in generated_items(folder) if item.row.get("qa_passed") is not False]
+        if not items:
+            raise FolderError(f"{folder}: every image was rejected by the QA stage")
+        return "generated", [_generated_image(item) for item in items]
     items = generated_items(folder, output_dir=skip)
     return "a1111", [_a1111_image(item) for item in items]
 
