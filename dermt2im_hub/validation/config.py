@@ -55,7 +55,8 @@ class FidelityConfig:
 class SegmentationConfig:
     enabled: bool = field(default=False, metadata={"help": "segment every image zero-shot with SAM"})
     model: str = field(default="facebook/sam-vit-base", metadata={
-        "help": "SAM checkpoint: a Hub id (facebook/sam-vit-base, -large, -huge) or a local folder"})
+        "help": "SAM checkpoint: a Hub id (facebook/sam-vit-base, -large, -huge) or a local folder, or "
+                "`tiny-random:sam` for the random tiny model tests use"})
     prompt: str = field(default="box", metadata={"help": "SAM prompt from the lesion prior: box or point"})
     min_area: float = field(default=0.002, metadata={
         "help": "smallest mask, as a fraction of the image, that counts as a lesion found"})

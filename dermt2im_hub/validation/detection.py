@@ -49,7 +49,7 @@ def load_detector(model_id: str, image_size: int, seed: int = 0):
         return tiny_detector(seed, image_size)
     model = AutoModelForObjectDetection.from_pretrained(
         model_id, num_labels=len(CLASS_NAMES), id2label=dict(enumerate(CLASS_NAMES)), label2id=dict(LABEL_TO_ID),
-        ignore_mismatched_sizes=True)
+        ignore_mismatched_sizes=True, use_safetensors=True)  # a new 2-class head; never pickle weights
     processor = AutoImageProcessor.from_pretrained(model_id, size={"shortest_edge": image_size,
                                                                     "longest_edge": image_size})
     return model, processor

@@ -122,7 +122,7 @@ class SamSegmenter:
 def load_sam(model_id: str, device: str | None = None) -> SamSegmenter:
     from transformers import SamModel, SamProcessor
 
-    model = SamModel.from_pretrained(model_id)
+    model = SamModel.from_pretrained(model_id, use_safetensors=True)  # never pickle weights
     processor = SamProcessor.from_pretrained(model_id)
     return SamSegmenter(model.to(device or "cpu"), processor)
 
