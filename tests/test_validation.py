@@ -272,3 +272,22 @@ def test_pipeline_runs_validate_only_when_the_recipe_asks(tmp_path):
     recipe.write_text("validation:\n  fidelity: {classifier: /models/real-only}\n")
     (spec,) = validate_specs(recipe, run, layout)
     assert spec.config.fidelity.classifier == "/models/real-only" and spec.config.fidelity.real is None
+
+
+def test_a_built_dataset_is_read_with_its_columns(tmp_path):
+    import datasets
+
+    from dermt2im_hub.validation.inputs import read_synthetic
+
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=["benign", "malignant"]),
+                                  "sampler": datasets.Value("string"), "prompt": datasets.Value("string")})
+    rows = {"image": [Image.fromarray(_lesion_rgb(32, (16, 16), 6, seed=i)) for i in range(3)], "label": [0, 1, 1],
+            "sampler": ["Euler", "PLMS", None], "prompt": ["benign mole", "malignant mole", "malignant mole"]}
+    split = datasets.Dataset.from_dict(rows, features=features)
+    datasets.DatasetDict({"train": split.select([0, 1]), "test": split.select([2])}).save_to_disk(tmp_path / "ds")
+    kind, images = read_synthetic(tmp_path / "ds")
+    assert kind == "dataset" and [image.label for image in images] == ["benign", "malignant", "malignant"]
+    assert [image.sampler for image in images] == ["Euler", "PLMS", "unknown"]
+    assert images[2].file_name == "test/0" and images[0].load().size == (32, 32)
+    _, test_only = read_synthetic(tmp_path / "ds", split="test")
+    assert len(test_only) == 1

@@ -82,7 +82,7 @@ def _dataset_images(folder: Path, split: str | None) -> list[SyntheticImage]:
         loaded = datasets.load_from_disk(str(folder))
     else:  # a build-dataset folder: parquet files named by the `configs:` block of its README
         loaded = datasets.load_dataset(str(folder))
-    splits = {"train": loaded} if not hasattr(loaded, "keys") else dict(loaded)
+    splits = dict(loaded) if isinstance(loaded, datasets.DatasetDict) else {"train": loaded}
     if split is not None:
         if split not in splits:
             raise FolderError(f"{folder} has no split {split!r} (it has {', '.join(splits)})")
