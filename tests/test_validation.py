@@ -291,3 +291,27 @@ def test_a_built_dataset_is_read_with_its_columns(tmp_path):
     assert images[2].file_name == "test/0" and images[0].load().size == (32, 32)
     _, test_only = read_synthetic(tmp_path / "ds", split="test")
     assert len(test_only) == 1
+
+
+def test_load_classifier_refuses_what_is_not_a_benign_malignant_model(tmp_path):
+    import timm
+    from timm.models import save_for_hf
+
+    from dermt2im_hub.config import ConfigError
+    from dermt2im_hub.validation.classifier import load_classifier
+
+    model = timm.create_model("test_efficientnet", pretrained=False, num_classes=2)
+    save_for_hf(model, str(tmp_path / "ok"), model_config={"label_names": ["benign", "malignant"]},
+                safe_serialization=True, data_config={"input_size": (3, 48, 48), "mean": (0.5,) * 3, "std": (0.5,) * 3})
+    assert load_classifier(str(tmp_path / "ok")).data_config["input_size"] == (3, 48, 48)
+    save_for_hf(model, str(tmp_path / "swapped"), model_config={"label_names": ["malignant", "benign"]},
+                safe_serialization=True)
+    with pytest.raises(ConfigError, match="labels"):
+        load_classifier(str(tmp_path / "swapped"))
+    save_for_hf(timm.create_model("test_efficientnet", num_classes=5), str(tmp_path / "five"), safe_serialization=True)
+    with pytest.raises(ConfigError, match="5 outputs"):
+        load_classifier(str(tmp_path / "five"))
+    (tmp_path / "pickle").mkdir()
+    (tmp_path / "pickle" / "pytorch_model.bin").write_bytes(b"not loaded")
+    with pytest.raises(ConfigError, match="no model.safetensors"):
+        load_classifier(str(tmp_path / "pickle"))
