@@ -315,3 +315,31 @@ def test_load_classifier_refuses_what_is_not_a_benign_malignant_model(tmp_path):
     (tmp_path / "pickle" / "pytorch_model.bin").write_bytes(b"not loaded")
     with pytest.raises(ConfigError, match="no model.safetensors"):
         load_classifier(str(tmp_path / "pickle"))
+
+
+def test_linear_probe_head_is_folded_into_the_timm_classifier_layer():
+    """train_layers=head: the model's own output equals sklearn's standardised logistic regression."""
+    import timm
+    import torch
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from dermt2im_hub.validation.classifier import Classifier, _features, _fit_head, normalize
+    from dermt2im_hub.validation.config import FidelityConfig
+
+    torch.manual_seed(0)
+    model = timm.create_model("test_efficientnet", pretrained=False, num_classes=2).eval()
+    data_config = {"input_size": (3, 32, 32), "mean": (0.5,) * 3, "std": (0.5,) * 3}
+    classifier = Classifier(model, data_config, "test_efficientnet")
+    cached = torch.randint(0, 256, (24, 3, 32, 32), dtype=torch.uint8)
+    labels = np.array([0, 1] * 12)
+    train, held = np.arange(16), np.arange(16, 24)
+    result = _fit_head(classifier, cached, labels, train, held, FidelityConfig(train_layers="head", batch_size=8),
+                       progress=False)
+    assert result["n"] == 8
+    features = _features(classifier, cached, 8, progress=False)
+    reference = make_pipeline(StandardScaler(), LogisticRegression(max_iter=3000)).fit(features[train], labels[train])
+    with torch.no_grad():
+        ours = torch.softmax(model(normalize(cached, data_config)), 1)[:, 1].numpy()
+    assert np.allclose(ours, reference.predict_proba(features)[:, 1], atol=1e-4)

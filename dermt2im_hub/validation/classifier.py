@@ -144,11 +144,77 @@ def _holdout_metrics(classifier: Classifier, cached: torch.Tensor, labels: np.nd
             "balanced_accuracy": float(np.mean(recalls))}
 
 
+def _fit_all(classifier: Classifier, cached: torch.Tensor, labels: np.ndarray, train_idx: np.ndarray,
+             held_idx: np.ndarray, config, generator: torch.Generator, progress: bool) -> list[dict]:
+    """Every layer trained (AdamW, cosine), flips and quarter turns; hold-out metrics after each epoch."""
+    from tqdm.auto import tqdm
+
+    model = classifier.model
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=0.01)
+    steps_per_epoch = math.ceil(len(train_idx) / config.batch_size)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps_per_epoch * config.epochs)
+    history = []
+    for epoch in range(config.epochs):
+        model.train()
+        order = train_idx[torch.randperm(len(train_idx), generator=generator).numpy()]
+        losses = []
+        for start in tqdm(range(0, len(order), config.batch_size), disable=not progress,
+                          desc=f"reference epoch {epoch + 1}/{config.epochs}"):
+            batch = order[start:start + config.batch_size]
+            inputs = normalize(_augment(cached[batch], generator), classifier.data_config)
+            loss = torch.nn.functional.cross_entropy(model(inputs), torch.as_tensor(labels[batch]))
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            losses.append(loss.item())
+        held = _holdout_metrics(classifier, cached[held_idx], labels[held_idx], config.batch_size)
+        history.append({"epoch": epoch + 1, "train_loss": float(np.mean(losses)), **held})
+        log.info("reference epoch %d: loss %.4f, hold-out accuracy %.4f", epoch + 1, history[-1]["train_loss"],
+                 held["accuracy"])
+    return history
+
+
+def _features(classifier: Classifier, cached: torch.Tensor, batch_size: int, progress: bool) -> np.ndarray:
+    from tqdm.auto import tqdm
+
+    model = classifier.model.eval()
+    out = []
+    with torch.no_grad():
+        for start in tqdm(range(0, len(cached), batch_size), disable=not progress, desc="reference features"):
+            inputs = normalize(cached[start:start + batch_size], classifier.data_config)
+            out.append(model.forward_head(model.forward_features(inputs), pre_logits=True).float().numpy())
+    return np.concatenate(out)
+
+
+def _fit_head(classifier: Classifier, cached: torch.Tensor, labels: np.ndarray, train_idx: np.ndarray,
+              held_idx: np.ndarray, config, progress: bool) -> dict:
+    """A linear probe: frozen pretrained features, sklearn's logistic regression (on standardised features),
+    folded into the model's own classifier layer so the result is an ordinary timm model folder."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    features = _features(classifier, cached, config.batch_size, progress)
+    scaler = StandardScaler().fit(features[train_idx])
+    probe = LogisticRegression(max_iter=3000, C=config.probe_c).fit(scaler.transform(features[train_idx]),
+                                                                      labels[train_idx])
+    weight = probe.coef_[0] / scaler.scale_  # logit(malignant) = w . (x - mean) / scale + b
+    bias = probe.intercept_[0] - float(np.dot(weight, scaler.mean_))
+    head = classifier.model.get_classifier()
+    with torch.no_grad():
+        head.weight.zero_()
+        head.bias.zero_()
+        head.weight[1] = torch.as_tensor(weight, dtype=head.weight.dtype)  # softmax([0, z]) = sigmoid(z)
+        head.bias[1] = float(bias)
+    held = _holdout_metrics(classifier, cached[held_idx], labels[held_idx], config.batch_size)
+    log.info("reference linear probe: hold-out accuracy %.4f", held["accuracy"])
+    return {"epoch": None, "train_loss": None, **held}
+
+
 def fine_tune_reference(real: str | Path, out_dir: str | Path, config, progress: bool = True) -> Path:
     """Fine-tune `config.reference_model` (a FidelityConfig) on the real images into a timm model folder with a
     manifest (stage `train_reference_classifier`) recording the hold-out accuracy. Returns the folder."""
     from timm.models import save_for_hf
-    from tqdm.auto import tqdm
 
     out_dir = Path(out_dir)
     torch.manual_seed(config.seed)
@@ -162,29 +228,11 @@ def fine_tune_reference(real: str | Path, out_dir: str | Path, config, progress:
         train_idx, held_idx = stratified_holdout(labels, config.holdout_fraction, config.seed)
         cached = pixels(images, classifier.data_config)
         del images
+        if config.train_layers == "head":
+            history = [_fit_head(classifier, cached, labels, train_idx, held_idx, config, progress)]
+        else:
+            history = _fit_all(classifier, cached, labels, train_idx, held_idx, config, generator, progress)
         model = classifier.model
-        optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=0.01)
-        steps_per_epoch = math.ceil(len(train_idx) / config.batch_size)
-        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps_per_epoch * config.epochs)
-        history = []
-        for epoch in range(config.epochs):
-            model.train()
-            order = train_idx[torch.randperm(len(train_idx), generator=generator).numpy()]
-            losses = []
-            for start in tqdm(range(0, len(order), config.batch_size), disable=not progress,
-                              desc=f"reference epoch {epoch + 1}/{config.epochs}"):
-                batch = order[start:start + config.batch_size]
-                inputs = normalize(_augment(cached[batch], generator), classifier.data_config)
-                loss = torch.nn.functional.cross_entropy(model(inputs), torch.as_tensor(labels[batch]))
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
-                schedule.step()
-                losses.append(loss.item())
-            held = _holdout_metrics(classifier, cached[held_idx], labels[held_idx], config.batch_size)
-            history.append({"epoch": epoch + 1, "train_loss": float(np.mean(losses)), **held})
-            log.info("reference epoch %d: loss %.4f, hold-out accuracy %.4f", epoch + 1, history[-1]["train_loss"],
-                     held["accuracy"])
         save_for_hf(model, str(out_dir), model_config={"label_names": list(CLASS_NAMES)}, safe_serialization=True,
                     data_config={k: v for k, v in classifier.data_config.items() if k in DATA_CONFIG_KEYS})
         run.outputs.update(weights="model.safetensors", timm_config="config.json")

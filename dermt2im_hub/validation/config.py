@@ -33,6 +33,10 @@ class FidelityConfig:
     image_size: int | None = field(default=160, metadata={
         "help": "fine-tuning input size in pixels (null: the model's own); scoring always uses the data config "
                 "saved with the classifier"})
+    train_layers: str = field(default="all", metadata={
+        "help": "all: fine-tune every layer; head: a linear probe (frozen pretrained features, logistic regression "
+                "into the classifier layer), minutes on a CPU"})
+    probe_c: float = field(default=1.0, metadata={"help": "head only: inverse L2 strength of the logistic regression"})
     epochs: int = field(default=4, metadata={"help": "reference fine-tuning epochs"})
     batch_size: int = field(default=32, metadata={"help": "batch size of fine-tuning and scoring"})
     learning_rate: float = field(default=5e-4, metadata={"help": "AdamW learning rate (cosine decay)"})
@@ -47,6 +51,8 @@ class FidelityConfig:
             raise ConfigError("validation.fidelity.holdout_fraction must be within (0, 1)")
         if not 0 < self.confidence < 1:
             raise ConfigError("validation.fidelity.confidence must be within (0, 1)")
+        if self.train_layers not in ("all", "head"):
+            raise ConfigError("validation.fidelity.train_layers must be all or head")
         if self.epochs < 1 or self.batch_size < 1 or self.sheet_size < 0:
             raise ConfigError("validation.fidelity: epochs and batch_size must be >= 1, sheet_size >= 0")
 

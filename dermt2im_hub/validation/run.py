@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 STAGE = "validate"
 REFERENCE_DIR = "reference_classifier"
 # the fidelity settings that decide the reference classifier's weights (a change of any other reuses it)
-TRAINING_KEYS = ("real", "reference_model", "pretrained", "image_size", "epochs", "batch_size", "learning_rate",
+TRAINING_KEYS = ("real", "reference_model", "pretrained", "train_layers", "probe_c", "image_size", "epochs", "batch_size", "learning_rate",
                  "holdout_fraction", "seed")
 SHEET_NAME = "least_faithful.png"
 
