@@ -209,7 +209,8 @@ def test_validate_cli_end_to_end_on_tiny_models(tmp_path, capsys):
     out = tmp_path / "validate"
     common = [str(source), "--no-progress", "--set", "threads=1",
               "--fidelity.real", str(real), "--fidelity.reference-model", "test_efficientnet",
-              "--no-fidelity.pretrained", "--fidelity.image-size", "32", "--fidelity.epochs", "1",
+              "--no-fidelity.pretrained", "--fidelity.train-layers", "all", "--fidelity.image-size", "32",
+              "--fidelity.epochs", "1",
               "--fidelity.holdout-fraction", "0.25", "--fidelity.sheet-size", "3"]
     code = main(["validate", *common, "--output", str(out),
                  "--segmentation.enabled", "--segmentation.model", "tiny-random:sam",
