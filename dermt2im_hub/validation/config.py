@@ -36,7 +36,7 @@ class FidelityConfig:
     train_layers: str = field(default="head", metadata={
         "help": "head: a linear probe (frozen pretrained features, logistic regression into the classifier "
                 "layer; minutes on a CPU; 0.818 hold-out accuracy on isic-binary-train); all: fine-tune every layer "
-                "(AdamW, cosine; 2 epochs at lr 5e-4 on a CPU stayed at 0.586, see bench/RESULTS.md)"})
+                "(AdamW, cosine; 2 epochs at lr 5e-4 on a CPU stayed at 0.586, undiagnosed: see bench/RESULTS.md)"})
     probe_c: float = field(default=1.0, metadata={"help": "head only: inverse L2 strength of the logistic regression"})
     epochs: int = field(default=4, metadata={"help": "reference fine-tuning epochs"})
     batch_size: int = field(default=32, metadata={"help": "batch size of fine-tuning and scoring"})
