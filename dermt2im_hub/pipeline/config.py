@@ -15,7 +15,8 @@ from dermt2im_hub.hub.resolve import hub_id_problem
 SECTION = "run"
 
 # Stage order; `--from` / `--until` take these names.
-STAGES = ("preprocess", "train_lora", "generate", "qa", "dataset", "benchmark", "leaderboard", "cards", "push")
+STAGES = ("preprocess", "train_lora", "generate", "qa", "dataset", "benchmark", "leaderboard", "validate", "cards",
+          "push")
 
 
 @dataclass

@@ -61,10 +61,10 @@ def merged_recipe(recipe: Path, overrides: Iterable[str] | dict | None, output: 
         data.setdefault(SECTION, {})
         data[SECTION] = {**(data[SECTION] or {}), "output": str(output)}
     unknown = [k for k in data if k not in ("data", "training", "generation", "quality", "dataset", "evaluation",
-                                            SECTION)]
+                                            "validation", SECTION)]
     if unknown:
         raise ConfigError(f"unknown section {unknown[0]!r} in {recipe} (known: data, training, generation, quality, "
-                          "dataset, evaluation, run)")
+                          "dataset, evaluation, validation, run)")
     return data
 
 
@@ -78,10 +78,11 @@ def _check_sections(data: dict, recipe: Path) -> None:
     from dermt2im_hub.generation.plan import GenerationConfig
     from dermt2im_hub.quality.config import QualityConfig
     from dermt2im_hub.training.config import TrainLoraConfig
+    from dermt2im_hub.validation.config import ValidationConfig
 
     for section, cls in (("data", DataConfig), ("training", TrainLoraConfig), ("generation", GenerationConfig),
                          ("quality", QualityConfig), ("dataset", DatasetConfig), ("evaluation", EvaluationConfig),
-                         (SECTION, RunConfig)):
+                         ("validation", ValidationConfig), (SECTION, RunConfig)):
         given = data.get(section) or {}
         config = check_config_data(cls, given, f"{recipe.name} [{section}]")
         if section != SECTION:  # the run section's own checks run once its paths are resolved
@@ -91,7 +92,8 @@ def _check_sections(data: dict, recipe: Path) -> None:
         # --set values typed as the fields want them (a string field keeps its text), so the saved recipe holds
         # what each stage will read
         resolved = config_to_dict(config)
-        data[section] = {key: resolved[key] for key in given}
+        if section in data:  # an absent section stays absent (validation runs only when the recipe has one)
+            data[section] = {key: resolved[key] for key in given}
 
 
 def _check_stage_name(name: str | None) -> None:
@@ -132,6 +134,7 @@ def run_pipeline(recipe: str | Path, overrides: Iterable[str] | dict | None = No
         ("dataset", lambda: st.dataset_specs(resolved, run, layout)),
         ("benchmark", lambda: [st.benchmark_spec(resolved, run, layout)]),
         ("leaderboard", lambda: [st.leaderboard_spec(run, layout)]),
+        ("validate", lambda: st.validate_specs(resolved, run, layout)),
     ]
     for group, build in groups:
         if STAGES.index(group) > last:

@@ -57,6 +57,7 @@ class RunLayout:
     benchmark = property(lambda self: self.root / "benchmark")
     results = property(lambda self: self.root / "benchmark" / "results")
     leaderboard = property(lambda self: self.root / "leaderboard")
+    validation = property(lambda self: self.root / "validation")
     pipeline_dir = property(lambda self: self.root / PIPELINE_DIR)
 
     def resolved_config(self, stage: str) -> Path:
@@ -340,11 +341,36 @@ def _leaderboard(spec: StageSpec) -> None:
     render_leaderboard(spec.notes["results"], spec.folder)
 
 
+def validate_specs(recipe: Path, run: RunConfig, layout: RunLayout) -> list[StageSpec]:
+    """`dermt2im validate` on the kept generated images, only when the recipe has a `validation:` section.
+    One-way flow: its real-only reference classifier (and detector) train on the LoRA source's train split
+    (data stage output), never on the benchmark's test sets; `validation.fidelity.classifier` may name one."""
+    from dermt2im_hub.config import read_yaml
+    from dermt2im_hub.validation.config import SECTION, ValidationConfig
+
+    section = read_yaml(recipe).get(SECTION, False)
+    if section is False:
+        return []
+    section, real = section or {}, str(layout.data(run.lora_source.name))
+    overrides: dict[str, Any] = {"detection.real": (section.get("detection") or {}).get("real") or real}
+    if not (section.get("fidelity") or {}).get("classifier"):
+        overrides["fidelity.real"] = (section.get("fidelity") or {}).get("real") or real
+    config = load_config(ValidationConfig, recipe, overrides, section=SECTION)
+    return [StageSpec("validate", layout.validation, [layout.generated, layout.qa, layout.data(run.lora_source.name)],
+                      config, _validate, notes={"generated": layout.generated})]
+
+
+def _validate(spec: StageSpec) -> None:
+    from dermt2im_hub.validation.run import run_validation
+
+    run_validation(spec.notes["generated"], spec.config, spec.folder)
+
+
 def stage_folders(layout: RunLayout, run: RunConfig) -> list[Path]:
     """Every output folder of a run, in pipeline order (for cards, the report and pushes)."""
     folders = [layout.data(s.name) for s in run.real_sources]
     folders += [layout.lora, layout.generated, layout.qa, layout.synthetic_dataset, layout.real_dataset,
-                layout.results, layout.leaderboard]
+                layout.results, layout.leaderboard, layout.validation]
     classifiers = layout.benchmark / "classifiers"
     if classifiers.is_dir():
         folders += sorted(p for p in classifiers.iterdir() if (p / "manifest.json").is_file())
