@@ -165,13 +165,13 @@ def _pixels(folder) -> dict[str, np.ndarray]:
 
 def test_generate_with_lora_records_the_cache_everywhere(tiny_base, lora_dir, tmp_path):
     """Through `generate` with a LoRA (fused into the weights): caching off writes what it wrote before the option
-    existed (no new key anywhere), interval 1 the same pixels, interval 2 close pixels; the metadata rows, the
+    existed (no new key anywhere), interval 1 the same pixels, interval 3 close pixels; the metadata rows, the
     infotext, plan.jsonl and the manifest say which; resuming with another interval is refused."""
     lora, n = [f"{lora_dir}:0.8"], 4  # 4 images: one batch per sampler
     off = generate(_config(tiny_base, tmp_path / "off", lora=lora, num_images=n)).output
     every = generate(_config(tiny_base, tmp_path / "every", lora=lora, num_images=n, feature_cache_interval=1)).output
-    cached = generate(_config(tiny_base, tmp_path / "cached", lora=lora, num_images=n, feature_cache_interval=2)).output
-    no_lora = generate(_config(tiny_base, tmp_path / "no-lora", num_images=n, feature_cache_interval=2)).output
+    cached = generate(_config(tiny_base, tmp_path / "cached", lora=lora, num_images=n, feature_cache_interval=3)).output
+    no_lora = generate(_config(tiny_base, tmp_path / "no-lora", num_images=n, feature_cache_interval=3)).output
 
     a, b, c, d = _pixels(off), _pixels(every), _pixels(cached), _pixels(no_lora)
     assert a.keys() == b.keys() == c.keys() and len(a) == n
@@ -191,19 +191,19 @@ def test_generate_with_lora_records_the_cache_everywhere(tiny_base, lora_dir, tm
     assert all("feature_cache" not in row for row in read_jsonl(off / "plan.jsonl"))
 
     rows = read_jsonl(cached / "metadata.jsonl")
-    assert all(row["feature_cache"] == {"interval": 2, "depth": 1} for row in rows)
+    assert all(row["feature_cache"] == {"interval": 3, "depth": 1} for row in rows)
     assert all(row["adapters"][0]["scale"] == 0.8 for row in rows)
     with Image.open(cached / rows[0]["file_name"]) as image:
-        assert parse_infotext(read_infotext(image))["params"]["Feature cache"] == "interval 2, depth 1"
-    assert all(row["feature_cache"] == {"interval": 2, "depth": 1} for row in read_jsonl(cached / "plan.jsonl"))
+        assert parse_infotext(read_infotext(image))["params"]["Feature cache"] == "interval 3, depth 1"
+    assert all(row["feature_cache"] == {"interval": 3, "depth": 1} for row in read_jsonl(cached / "plan.jsonl"))
     manifest = json.loads((cached / "manifest.json").read_text())
-    # 2 batches (one per sampler) of 4 steps: calls 0 and 2 full, 1 and 3 shallow
-    assert manifest["extra"]["feature_cache"] == {"interval": 2, "depth": 1, "full_unet_calls_rank0": 4,
+    # 2 batches (one per sampler) of 4 steps, each starting afresh: calls 0 and 3 full, 1 and 2 shallow
+    assert manifest["extra"]["feature_cache"] == {"interval": 3, "depth": 1, "full_unet_calls_rank0": 4,
                                                   "shallow_unet_calls_rank0": 4}
-    assert manifest["config"]["feature_cache_interval"] == 2
+    assert manifest["config"]["feature_cache_interval"] == 3
 
     with pytest.raises(FolderMismatchError, match="feature_cache_interval"):
-        generate(_config(tiny_base, cached, lora=lora, num_images=n, feature_cache_interval=3))
+        generate(_config(tiny_base, cached, lora=lora, num_images=n, feature_cache_interval=2))
 
 
 def test_a_folder_saved_before_the_option_resumes(tiny_base, tmp_path):

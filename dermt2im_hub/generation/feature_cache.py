@@ -54,6 +54,8 @@ class FeatureCache:
     """Attach to a UNet2DConditionModel (eager or the `_orig_mod` of a compiled one); see the module doc."""
 
     def __init__(self, unet, interval: int, depth: int = 1):
+        import torch
+
         unet = getattr(unet, "_orig_mod", unet)
         if interval < 1:
             raise ConfigError(f"feature cache interval must be >= 1, got {interval}")
@@ -65,9 +67,13 @@ class FeatureCache:
         self._reuse = False
         self._key: tuple | None = None  # (shape, dtype, device) of the latents the cache was filled with
         self._outputs: dict[int, Any] = {}
-        deep, self._feeder = _deep_modules(unet, depth)
-        self._wrapped = [(unet.conv_in, self._wrap(unet.conv_in, self._start_call))]
-        self._wrapped += [(module, self._wrap(module, self._cached_call)) for module in deep]
+        # Under torch.compile the step counter stays out of the graph (tracing it would compile once per step
+        # value until dynamo's recompile limit sends the UNet back to eager); graphs see only the _reuse flag.
+        self._decide = torch.compiler.disable(self._decide_eagerly)
+        deep, feeder = _deep_modules(unet, depth)
+        self._wrapped = [self._wrap(unet.conv_in, self._start_call, None)]
+        self._wrapped += [self._wrap(module, self._cached_call, (slot, module is feeder))
+                          for slot, module in enumerate(deep)]
 
     # -------------------------------------------------------------------------------- public
 
@@ -78,7 +84,7 @@ class FeatureCache:
 
     def detach(self) -> None:
         """Put the modules' own forward methods back and drop the cached tensors."""
-        for module, _ in self._wrapped:
+        for module in self._wrapped:
             module.__dict__.pop("forward", None)
         self._wrapped = []
         self.reset()
@@ -86,18 +92,16 @@ class FeatureCache:
     # -------------------------------------------------------------------------------- wrappers
 
     @staticmethod
-    def _wrap(module, behaviour):
+    def _wrap(module, behaviour, slot):
         original = module.forward
 
         def forward(*args, **kwargs):
-            return behaviour(module, original, *args, **kwargs)
+            return behaviour(original, slot, *args, **kwargs)
 
         module.forward = forward  # an instance attribute: nn.Module.__call__ looks it up first
-        return forward
+        return module
 
-    def _start_call(self, module, original, sample, *args, **kwargs):
-        """`conv_in` runs first in every UNet call: decide here whether this call is full or shallow."""
-        key = (tuple(sample.shape), sample.dtype, sample.device)
+    def _decide_eagerly(self, key: tuple) -> None:
         self._reuse = self._calls % self.settings.interval != 0 and key == self._key
         if not self._reuse:
             self._key = key
@@ -107,13 +111,18 @@ class FeatureCache:
             self.shallow_calls += 1
         else:
             self.full_calls += 1
+
+    def _start_call(self, original, _, sample, *args, **kwargs):
+        """`conv_in` runs first in every UNet call: decide here whether this call is full or shallow."""
+        self._decide((tuple(sample.shape), sample.dtype, sample.device))
         return original(sample, *args, **kwargs)
 
-    def _cached_call(self, module, original, *args, **kwargs):
+    def _cached_call(self, original, slot, *args, **kwargs):
+        index, is_feeder = slot
         if self._reuse:
-            return self._outputs[id(module)]
+            return self._outputs[index]
         output = original(*args, **kwargs)
-        self._outputs[id(module)] = output if module is self._feeder else _placeholders(output)
+        self._outputs[index] = output if is_feeder else _placeholders(output)
         return output
 
 
