@@ -9,8 +9,9 @@ Every row renders the same --images plan indices (same seeds, prompts and classe
 sampler, the steps or the feature cache (`feature_cache_interval`, `feature_cache_depth`). Columns:
 - images/s (the run's own timer: sampling + PNG writing, model loading excluded; best of --repeats) and its
   ratio to the sampler's reference row (the most steps, no cache);
-- UNet calls per image, full and shallow (what the cache skips), and the shallow call's share of a full call's
-  FLOPs on this UNet (torch's FLOP counter): machine-independent, unlike images/s on a shared CPU;
+- UNet calls per batch, full and shallow (what the cache skips), and the UNet work they make (shallow calls
+  weighted by their share of a full call's FLOPs on this UNet, from torch's FLOP counter) as a speed-up over the
+  reference row: machine-independent, unlike images/s on a shared CPU;
 - fidelity against phantom images (the world the tiny base was trained on, seed 0 so not its training images)
   in the QA stage's feature space (dermt2im_hub.quality.features / fidelity): FID and KID (x1000) of the
   row's images vs --phantoms phantoms, and their ratio to the reference row's;
@@ -239,9 +240,12 @@ def main(argv=None) -> int:
             batches = -(-args.images // args.batch_size)  # one UNet call serves a whole batch
             row["unet_calls_full"] = round((calls - shallow) / batches, 2)
             row["unet_calls_shallow"] = round(shallow / batches, 2)
+            # UNet work in full-call equivalents: machine-independent, unlike images/s on a shared CPU
+            row["unet_work"] = round(row["unet_calls_full"] + row["unet_calls_shallow"] * shares.get(depth, 0.0), 2)
             if reference is None:
                 reference = {"row": row, "pixels": pixels}
             row["speed_vs_ref"] = round(per_s / reference["row"]["images_per_s"], 3)
+            row["unet_work_vs_ref"] = round(reference["row"]["unet_work"] / row["unet_work"], 3)
             row["fid_vs_ref"] = round(row["fid"] / reference["row"]["fid"], 3) if reference["row"]["fid"] else None
             row["to_ref"] = round(float(np.mean([np.abs(pixels[i].astype(np.int16) - reference["pixels"][i]).mean()
                                                  for i in pixels])), 2)
@@ -253,12 +257,13 @@ def main(argv=None) -> int:
     print(f"\nSpeed vs quality on {device}: {world}; {args.size} px, CFG {args.cfg:g}, {args.images} images per "
           f"row, batch {args.batch_size}; fidelity vs {args.phantoms} phantoms in {extractor.name} features; "
           f"reference row per sampler: {reference_steps} steps, no cache; total {time.perf_counter() - t0:.0f}s\n")
-    print("| sampler | steps | feature cache | UNet calls/image (full + shallow) | images/s | vs ref | FID | FID vs ref "
-          "| KID x1e3 | to ref (px) |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("| sampler | steps | feature cache | UNet calls (full + shallow) | UNet work: ref / row | images/s | vs ref "
+          "| FID | FID / ref | KID x1e3 | to ref (px) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for row in rows:
         calls = f"{row['unet_calls_full']:g} + {row['unet_calls_shallow']:g}"
-        print(f"| {row['sampler']} | {row['steps']} | {row['cache']} | {calls} | {row['images_per_s']:.2f} | "
+        print(f"| {row['sampler']} | {row['steps']} | {row['cache']} | {calls} | {row['unet_work_vs_ref']:.2f}x | "
+              f"{row['images_per_s']:.2f} | "
               f"{row['speed_vs_ref']:.2f}x | {row['fid']:.1f} | {row['fid_vs_ref']:.2f} | "
               f"{row['kid_x1000']:.1f} +- {row['kid_sd_x1000']:.1f} | {row['to_ref']:.1f} |")
     return 0
