@@ -11,6 +11,9 @@ sampler (Euler a, A1111's linspace schedule), steps, CFG, size and precision, an
   generator per image, SDPA, fused QKV projections and channels_last on CUDA, optional torch.compile of the
   UNet and VAE decoder, PNGs with infotext written on
   threads while the next batch samples, metadata.jsonl, contact sheet and manifest).
+- ours + feature cache (--cache-intervals N,...): the same with `feature_cache_interval: N` (DeepCache-style: the
+  full UNet every N-th call, its shallow branch in between; --cache-depth layers of the outer level), which
+  trades a little fidelity for speed (bench/speed_quality.py measures the fidelity on the tiny world).
 Timings exclude model building and one warm-up pass per row; each row is timed --repeats times and the fastest
 counts (on CPU in alternating rounds, so both rows see the same load from other processes). MFU (CUDA) counts the UNet at 677 GFLOPs per
 forward at a 64x64 latent (two forwards per step with CFG) plus 2.48 TFLOPs per VAE decode at 512 px, both
@@ -85,7 +88,7 @@ def run_per_image(pipe, args, out: Path, count: int, first_seed: int = 0) -> flo
     return time.perf_counter() - t0
 
 
-def run_ours(pipe, args, out: Path, count: int, batch_size: int) -> float:
+def run_ours(pipe, args, out: Path, count: int, batch_size: int, cache_interval: int = 0) -> float:
     from dermt2im_hub.config import load_config
     from dermt2im_hub.generation.models import BaseModelInfo
     from dermt2im_hub.generation.plan import GenerationConfig
@@ -95,7 +98,8 @@ def run_ours(pipe, args, out: Path, count: int, batch_size: int) -> float:
         "base": "in-memory/sd15-shaped-random", "output": str(out), "num_images": count, "samplers": [args.sampler],
         "steps": str(args.steps), "cfg": args.cfg, "size": args.size, "batch_size": batch_size, "progress": False,
         "transformations": {}, "prompt_template": "a dermoscopic image of a {label} skin lesion",
-        "dtype": "float16" if args.dtype == "fp16" else "bfloat16" if args.dtype == "bf16" else "float32"})
+        "dtype": "float16" if args.dtype == "fp16" else "bfloat16" if args.dtype == "bf16" else "float32",
+        "feature_cache_interval": cache_interval, "feature_cache_depth": args.cache_depth})
     base = BaseModelInfo(id="in-memory/sd15-shaped-random", kind="memory", revision=None, sha256="0" * 64,
                          hashed_file="(in memory)", name="sd15-shaped-random", local_path="")
     _sync(args.device)
@@ -122,6 +126,9 @@ def parse_args(argv=None):
     p.add_argument("--batch-sizes", default=None, help="comma-separated batch sizes for our rows (default 8; 32 CUDA)")
     p.add_argument("--repeats", type=int, default=3,
                    help="timed repeats per row; the fastest counts (shared machines are noisy)")
+    p.add_argument("--cache-intervals", default="", help="comma-separated feature cache intervals: one more row "
+                   "of ours (largest batch size) per interval (default: none)")
+    p.add_argument("--cache-depth", type=int, default=1, help="feature cache depth of those rows")
     p.add_argument("--compile", action="store_true", help="add a row with torch.compile of the UNet and the VAE decoder (CUDA)")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: torch's default). Default 1: on "
                    "a shared machine, OpenMP teams of 2+ threads stall whenever another process takes a core")
@@ -142,6 +149,10 @@ def main(argv=None) -> int:
     ours_images = args.images or (128 if cuda else 32)
     baseline_images = args.baseline_images or 16
     batch_sizes = [int(b) for b in (args.batch_sizes or ("32" if cuda else "8")).split(",")]
+    # (row name, batch size, feature cache interval): the cache rows use the largest batch
+    ours_rows = [(f"ours (batch {b})", b, 0) for b in batch_sizes]
+    ours_rows += [(f"ours + feature cache interval {i} (batch {batch_sizes[-1]})", batch_sizes[-1], i)
+                  for i in (int(x) for x in args.cache_intervals.split(",") if x.strip())]
     if args.threads and not cuda:
         torch.set_num_threads(args.threads)
 
@@ -158,9 +169,11 @@ def main(argv=None) -> int:
             args.json.write_text(json.dumps({"device": device_name, "args": {k: str(v) for k, v in vars(args).items()},
                                              "rows": rows}, indent=2) + "\n")
 
-    def record(name: str, images: int, seconds: float) -> None:
+    def record(name: str, images: int, seconds: float, cached: bool = False) -> None:
         per_s = images / seconds
-        mfu = per_s * flops_per_image(args.steps, args.cfg, args.size) / (args.peak_tflops * 1e12) if cuda else None
+        # a cached row skips most of the UNet on its shallow calls: the full-UNet FLOP count would overstate MFU
+        mfu = per_s * flops_per_image(args.steps, args.cfg, args.size) / (args.peak_tflops * 1e12) \
+            if cuda and not cached else None
         peak_gb = torch.cuda.max_memory_allocated() / 2**30 if cuda else None
         rows.append({"row": name, "images": images, "seconds": round(seconds, 3), "images_per_s": round(per_s, 3),
                      "mfu": round(mfu, 4) if mfu is not None else None,
@@ -175,34 +188,34 @@ def main(argv=None) -> int:
         # A shared CPU is noisy: time the rows in alternating rounds so each sees the same conditions. On CPU,
         # prepare_pipeline changes nothing the plain pipeline lacks (SDPA is diffusers' default there too).
         prepare_pipeline(pipe, torch.device(args.device), dtype)
-        for batch in batch_sizes:
-            run_ours(pipe, args, work / f"warm-{batch}", batch, batch)
-        best: dict[str, float] = {}
+        for k, (_, batch, interval) in enumerate(ours_rows):
+            run_ours(pipe, args, work / f"warm-{k}", batch, batch, interval)
+        best: dict = {}
         for r in range(args.repeats):
             best["per-image"] = min(best.get("per-image", float("inf")),
                                     run_per_image(pipe, args, work / f"per-image-{r}", baseline_images))
-            for batch in batch_sizes:
-                best[batch] = min(best.get(batch, float("inf")),
-                                  run_ours(pipe, args, work / f"ours-{batch}-{r}", ours_images, batch))
+            for k, (_, batch, interval) in enumerate(ours_rows):
+                best[k] = min(best.get(k, float("inf")),
+                              run_ours(pipe, args, work / f"ours-{k}-{r}", ours_images, batch, interval))
         record("per-image pipeline", baseline_images, best["per-image"])
-        for batch in batch_sizes:
-            record(f"ours (batch {batch})", ours_images, best[batch])
+        for k, (name, _, interval) in enumerate(ours_rows):
+            record(name, ours_images, best[k], cached=interval > 0)
     else:
         record("per-image pipeline", baseline_images,
                min(run_per_image(pipe, args, work / f"per-image-{r}", baseline_images) for r in range(args.repeats)))
         prepare_pipeline(pipe, torch.device(args.device), dtype)
-        variants = [(f"ours (batch {b})", b, False) for b in batch_sizes]
-        if args.compile:
-            variants.append((f"ours + torch.compile (batch {batch_sizes[-1]})", batch_sizes[-1], True))
-        for name, batch, compiled in variants:
+        variants = [(name, batch, interval, False) for name, batch, interval in ours_rows]
+        if args.compile:  # last: compilation is the slowest part, and the modules stay compiled
+            variants.append((f"ours + torch.compile (batch {batch_sizes[-1]})", batch_sizes[-1], 0, True))
+        for name, batch, interval, compiled in variants:
             if compiled:
                 compile_pipeline(pipe)
             torch.cuda.reset_peak_memory_stats()
-            run_ours(pipe, args, work / f"warm-{len(rows)}", batch, batch)  # warm-up (and compilation)
+            run_ours(pipe, args, work / f"warm-{len(rows)}", batch, batch, interval)  # warm-up (and compilation)
             if compiled and not hasattr(pipe.unet, "_orig_mod"):  # generate() fell back to eager: say so
                 name = f"ours, torch.compile FAILED so eager (batch {batch})"
-            record(name, ours_images, min(run_ours(pipe, args, work / f"ours-{len(rows)}-{r}", ours_images, batch)
-                                          for r in range(args.repeats)))
+            record(name, ours_images, min(run_ours(pipe, args, work / f"ours-{len(rows)}-{r}", ours_images, batch,
+                                                   interval) for r in range(args.repeats)), cached=interval > 0)
 
     baseline = rows[0]["images_per_s"]
     print(f"\nGeneration throughput on {device_name}: {'full-size SD1.5' if args.full_size else 'tiny base'}, "

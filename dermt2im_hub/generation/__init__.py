@@ -7,6 +7,8 @@ Public API (imported lazily, so `import dermt2im_hub.generation.infotext` stays 
   across processes under `accelerate launch -m dermt2im_hub.generation ...`
 - `load_pipeline(config)`, `load_base(...)`, `load_adapters(...)`: the loaders (safetensors only)
 - `make_scheduler(name, base_config)`, `known_samplers()`: the A1111 sampler registry
+- `FeatureCache(unet, interval, depth)`: DeepCache-style reuse of deep UNet features across steps
+  (`feature_cache_interval` / `feature_cache_depth` in the config)
 - `infotext`: the only writer/parser of A1111 infotext
 """
 
@@ -28,6 +30,7 @@ _EXPORTS = {
     "parse_adapter_spec": "models",
     "make_scheduler": "samplers",
     "known_samplers": "samplers",
+    "FeatureCache": "feature_cache",
 }
 
 __all__ = sorted(_EXPORTS)

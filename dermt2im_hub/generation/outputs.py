@@ -17,6 +17,7 @@ checked against the plan, so metadata.jsonl always has exactly one row per PNG.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Iterable
 from pathlib import Path
@@ -61,7 +62,8 @@ def infotext_for(image: PlannedImage, base, adapters) -> str:
     lora_hashes = ", ".join(f"{a.a1111_name or a.name}: {(a.addnet_hash or a.sha256)[:12]}" for a in adapters) or None
     params = {"Steps": image.steps, "Sampler": image.sampler, "CFG scale": image.cfg_scale, "Seed": image.seed,
               "Size": (image.width, image.height), "Model hash": base.short_hash, "Model": base.name,
-              "Lora hashes": lora_hashes, "Version": f"dermt2im-hub {__version__}"}
+              "Lora hashes": lora_hashes, "Version": f"dermt2im-hub {__version__}",
+              "Feature cache": image.feature_cache.infotext() if image.feature_cache else None}
     return format_infotext(image.prompt, image.negative_prompt, params)
 
 
@@ -74,6 +76,7 @@ def metadata_row(image: PlannedImage, base, adapters, sha256: str) -> dict[str, 
         "base_model": base.id, "base_model_revision": base.revision, "base_model_hash": base.sha256,
         "adapters": [a.to_row() for a in adapters], "transformations": list(image.transformations),
         "index": image.index, "sha256": sha256, "package_version": __version__,
+        **({"feature_cache": image.feature_cache.to_row()} if image.feature_cache else {}),
     }
 
 
@@ -109,12 +112,18 @@ def images_by_rank(out: Path) -> dict[str, int]:
 # ---------------------------------------------------------------------------------------------- resume
 
 
+_SCALAR_DEFAULTS = {f.name: f.default for f in dataclasses.fields(GenerationConfig)
+                    if f.default is not dataclasses.MISSING}
+
 # Where the weights come from may be spelled differently on resume; their hashes are compared instead.
 _SOURCE_FIELDS = ("base", "base_revision", "single_file_config", "lora")
 
 
 def _comparable(config: GenerationConfig | dict) -> dict[str, Any]:
     data = config_to_dict(config) if not isinstance(config, dict) else dict(config)
+    # a folder saved before a field existed was rendered with that field's default (e.g. feature caching off)
+    for name, default in _SCALAR_DEFAULTS.items():
+        data.setdefault(name, default)
     ignored = set(GenerationConfig.RUNTIME_FIELDS) | set(_SOURCE_FIELDS)
     return {k: v for k, v in data.items() if k not in ignored}
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dermt2im_hub.config import ConfigError
+from dermt2im_hub.generation.feature_cache import FeatureCacheSettings
 from dermt2im_hub.labels import CLASS_NAMES
 
 MAX_SEED = 2**32  # A1111 seeds are 32-bit
@@ -97,6 +98,13 @@ class GenerationConfig:
         "help": "images per pipeline call (images sharing sampler and steps); on CPU use a multiple of 4"})
     dtype: str = field(default="auto", metadata={
         "help": "auto (float16 on CUDA, float32 on CPU), float32, float16 or bfloat16"})
+    feature_cache_interval: int = field(default=0, metadata={
+        "help": "feature caching (DeepCache-style): run the full UNet every N-th call and only its shallow branch "
+                "in between, reusing the deep features (0: off; 1: full every call, same images as off; 2-3: "
+                "faster, slightly different images)"})
+    feature_cache_depth: int = field(default=1, metadata={
+        "help": "layers of the outermost UNet level the shallow branch keeps computing (1: the fewest, the "
+                "fastest; up to layers per block + 1)"})
     compile: bool = field(default=False, metadata={"help": "torch.compile the UNet and the VAE decoder (GPU; worth it for long runs)"})
     cpu_threads: int = field(default=0, metadata={
         "help": "torch CPU threads per process (0: leave as is). CPU float rounding depends on it, so pin it "
@@ -127,6 +135,10 @@ class GenerationConfig:
             raise ConfigError(f"num_images must be >= 1, got {self.num_images}")
         if self.batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.feature_cache_interval < 0:
+            raise ConfigError(f"feature_cache_interval must be >= 0 (0: off), got {self.feature_cache_interval}")
+        if self.feature_cache_depth < 1:
+            raise ConfigError(f"feature_cache_depth must be >= 1, got {self.feature_cache_depth}")
         if self.cpu_threads < 0:
             raise ConfigError(f"cpu_threads must be >= 0, got {self.cpu_threads}")
         bad = [c for c in self.classes if c not in CLASS_NAMES]
@@ -140,6 +152,12 @@ class GenerationConfig:
         from dermt2im_hub.generation.models import check_sources  # path checks, no heavy imports
 
         check_sources(self)
+
+    def feature_cache(self) -> FeatureCacheSettings | None:
+        """The feature-cache settings every image is rendered with, or None when caching is off."""
+        if not self.feature_cache_interval:
+            return None
+        return FeatureCacheSettings(self.feature_cache_interval, self.feature_cache_depth)
 
     def require_inputs(self) -> None:
         """The fields a run needs but a recipe file may leave to the caller."""
@@ -211,6 +229,7 @@ class PlannedImage:
     prompt: str
     negative_prompt: str
     transformations: tuple[str, ...]
+    feature_cache: FeatureCacheSettings | None = None  # None: the full UNet at every step
 
     @property
     def file_name(self) -> str:
@@ -225,7 +244,8 @@ class PlannedImage:
         return {"index": self.index, "file_name": self.file_name, "label": self.label, "sampler": self.sampler,
                 "steps": self.steps, "cfg_scale": self.cfg_scale, "seed": self.seed, "width": self.width,
                 "height": self.height, "prompt": self.prompt, "negative_prompt": self.negative_prompt,
-                "transformations": list(self.transformations)}
+                "transformations": list(self.transformations),
+                **({"feature_cache": self.feature_cache.to_row()} if self.feature_cache else {})}
 
 
 def unit_draw(seed: int, index: int, purpose: str) -> float:
@@ -299,5 +319,5 @@ def expand_plan(config: GenerationConfig) -> list[PlannedImage]:
             index=index, label=label, sampler=sampler, steps=steps, cfg_scale=float(config.cfg),
             seed=image_seed(config.seed, index), width=config.size, height=config.size,
             prompt=render_prompt(config.prompt_template, label, words), negative_prompt=config.negative_prompt,
-            transformations=tuple(tags)))
+            transformations=tuple(tags), feature_cache=config.feature_cache()))
     return images

@@ -148,18 +148,19 @@ def uncompile_pipeline(pipe) -> bool:
     return restored
 
 
-def render_batch_or_fall_back(pipe, batch: list[PlannedImage], device, scheduler_cache: dict) -> list:
+def render_batch_or_fall_back(pipe, batch: list[PlannedImage], device, scheduler_cache: dict,
+                              feature_cache=None) -> list:
     """render_batch; when torch.compile fails (it compiles on the first batch and on each new batch shape),
     warn, go back to the eager modules and render the batch again: `compile` is a speed option, and losing it
     must not lose a run that has already loaded its models."""
     try:
-        return render_batch(pipe, batch, device, scheduler_cache)
+        return render_batch(pipe, batch, device, scheduler_cache, feature_cache)
     except _compile_errors() as error:
         if not uncompile_pipeline(pipe):
             raise
         log.warning("torch.compile failed (%s: %s); generating without it", type(error).__name__,
                     str(error).splitlines()[0][:200] if str(error) else "")
-        return render_batch(pipe, batch, device, scheduler_cache)
+        return render_batch(pipe, batch, device, scheduler_cache, feature_cache)
 
 
 def batches_for(pending: list[PlannedImage], batch_size: int, rank: int = 0, world: int = 1):
@@ -175,8 +176,9 @@ def batches_for(pending: list[PlannedImage], batch_size: int, rank: int = 0, wor
     return batches
 
 
-def render_batch(pipe, batch: list[PlannedImage], device, scheduler_cache: dict) -> list:
-    """PIL images for one batch (all sharing sampler/steps/cfg/size); one seeded generator per image."""
+def render_batch(pipe, batch: list[PlannedImage], device, scheduler_cache: dict, feature_cache=None) -> list:
+    """PIL images for one batch (all sharing sampler/steps/cfg/size); one seeded generator per image.
+    `feature_cache` (a FeatureCache attached to pipe's UNet, or None) starts each batch with a full UNet call."""
     import torch
 
     from dermt2im_hub.generation.samplers import make_scheduler
@@ -192,6 +194,8 @@ def render_batch(pipe, batch: list[PlannedImage], device, scheduler_cache: dict)
     generators += [torch.Generator("cpu").manual_seed(_PAD_SEED) for _ in range(padding)]
     prompts += [first.prompt] * padding
     negatives += [first.negative_prompt] * padding
+    if feature_cache is not None:
+        feature_cache.reset()
     with torch.inference_mode():
         result = pipe(prompt=prompts, negative_prompt=negatives, num_inference_steps=first.steps,
                       guidance_scale=first.cfg_scale, height=first.height, width=first.width,
@@ -226,6 +230,10 @@ def generate(config: GenerationConfig, after_batch: Callable[[list[PlannedImage]
     device = pipe.device
     load_seconds = time.perf_counter() - t_load
     outputs.check_provenance_matches(out, base, adapters)
+    if config.feature_cache() is not None:
+        from dermt2im_hub.generation.feature_cache import check_unet
+
+        check_unet(pipe.unet, config.feature_cache_depth)
 
     state.wait_for_everyone()
     if state.is_main_process:
@@ -242,13 +250,14 @@ def generate(config: GenerationConfig, after_batch: Callable[[list[PlannedImage]
     # On CPU, writer threads would compete with torch's OpenMP threads (whose spin-waits slow down badly when
     # preempted); PNGs are then written inline, which costs little next to CPU sampling.
     writer_threads = 4 if device.type == "cuda" else 0
-    with stage as run, _cpu_threads(config.cpu_threads), \
+    with stage as run, _cpu_threads(config.cpu_threads), _feature_cache(pipe, config) as feature_cache, \
             _ImageWriter(out, rank, base, adapters, writer_threads) as writer:
         t0 = time.perf_counter()
         try:
             with _progress(sum(len(b) for b in batches), config.progress, rank, world) as bar:
                 for batch in batches:
-                    writer.submit(batch, render_batch_or_fall_back(pipe, batch, device, scheduler_cache))
+                    writer.submit(batch, render_batch_or_fall_back(pipe, batch, device, scheduler_cache,
+                                                                   feature_cache))
                     # PNG encoding of this batch overlaps the next batch's sampling
                     for written in writer.completed(keep=1):
                         generated += len(written)
@@ -267,7 +276,7 @@ def generate(config: GenerationConfig, after_batch: Callable[[list[PlannedImage]
             # also after an exception: metadata.jsonl then matches the PNGs written so far
             if run is not None:
                 _finish(out, plan, base, adapters, run, generated, seconds or time.perf_counter() - t0,
-                        load_seconds, world)
+                        load_seconds, world, feature_cache)
     finished = len(outputs.finished_indices(out, plan))
     result = GenerationResult(out, len(plan), finished, generated, seconds, rank, world,
                               extra={"load_seconds": load_seconds})
@@ -326,6 +335,23 @@ class _ImageWriter:
 
 
 @contextlib.contextmanager
+def _feature_cache(pipe, config: GenerationConfig):
+    """A FeatureCache on the pipeline's UNet for the run when the config asks for one (else None); detached
+    afterwards, so a pipeline passed in by the caller comes back unchanged."""
+    settings = config.feature_cache()
+    if settings is None:
+        yield None
+        return
+    from dermt2im_hub.generation.feature_cache import FeatureCache
+
+    cache = FeatureCache(pipe.unet, settings.interval, settings.depth)
+    try:
+        yield cache
+    finally:
+        cache.detach()
+
+
+@contextlib.contextmanager
 def _cpu_threads(count: int):
     """Pin torch's intra-op threads for the run (0: unchanged), restoring the caller's setting afterwards."""
     import torch
@@ -365,7 +391,7 @@ def _stage_run(out: Path, config: GenerationConfig, base, adapters):
     return StageRun(out, "generate", config, inputs=inputs)
 
 
-def _finish(out, plan, base, adapters, run, generated, seconds, load_seconds, world) -> None:
+def _finish(out, plan, base, adapters, run, generated, seconds, load_seconds, world, feature_cache=None) -> None:
     """metadata.jsonl, contact sheet and manifest facts; runs at the end and after an interruption."""
     from collections import Counter
 
@@ -385,4 +411,7 @@ def _finish(out, plan, base, adapters, run, generated, seconds, load_seconds, wo
         "num_processes": world, "images_by_rank": outputs.images_by_rank(out), "cpu_threads": _threads(),
         "generated_this_run_rank0": generated, "seconds": round(seconds, 3), "load_seconds": round(load_seconds, 3),
         "images_per_second_rank0": round(generated / seconds, 4) if seconds > 0 else None,
+        "feature_cache": None if feature_cache is None else {
+            **feature_cache.settings.to_row(), "full_unet_calls_rank0": feature_cache.full_calls,
+            "shallow_unet_calls_rank0": feature_cache.shallow_calls},
     })
