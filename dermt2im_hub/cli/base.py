@@ -53,9 +53,8 @@ def _refuse_other_stage(folder: Path, own: str) -> None:
 
 
 def _make_tiny_base(args: argparse.Namespace) -> int:
-    from dermt2im_hub.testing.tiny_base import make_tiny_base
-
     from dermt2im_hub.cli import UserError
+    from dermt2im_hub.testing.tiny_base import make_tiny_base
 
     _refuse_other_stage(args.output_dir, "tiny_base")
     if args.from_scratch:
