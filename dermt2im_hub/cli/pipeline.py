@@ -83,6 +83,6 @@ def _demo(args: argparse.Namespace) -> int:
 
         raise UserError(str(error)) from error
     _print_summary(summary)
-    print("\nDemo finished: phantom images and a random-weight model, so the numbers show the pipeline works, "
+    print("\nDemo finished: phantom images and a tiny base pretrained on them, so the numbers show the pipeline works and learns, "
           "not how well synthetic data helps. Run configs/paper.yaml on real ISIC/HAM10000 data for that.")
     return 0

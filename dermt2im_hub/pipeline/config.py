@@ -59,7 +59,7 @@ class RunConfig:
         "help": "real image inputs of the data stage (one preprocessed folder each)"})
     base_model: str | None = field(default=None, metadata={
         "help": "base Stable Diffusion model for training and generation (overrides both sections); "
-                "`embedded:tiny-sd15` builds the tiny random-weight base offline"})
+                "`embedded:tiny-sd15` writes the shipped tiny base pretrained on phantoms (offline)"})
     num_processes: int = field(default=1, metadata={
         "help": "processes for training and generation through `accelerate launch` (one per GPU)"})
     accelerate_config: str | None = field(default=None, metadata={

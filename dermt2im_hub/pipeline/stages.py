@@ -18,7 +18,7 @@ from typing import Any
 from dermt2im_hub.config import ConfigError, config_to_dict, load_config, save_config
 from dermt2im_hub.pipeline.config import RealSource, RunConfig
 
-EMBEDDED_TINY_BASE = "embedded:tiny-sd15"  # run.base_model value: build the tiny random-weight base offline
+EMBEDDED_TINY_BASE = "embedded:tiny-sd15"  # run.base_model value: the tiny base pretrained on phantoms (shipped)
 PIPELINE_DIR = ".pipeline"  # resolved stage configs and the push record
 
 
@@ -122,7 +122,10 @@ def phantom_specs(run: RunConfig, layout: RunLayout) -> list[StageSpec]:
                                                        "seed": source.seed})
         specs.append(StageSpec(f"inputs:{source.name}", layout.source_images(source), [], config, _make_phantoms))
     if run.base_model == EMBEDDED_TINY_BASE:
-        specs.append(StageSpec("inputs:tiny-base", layout.tiny_base, [], {"seed": 0, "full_size": False},
+        from dermt2im_hub.testing.tiny_base import shipped_base_info
+
+        weights = shipped_base_info()["weights_sha256"]  # a new shipped version re-runs the stage
+        specs.append(StageSpec("inputs:tiny-base", layout.tiny_base, [], {"pretrained": True, "weights": weights},
                                _make_tiny_base))
     return specs
 
@@ -137,7 +140,7 @@ def _make_tiny_base(spec: StageSpec) -> None:
     from dermt2im_hub.manifest import write_manifest
     from dermt2im_hub.testing.tiny_base import make_tiny_base
 
-    make_tiny_base(spec.folder, seed=spec.config["seed"])
+    make_tiny_base(spec.folder, pretrained=True)
     write_manifest(spec.folder, "tiny_base", spec.config, outputs={"pipeline": "model_index.json"})
 
 

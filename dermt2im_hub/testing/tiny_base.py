@@ -1,4 +1,4 @@
-"""An offline Stable Diffusion 1.5-shaped pipeline with random weights.
+"""Offline Stable Diffusion 1.5-shaped pipelines: random weights, or the shipped tiny base pretrained on phantoms.
 
 Nothing can be downloaded here, so tests, the demo and the CPU benchmarks run on a pipeline with SD1.5's
 structure (UNet2DConditionModel, AutoencoderKL with 8x downsampling, CLIPTextModel, SD1.5's scheduler
@@ -6,16 +6,31 @@ config, the real CLIP tokenizer, no safety checker) but small widths. `full_size
 exact architecture (859.5M-parameter UNet) with random weights for GPU benchmarks.
 
 The folder loads with `StableDiffusionPipeline.from_pretrained(DIR)` / `DiffusionPipeline.from_pretrained(DIR)`.
+
+`pretrained=True` writes instead the tiny base that ships inside the package (`tiny_sd15/`, float16 safetensors
+with their sha256 in `dermt2im_tiny_base.json`): the same kind of pipeline, pretrained on phantom images with
+class-neutral captions by `dermt2im_hub.testing.pretrain`, so it draws lesion-like images. It is the demo's
+`embedded:tiny-sd15` base; `pretrained_tiny_base_path()` gives a loadable float32 copy (cached).
 """
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import torch
 
 from dermt2im_hub.testing.tokenizer import VOCAB_SIZE, write_clip_tokenizer_files
+
+SHIPPED_PRETRAINED_DIR = Path(__file__).resolve().parent / "tiny_sd15"
+BASE_INFO_FILE = "dermt2im_tiny_base.json"
+PRETRAIN_COMMAND = "dermt2im make-tiny-base --pretrained --from-scratch DIR"
+WORLD = ("phantoms + a tiny base trained on them: a small SD1.5-shaped pipeline (64 px, 8x8 latents) pretrained "
+         "by this project on procedural phantom dermoscopy images with class-neutral captions; not a model of "
+         "real skin lesions")
 
 # SD1.5's scheduler_config.json (runwayml/stable-diffusion-v1-5), the reference for "like SD1.5".
 SD15_SCHEDULER_CONFIG = {
@@ -96,9 +111,15 @@ def build_tiny_components(full_size: bool = False, seed: int = 0, tokenizer_dir:
 
 
 def make_tiny_base(output_dir: str | Path, full_size: bool = False, seed: int = 0,
-                   dtype: str = "float32") -> Path:
-    """Save an SD1.5-shaped pipeline to `output_dir` (safetensors weights) and return the folder."""
+                   dtype: str = "float32", pretrained: bool = False) -> Path:
+    """Save an SD1.5-shaped pipeline to `output_dir` (safetensors weights) and return the folder: random weights,
+    or with `pretrained=True` the shipped tiny base pretrained on phantoms."""
     from diffusers import StableDiffusionPipeline
+
+    if pretrained:
+        if full_size:
+            raise ValueError("only the tiny base ships pretrained weights")
+        return write_pretrained_tiny_base(output_dir, dtype=dtype)
 
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -117,3 +138,87 @@ def make_tiny_base(output_dir: str | Path, full_size: bool = False, seed: int = 
     }
     (output_dir / "dermt2im_tiny_base.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
     return output_dir
+
+
+# ---------------------------------------------------------------------------------- the pretrained tiny base
+
+
+def _weight_files(folder: Path) -> list[Path]:
+    return sorted(folder.glob("*/*.safetensors"))
+
+
+def describe_pretrained(folder: str | Path, facts: dict) -> Path:
+    """Write the shipped base's dermt2im_tiny_base.json: what it is, how it was made, each weight file's sha256."""
+    from dermt2im_hub.utils.files import atomic_write_json, sha256_file
+
+    folder = Path(folder)
+    info = {
+        "what": "tiny Stable Diffusion 1.5-shaped pipeline pretrained on phantom images by dermt2im make-tiny-base",
+        "pretrained": True,
+        "world": WORLD,
+        "command": PRETRAIN_COMMAND,
+        "dtype": "float16",
+        "captions": "class-neutral: 'a dermoscopic image of a [small|large] skin lesion[, on <skin> skin][, with "
+                    "hair]' from each phantom's own parameters; 10% empty (for classifier-free guidance)",
+        "note": "knows lesions, not classes: a DreamBooth-LoRA on benign/malignant prompts has to learn them",
+        "weights_sha256": {p.relative_to(folder).as_posix(): sha256_file(p) for p in _weight_files(folder)},
+        **facts,
+    }
+    return atomic_write_json(folder / BASE_INFO_FILE, info)
+
+
+def shipped_base_info() -> dict:
+    return json.loads((SHIPPED_PRETRAINED_DIR / BASE_INFO_FILE).read_text(encoding="utf-8"))
+
+
+def write_pretrained_tiny_base(output_dir: str | Path, dtype: str = "float32",
+                               source: str | Path = SHIPPED_PRETRAINED_DIR) -> Path:
+    """Write the shipped pretrained base to `output_dir` as a loadable diffusers folder: weights cast to `dtype`
+    (checked against their recorded sha256 first), the real CLIP tokenizer, the configs and the base's facts."""
+    from safetensors.torch import load_file, save_file
+
+    from dermt2im_hub.utils.files import sha256_file
+
+    source, output_dir = Path(source), Path(output_dir)
+    info = json.loads((source / BASE_INFO_FILE).read_text(encoding="utf-8"))
+    for rel, expected in info["weights_sha256"].items():
+        if sha256_file(source / rel) != expected:
+            raise RuntimeError(f"shipped tiny-base weights {rel} do not match their recorded sha256")
+    output_dir.mkdir(parents=True, exist_ok=True)
+    for path in sorted(source.glob("*/*.json")) + [source / "model_index.json"]:
+        target = output_dir / path.relative_to(source)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        config = json.loads(path.read_text(encoding="utf-8"))
+        for key in ("dtype", "torch_dtype"):  # transformers loads a text encoder in its config's dtype
+            if key in config:
+                config[key] = dtype
+        target.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+    for rel in info["weights_sha256"]:
+        tensors = {k: v.to(getattr(torch, dtype)).contiguous() for k, v in load_file(source / rel).items()}
+        save_file(tensors, str(output_dir / rel), metadata={"format": "pt"})
+    write_clip_tokenizer_files(output_dir / "tokenizer")
+    info.update(dtype=dtype, shipped_dtype=info["dtype"], shipped_weights_sha256=info.pop("weights_sha256"))
+    (output_dir / BASE_INFO_FILE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+    return output_dir
+
+
+def pretrained_tiny_base_path(cache_dir: str | Path | None = None) -> Path:
+    """A loadable float32 folder of the shipped pretrained tiny base (written once per weights version under
+    `cache_dir`, default $DERMT2IM_CACHE or ~/.cache/dermt2im): `StableDiffusionPipeline.from_pretrained(path)`."""
+    root = Path(cache_dir or os.environ.get("DERMT2IM_CACHE") or Path.home() / ".cache" / "dermt2im")
+    version = shipped_base_info()["weights_sha256"]["unet/diffusion_pytorch_model.safetensors"][:12]
+    folder = root / f"tiny-sd15-pretrained-{version}"
+    if (folder / BASE_INFO_FILE).is_file():
+        return folder
+    root.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".tiny-sd15-", dir=root))
+    try:
+        write_pretrained_tiny_base(staging)
+        try:
+            os.rename(staging, folder)  # atomic: a concurrent writer's identical copy may win
+        except OSError:
+            if not (folder / BASE_INFO_FILE).is_file():
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return folder
