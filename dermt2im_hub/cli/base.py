@@ -17,8 +17,8 @@ def register(subparsers) -> None:
                     "StableDiffusionPipeline.from_pretrained(DIR). By default its weights are random (small widths): "
                     "for fast tests and benchmarks, it generates noise-like images. --pretrained writes the tiny base "
                     "shipped with the package, pretrained on phantom images with class-neutral captions (the demo's "
-                    "base: it draws lesion-like images); --pretrained --from-scratch retrains it (about 26 minutes on a busy 2-core machine "
-                    "on 2 CPU cores, deterministic) and writes it in the shipped form (float16, no tokenizer files).")
+                    "base: it draws lesion-like images); --pretrained --from-scratch retrains it (about 26 minutes on a busy "
+                    "2-core machine, deterministic) and writes it in the shipped form (float16, no tokenizer files).")
     p.add_argument("output_dir", type=Path, help="folder to write the diffusers pipeline into")
     p.add_argument("--full-size", action="store_true",
                    help="build SD1.5's exact architecture (859.5M-parameter UNet) instead of the tiny one")
