@@ -261,8 +261,8 @@ def select_section(data: Mapping[str, Any], section: str | None) -> dict:
 
 
 def _typed_leaves(value: Any) -> bool:
-    if isinstance(value, Mapping):
-        return all(_typed_leaves(v) for v in value.values())
+    if isinstance(value, Mapping):  # an empty mapping ({} in code) replaces the field: nothing was typed
+        return bool(value) and all(_typed_leaves(v) for v in value.values())
     return isinstance(value, CommandLineText)
 
 

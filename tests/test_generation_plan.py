@@ -96,7 +96,7 @@ def test_sampler_registry_matches_a1111():
     ({"size": 500}, "multiple of 8"),
     ({"num_images": 0}, "num_images"),
     ({"classes": ["benign", "cat"]}, "classes"),
-    ({"base": "/nonexistent/base-model"}, "base model '/nonexistent/base-model' not found"),
+    ({"base": "/nonexistent/base-model"}, "base model folder '/nonexistent/base-model' not found (no such file or folder)"),
     ({"lora": ["/nonexistent/lora.safetensors:0.5"]}, "LoRA adapter '/nonexistent/lora.safetensors' not found"),
 ])
 def test_bad_config_gives_a_clear_error(overrides, message):

@@ -64,7 +64,7 @@ def test_infotext_names_the_installed_file_and_its_addnet_hash(lora_folder):
     assert adapter.weight_name == "pytorch_lora_weights.safetensors"  # what generation loads
     image = SimpleNamespace(prompt="malignant mole on neck", negative_prompt=None, steps=20, sampler="Euler",
                             cfg_scale=7.0, seed=1, width=64, height=64, file_name="malignant/00000-1.png",
-                            label="malignant", transformations=[], index=0)
+                            label="malignant", transformations=[], index=0, feature_cache=None)
     base = SimpleNamespace(short_hash="0123456789", name="tiny", id="tiny", revision=None, sha256="ab" * 32)
     params = parse_infotext(infotext_for(image, base, [adapter]))["params"]
     assert params["Lora hashes"] == f"derm_lesions_v1: {addnet_hash(lora_folder / KOHYA)[:12]}"

@@ -266,7 +266,11 @@ def test_recipe_quality_sections_load(recipe):
         assert config.features.model.startswith("vit_small_patch14_dinov2") and config.features.weights == "hub"
         assert config.artifacts == ArtifactConfig()  # the recipe spells out the tuned defaults
     else:
-        assert config.features.weights is None and not config.artifacts.require_lesion
+        # the pretrained tiny base draws lesions: the paper's filter applies, only the sharpness floor is lower
+        assert config.features.weights is None and config.artifacts.require_lesion
+        paper = ArtifactConfig()
+        assert config.artifacts.min_sharpness < paper.min_sharpness
+        assert (config.artifacts.max_clipping, config.artifacts.max_noise) == (paper.max_clipping, paper.max_noise)
 
 
 def test_config_rejects_unknown_keys_and_bad_values(tmp_path):
