@@ -35,14 +35,17 @@ def model_name() -> str:
 
 @pytest.fixture(scope="module")
 def isic_folders(tmp_path_factory, shared_data):
-    """Disjoint class folders of real ISIC images: train 24 + 24, validation 8 + 8, test 20 + 20."""
+    """Disjoint class folders of real ISIC images drawn at random (fixed seed) from the whole set:
+    train 32 + 32, validation 8 + 8, test 40 + 40."""
     from conftest import shared_subdir
 
     source = shared_subdir("isic-binary-train")
     root = tmp_path_factory.mktemp("isic")
-    sizes = {"train": 24, "validation": 8, "test": 20}
+    sizes = {"train": 32, "validation": 8, "test": 40}
+    rng = np.random.default_rng(0)
     for label in ("benign", "malignant"):
-        files = sorted((source / label).glob("*.jpg"), key=lambda p: int(p.stem))[:sum(sizes.values())]
+        files = sorted((source / label).glob("*.jpg"))
+        files = [files[i] for i in rng.choice(len(files), sum(sizes.values()), replace=False)]
         start = 0
         for split, n in sizes.items():
             (root / split / label).mkdir(parents=True)
@@ -60,7 +63,7 @@ def _split_dataset(folder: Path):
 
 def _config(output_dir: Path, model_name: str, **overrides) -> EvaluationConfig:
     values = dict(models=[model_name], arms=["real"], seeds=[0], epochs=3, batch_size=16, eval_batch_size=64,
-                  learning_rate=1e-3, warmup_epochs=0.0, early_stopping_patience=3, image_size=SIDE,
+                  learning_rate=3e-4, warmup_epochs=0.0, early_stopping_patience=3, image_size=SIDE,
                   frozen_groups=6, freeze_batch_norm=True, num_workers=0, subgroups=[], bootstrap_resamples=100,
                   synthetic=None, test_sets=[TestSetConfig(name="ISIC")], output_dir=str(output_dir))
     values.update(overrides)
@@ -114,10 +117,13 @@ def test_a_bare_weights_file_from_a_model_folder_is_refused(model_name):
 
 
 def test_fine_tune_beats_random_init_on_held_out_real_images(runs):
+    """Catches what makes pretrained weights worthless: wrong mean/std or padding, batch statistics replacing
+    folded ones, a new head whose initial logits are in the tens (first loss near ln 2, not 10)."""
+    assert runs["pretrained"]["record"]["training"]["history"][0]["train_loss"] < 1.0
     scores = {name: run["record"]["results"][0]["metrics"] for name, run in runs.items()}
-    assert runs["pretrained"]["record"]["results"][0]["n"] == 40
-    assert scores["pretrained"]["auroc"] > scores["random"]["auroc"] + 0.1, scores
-    assert scores["pretrained"]["balanced_accuracy"] > 0.65, scores
+    assert runs["pretrained"]["record"]["results"][0]["n"] == 80
+    assert scores["pretrained"]["auroc"] > scores["random"]["auroc"] + 0.05, scores
+    assert scores["pretrained"]["balanced_accuracy"] > 0.7, scores
 
 
 def test_benchmark_records_and_pushed_config_carry_the_models_data_config(runs, model_name):
@@ -141,8 +147,7 @@ def test_benchmark_records_and_pushed_config_carry_the_models_data_config(runs, 
     # what the card's snippet does with the pushed repo (local-dir: reads config.json as hf-hub: does)
     pushed = timm.create_model(f"local-dir:{folder}", pretrained=True).eval()
     pushed_config = timm.data.resolve_model_data_config(pushed)
-    assert {k: pushed_config[k] for k in expected} == {**expected, "mean": tuple(expected["mean"]),
-                                                       "std": tuple(expected["std"])}
+    assert json.loads(json.dumps(pushed_config)) == record["data_config"]
     assert type(pushed.conv_stem).__name__ == "Conv2dSame"
     assert pushed.pretrained_cfg["label_names"] == ["benign", "malignant"]
     readme = (folder / "README.md").read_text(encoding="utf-8")
@@ -180,7 +185,7 @@ def test_class_folders_are_refused_as_training_data(isic_folders):
     with pytest.raises(ConfigError, match="preprocess --source folder"):
         load_table(str(isic_folders / "train"), "train", "real train")
     table = load_table(str(isic_folders / "test"), "test", "ISIC", whole_class_folder=True)
-    assert len(table) == 40 and np.bincount(table.labels).tolist() == [20, 20]
+    assert len(table) == 80 and np.bincount(table.labels).tolist() == [40, 40]
 
 
 def test_profiles_of_the_isic_binary_recipe(tmp_path):

@@ -217,6 +217,20 @@ def freeze_for_fine_tuning(model, config: EvaluationConfig) -> tuple[Any, dict[s
     return model, summary
 
 
+def zero_new_head(model) -> str:
+    """Start the new 2-class head at zero logits (p = 0.5). timm initialises a fresh classifier for its class
+    count: MobileNet/EfficientNet draw from +-1/sqrt(num_classes), +-0.71 for two classes, so pretrained
+    features (up to 6 after ReLU6, 1280 of them) gave logits in the tens and a first loss near 10, whose
+    gradients wrecked the pretrained blocks before the head had learned anything."""
+    import torch
+
+    head = model.get_classifier()
+    with torch.no_grad():
+        for parameter in head.parameters():
+            parameter.zero_()
+    return "new head initialised at zero"
+
+
 def standard_layers(model):
     """Frozen batch norm back to timm's trainable layers, so that the saved model is the plain architecture."""
     from timm.layers import unfreeze_batch_norm_2d
@@ -359,6 +373,8 @@ def train_classifier(config: EvaluationConfig, model_name: str, mix: Mix, seed: 
     set_seed(seed)
     model, data_config = create_classifier(model_name, config)
     model, fine_tuning = freeze_for_fine_tuning(model, config)
+    if config.pretrained:
+        fine_tuning["head"] = zero_new_head(model)
     train_set = _training_set(data, mix, seed, data_config, config, progress)
     validation_images = _eval_images(data.validation, data_config, config, progress)
     model, fitted = fit(model, data_config, train_set, validation_images, data.validation.labels, config, seed,
