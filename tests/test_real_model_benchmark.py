@@ -209,3 +209,21 @@ def test_profiles_of_the_isic_binary_recipe(tmp_path):
         load()
     with pytest.raises(ConfigError, match="cpu, paper"):
         load("--profile", "gpu")
+
+
+def test_class_folder_through_the_data_stage_gets_cards_that_say_splits_are_by_image(isic_folders, tmp_path,
+                                                                                    run_cli):
+    from huggingface_hub import DatasetCard
+
+    from dermt2im_hub.manifest import read_manifest
+
+    pre, built = tmp_path / "pre", tmp_path / "built"
+    code, _, err = run_cli("preprocess", "--source", "folder", "--images", isic_folders / "validation", "--output",
+                           pre, "--size", "64", "--no-hair-removal", "--split-fractions", "[0.5, 0.5, 0.0]",
+                           "--num-workers", "1", "--no-progress")
+    assert code == 0, err
+    assert read_manifest(pre)["extra"]["card"]["split_by"].startswith("image (the inputs carry no lesion")
+    code, _, err = run_cli("build-dataset", pre, "--config", "real", "--output", built, "--quiet")
+    assert code == 0, err
+    card = DatasetCard.load(built / "README.md")
+    assert "**Splits are by image.**" in card.text and "no lesion or patient ids" in card.text
