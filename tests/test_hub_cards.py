@@ -133,8 +133,9 @@ def test_classifier_card_model_index(tmp_path):
     assert results["isic-test", "accuracy"].dataset_split == "test"
     assert data.model_name == "mnv2-hybrid"
     text = card.text
-    assert 'timm.create_model("mobilenetv2_100", pretrained=False, num_classes=2)' in text
-    assert 'hf_hub_download("my-org/mnv2-hybrid", "model.safetensors")' in text
+    # the timm way: the pushed config.json brings the architecture, its arguments and the data config
+    assert 'timm.create_model("hf-hub:my-org/mnv2-hybrid", pretrained=True)' in text
+    assert "timm.data.resolve_model_data_config(model)" in text and "pretrained=False" not in text
     assert "| isic-test | test | accuracy | 0.81 | 0.78, 0.84 |" in text
     assert "| ham10000-test | test | accuracy | 0.73 | not recorded |" in text
     assert "| value | CI (level not recorded) |" in text  # these facts name no confidence level

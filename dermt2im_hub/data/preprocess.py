@@ -394,6 +394,13 @@ def _process(config: DataConfig, out: Path, selected: list[SourceRecord], journa
     return len(tasks), reused
 
 
+def split_unit(records) -> str:
+    """What the splits keep apart: patients and lesions where the inputs name them, else single images."""
+    if any(r.patient_id or r.lesion_id for r in records):
+        return "patient and lesion (images without ids: by image)"
+    return "image (the inputs carry no lesion or patient ids: images of one lesion may sit in two splits)"
+
+
 def _finish(config: DataConfig, out: Path, selected: list[SourceRecord], journal: Journal,
             old_rows: dict[str, dict[str, Any]], report: Report, processed: int, reused: int, started: float,
             started_at: str, test_sources: TestExclusion | None = None) -> PreprocessResult:
@@ -439,7 +446,8 @@ def _finish(config: DataConfig, out: Path, selected: list[SourceRecord], journal
              "skipped": dict(report.skipped), "converted": dict(report.converted),
              "excluded_test_source_rows": report.skipped.get(EXCLUDED_REASON, 0) if test_sources else None,
              "card": {"source": config.source, "num_images": len(records), "size": config.size,
-                      "hair_removal": config.hair_removal, **_count_summary(records)}}
+                      "hair_removal": config.hair_removal, "split_by": split_unit(records),
+                      **_count_summary(records)}}
     inputs = {"images": _images_fingerprint(config, records),
               **{f"metadata_{i}": fingerprint(m) for i, m in enumerate(config.metadata)}}
     write_manifest(out, STAGE, config, outputs=outputs, started_at=started_at,

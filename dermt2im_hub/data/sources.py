@@ -256,10 +256,11 @@ def _allowed_extra(extra: dict[str, Any], image_id: str, path: Path, report: Rep
     return {k: v for k, v in extra.items() if k in FOLDER_EXTRA_KEYS}
 
 
-def _record_from_folder_row(path: Path, label: str, row: dict[str, Any] | None, report: Report) -> SourceRecord:
+def _record_from_folder_row(path: Path, label: str, row: dict[str, Any] | None, report: Report,
+                            default_id: str | None = None) -> SourceRecord:
     row = row or {}
     raw_id = row.get("image_id")
-    image_id = clean_text(raw_id) if isinstance(raw_id, (str, int)) else None
+    image_id = (clean_text(raw_id) if isinstance(raw_id, (str, int)) else None) or default_id
     source = row.get("source")
     extra = row.get("extra") if isinstance(row.get("extra"), dict) else {}
     row_label = row.get("label")
@@ -285,22 +286,34 @@ def read_image_folder(folder: str | Path, report: Report) -> list[SourceRecord]:
     """Records for `folder/{benign,malignant}/**` images; labels come from the subfolder.
 
     When `folder/metadata.jsonl` exists (phantoms, an earlier preprocess output), each image keeps its row's
-    image id, lesion/patient ids, diagnosis, age, sex, site and extra fields.
+    image id, lesion/patient ids, diagnosis, age, sex, site and extra fields. Otherwise the id is the file stem;
+    when stems repeat (public sets often number each class folder from 1), every id is the file's path inside
+    the folder instead (`benign_100`, `malignant_100`), so that two different images never share an id.
+    Such a folder has no lesion or patient ids: its images can only be split by image.
     """
     folder = Path(folder)
     if not folder.is_dir():
         raise InputError(f"image folder not found: {folder}")
     rows = _read_folder_metadata(folder, report)
-    records: list[SourceRecord] = []
-    seen_files: set[str] = set()
+    files: list[tuple[Path, str, str]] = []
     for path in iter_image_files(folder):
         rel = path.relative_to(folder).as_posix()
         top = rel.split("/", 1)[0]
         if top not in CLASS_NAMES or "/" not in rel:
             report.skip("not_in_class_folder", path.stem, path)
             continue
+        files.append((path, rel, top))
+    stems = [path.stem for path, _, _ in files]
+    path_ids = len(set(stems)) < len(stems)
+    if path_ids:
+        report.convert("ids_from_paths", None, folder, "file names repeat across subfolders: image ids are the "
+                       "paths inside the folder (e.g. benign_100)")
+    records: list[SourceRecord] = []
+    seen_files: set[str] = set()
+    for path, rel, top in files:
         seen_files.add(rel)
-        records.append(_record_from_folder_row(path, top, rows.get(rel), report))
+        default_id = rel.rsplit(".", 1)[0].replace("/", "_") if path_ids else path.stem
+        records.append(_record_from_folder_row(path, top, rows.get(rel), report, default_id))
     for rel, row in rows.items():
         if rel not in seen_files:
             report.skip("missing_image", clean_text(row.get("image_id")), folder / rel,

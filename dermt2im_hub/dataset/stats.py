@@ -175,6 +175,8 @@ def card_facts(folder: str | Path, report: dict[str, Any], *, config_name: str, 
                      "data_files": [{"split": split, "path": f"{DATA_DIR}/{split}-*"} for split in splits]}],
     }
     if config_name == "real":
+        grouped = any(r.get("lesion_id") or r.get("patient_id") for r in rows)
+        facts["split_by"] = "patient and lesion" if grouped else "image (no lesion or patient ids)"
         facts.update(per_source=_counts(r.get("source") for r in rows),
                      per_diagnosis=_counts(r.get("diagnosis") for r in rows), **preprocessing_facts(inputs))
         return facts

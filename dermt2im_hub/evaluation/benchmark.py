@@ -58,8 +58,9 @@ PREDICTIONS_FILE = "predictions.jsonl"
 # The paper's ViT weights: timm's copy of the original Google ImageNet-21k checkpoint.
 PAPER_WEIGHTS = {"vit_base_patch16_224.orig_in21k": "google/vit-base-patch16-224-in21k"}
 # Settings that change what a run computes (the rest, e.g. workers or the output folder, do not).
-_RUN_SETTINGS = ("pretrained", "pretrained_files", "model_kwargs", "image_size", "validation_split",
-                 "validation_fraction", "shrink_short_mixes", "epochs", "batch_size", "learning_rate", "min_learning_rate",
+_RUN_SETTINGS = ("pretrained", "pretrained_files", "model_kwargs", "image_size", "frozen_groups",
+                 "freeze_batch_norm", "validation_split", "validation_fraction", "shrink_short_mixes", "epochs",
+                 "batch_size", "learning_rate", "min_learning_rate",
                  "weight_decay", "warmup_epochs", "label_smoothing", "early_stopping_patience", "mixed_precision",
                  "budget", "augmentation", "subgroups", "age_bands", "ece_bins", "bootstrap_resamples", "confidence")
 
@@ -123,7 +124,8 @@ def prepare_data(config: EvaluationConfig, real=None, synthetic=None, test_sets:
         same_as_real = given is None and spec.path is None
         config_name = spec.config_name or (config.real.config_name if same_as_real else None)
         revision = spec.revision or (config.real.revision if same_as_real else None)
-        tests.append((spec, load_table(source, spec.split, spec.name, config_name, revision, spec.source)))
+        tests.append((spec, load_table(source, spec.split, spec.name, config_name, revision, spec.source,
+                                       whole_class_folder=True)))
 
     exclusion = exclusion_of([t for _, t in tests], exclusion_from_config(config.exclusion_file, real_source))
     training = [real_train, validation] + ([synthetic_table] if synthetic_table is not None else [])
@@ -134,9 +136,31 @@ def prepare_data(config: EvaluationConfig, real=None, synthetic=None, test_sets:
 # ---------------------------------------------------------------------------------------------- one run
 
 
+def model_label(model_name: str) -> str:
+    """A short name for a model source: a timm name as is, `hf-hub:ORG/NAME` -> ORG-NAME, `local-dir:PATH` ->
+    the folder's name (the rest of the path says where it lies on one machine, not what it is)."""
+    source, _, rest = model_name.partition(":")
+    if source == "local-dir" and rest:
+        return Path(rest.rstrip("/")).name or rest
+    if source == "hf-hub" and rest:
+        return rest.split("@", 1)[0].replace("/", "-")
+    return model_name
+
+
 def run_id_for(model_name: str, mix: Mix, seed: int) -> str:
-    safe = "".join(c if c.isalnum() or c in "._-" else "-" for c in model_name)
+    safe = "".join(c if c.isalnum() or c in "._-" else "-" for c in model_label(model_name))
     return f"{safe}__{mix.name}__seed{seed}"
+
+
+def check_weight_sources(config: EvaluationConfig) -> None:
+    """A weights file beside a timm config.json is a model folder: its preprocessing (mean/std, size) and
+    architecture arguments (e.g. padding) live in that config, which a bare weights file would lose."""
+    for model_name, path in config.pretrained_files.items():
+        folder = Path(path).parent
+        if (folder / "config.json").is_file():
+            raise ConfigError(f"evaluation.pretrained_files[{model_name!r}]: {path} lies in a timm model folder; name "
+                              f"the model 'local-dir:{folder}' instead (without pretrained_files), so that its own "
+                              "data config and model arguments are used")
 
 
 def _run_settings(config: EvaluationConfig) -> dict[str, Any]:
@@ -168,11 +192,72 @@ def synthetic_fingerprint(data: BenchmarkData) -> str | None:
     return data.synthetic.origin.get("content_sha256") if data.synthetic is not None else None
 
 
+def freeze_for_fine_tuning(model, config: EvaluationConfig) -> tuple[Any, dict[str, Any]]:
+    """Freeze the first `config.frozen_groups` of timm's coarse parameter groups (stem, then block stages, in
+    forward order), batch norm statistics included, and with `freeze_batch_norm` every batch norm layer.
+    Returns the model (timm swaps modules) and what was frozen, for the record."""
+    from timm.layers import freeze_batch_norm_2d
+    from timm.models import group_parameters
+    from timm.utils.model import freeze
+
+    groups = group_parameters(model, model.group_matcher(coarse=True))
+    ordered = [groups[key] for key in sorted(groups)]
+    if config.frozen_groups >= len(ordered):
+        raise ConfigError(f"evaluation.frozen_groups={config.frozen_groups}: the model has {len(ordered)} parameter "
+                          f"groups and the last (the head) must train; use at most {len(ordered) - 1}")
+    frozen_names = [name for group in ordered[:config.frozen_groups] for name in group]
+    if frozen_names:  # whole modules, so that their batch norm statistics stop moving too
+        freeze(model, sorted({name.rsplit(".", 1)[0] for name in frozen_names}))
+    if config.freeze_batch_norm:
+        model = freeze_batch_norm_2d(model)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    summary = {"frozen_groups": config.frozen_groups, "parameter_groups": len(ordered),
+               "frozen_parameter_tensors": len(frozen_names), "trainable_parameters": int(trainable),
+               "batch_norm": "frozen (stored statistics)" if config.freeze_batch_norm else
+               ("frozen in the frozen groups, trained elsewhere" if frozen_names else "trained")}
+    return model, summary
+
+
+def zero_new_head(model) -> str:
+    """Start the new 2-class head at zero logits (p = 0.5). timm initialises a fresh classifier for its class
+    count: MobileNet/EfficientNet draw from +-1/sqrt(num_classes), +-0.71 for two classes, so pretrained
+    features (up to 6 after ReLU6, 1280 of them) gave logits in the tens and a first loss near 10, whose
+    gradients wrecked the pretrained blocks before the head had learned anything."""
+    import torch
+
+    head = model.get_classifier()
+    with torch.no_grad():
+        for parameter in head.parameters():
+            parameter.zero_()
+    return "new head initialised at zero"
+
+
+def standard_layers(model):
+    """Frozen batch norm back to timm's trainable layers, so that the saved model is the plain architecture."""
+    from timm.layers import unfreeze_batch_norm_2d
+
+    for parameter in model.parameters():
+        parameter.requires_grad_(True)
+    return unfreeze_batch_norm_2d(model)
+
+
+def split_grouping(table: ImageTable) -> str:
+    """How the real data could be kept apart: by patient, by lesion, or only by image (no ids)."""
+    for key, grouping in (("patient_id", "patient"), ("lesion_id", "lesion")):
+        if any(table.columns.get(key) or []):
+            return grouping
+    return "image"
+
+
 def _pretrained_weights(model, model_name: str, config: EvaluationConfig) -> str | None:
     if model_name in config.pretrained_files:
         return str(config.pretrained_files[model_name])
     if not config.pretrained:
         return None
+    if model_name.startswith("local-dir:"):
+        return f"local folder {model_label(model_name)}"
+    if model_name.startswith("hf-hub:"):
+        return model_name.split(":", 1)[1]
     return PAPER_WEIGHTS.get(model_name) or model.pretrained_cfg.get("hf_hub_id") or model_name
 
 
@@ -249,6 +334,15 @@ def _test(model, data: BenchmarkData, data_config: dict, config: EvaluationConfi
     return results, predictions
 
 
+def _jsonable(value):
+    return json.loads(json.dumps(value, default=str))
+
+
+def model_architecture(model, model_name: str) -> str:
+    """timm's architecture name (what `timm.create_model` builds), also for hf-hub: and local-dir: sources."""
+    return str(getattr(model, "pretrained_cfg", {}).get("architecture") or model_name.split(":")[-1])
+
+
 def _training_summary(fitted, accelerator) -> dict[str, Any]:
     return {"epochs_run": len(fitted.history), "best_epoch": fitted.best_epoch,
             "best_validation_balanced_accuracy": fitted.best_validation_balanced_accuracy,
@@ -293,6 +387,9 @@ def train_classifier(config: EvaluationConfig, model_name: str, mix: Mix, seed: 
     run_id, started = run_id_for(model_name, mix, seed), _now()
     set_seed(seed)
     model, data_config = create_classifier(model_name, config)
+    model, fine_tuning = freeze_for_fine_tuning(model, config)
+    if config.pretrained:
+        fine_tuning["head"] = zero_new_head(model)
     train_set = _training_set(data, mix, seed, data_config, config, progress)
     validation_images = _eval_images(data.validation, data_config, config, progress)
     # one budget for every arm, counted in the real-only training set (not this mix's size)
@@ -319,8 +416,11 @@ def train_classifier(config: EvaluationConfig, model_name: str, mix: Mix, seed: 
         "size_policy": mix.size_policy, "hybrid_fraction": config.hybrid_fraction, "seed": seed,
         "training_mix": _mix_summary(train_set, data if mix.size_policy == "pretrain" else None, fitted),
         "budget": fitted.budget,
+        "architecture": model_architecture(model, model_name),
         "data_config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in data_config.items()},
-        "training": _training_summary(fitted, accelerator),
+        "model_args": _jsonable(getattr(unwrap(accelerator, model), "_model_args", None) or {}),
+        "training": {**_training_summary(fitted, accelerator), "fine_tuning": fine_tuning},
+        "split_grouping": split_grouping(data.real_train),
         "datasets": _dataset_refs(data),
         "results": results,
         "predictions": predictions,
@@ -331,7 +431,8 @@ def train_classifier(config: EvaluationConfig, model_name: str, mix: Mix, seed: 
         "ended_at": _now(),
     }
     if accelerator.is_main_process:
-        save_classifier(output_dir / "classifiers" / run_id, unwrap(accelerator, model), data_config, record,
+        save_classifier(output_dir / "classifiers" / run_id, standard_layers(unwrap(accelerator, model)),
+                        data_config, record,
                         config, _hub_dataset_ids(config))
         atomic_write_json(output_dir / "results" / RECORDS_DIR / f"{run_id}.json", record)
     accelerator.wait_for_everyone()
@@ -399,7 +500,10 @@ def save_classifier(folder: Path, model, data_config: dict, record: dict[str, An
                                                                            "std", "crop_pct", "crop_mode")})
     mix = record["training_mix"]
     card = {
-        "model_name": record["model"], "pretrained_weights": record["pretrained_weights"],
+        "model_name": record.get("architecture") or record["model"], "model_source": record["model"],
+        "pretrained_weights": record["pretrained_weights"],
+        "data_config": record["data_config"], "model_args": record.get("model_args"),
+        "split_grouping": record.get("split_grouping"),
         "num_labels": len(CLASS_NAMES), "labels": list(CLASS_NAMES), "weight_file": "model.safetensors",
         "training_mix": {"real_images": mix["real_images"], "synthetic_images": mix["synthetic_images"],
                          "synthetic_fraction": round(mix["synthetic_fraction"], 4),
@@ -561,6 +665,7 @@ def run_benchmark(config: EvaluationConfig, *, real=None, synthetic=None, test_s
 
     config.validate()
     check_model_names(config.models)
+    check_weight_sources(config)
     accelerator = get_accelerator(config)
     mixes = plan_mixes(config.arms, config.hybrid_fraction, config.synthetic_fractions)
     data = prepare_data(config, real, synthetic, test_sets,

@@ -118,6 +118,13 @@ class EvaluationConfig:
         "help": "model name -> extra timm.create_model arguments"})
     image_size: int | None = field(default=None, metadata={
         "help": "input side in pixels (default: each model's own data config)"})
+    frozen_groups: int = field(default=0, metadata={
+        "help": "freeze the first N of timm's coarse parameter groups (the stem, then each block stage; never the "
+                "head), their batch norm statistics included: cheaper fine-tuning, e.g. on a CPU"})
+    freeze_batch_norm: bool = field(default=False, metadata={
+        "help": "keep every batch norm layer's stored statistics and affine values while fine-tuning; needed by "
+                "weights whose batch norm was folded into the convolutions (identity statistics) and steadier "
+                "with small batches"})
     # ---- mixes and seeds
     arms: list[str] = field(default_factory=lambda: ["real", "hybrid"], metadata={
         "help": f"which mixes to run: {', '.join(ARMS)}"})
@@ -204,6 +211,8 @@ class EvaluationConfig:
                               f"32), got {self.image_size}")
         if self.batch_size < 2:
             raise ConfigError("evaluation.batch_size must be at least 2 (batch norm needs two images)")
+        if self.frozen_groups < 0:
+            raise ConfigError("evaluation.frozen_groups must be >= 0")
         positive = {"epochs": self.epochs, "eval_batch_size": self.eval_batch_size, "ece_bins": self.ece_bins}
         for name, value in positive.items():
             if value < 1:

@@ -159,9 +159,46 @@ def content_sha256(image_ids: list[str], labels: np.ndarray, image_digests: list
     return sha256_bytes(blob.encode())
 
 
+def is_class_folder(source) -> bool:
+    """A plain folder of class folders (benign/, malignant/) that no dermt2im stage wrote, as public sets come."""
+    if not isinstance(source, (str, Path)) or not Path(source).is_dir():
+        return False
+    folder = Path(source)
+    return all((folder / name).is_dir() for name in CLASS_NAMES) and try_read_manifest(folder) is None
+
+
+def class_folder_dataset(folder: str | Path):
+    """Every image below folder/{benign,malignant}/ as one `datasets.Dataset` (image paths, labels, ids), read
+    by the data stage's folder reader (the same ids `dermt2im preprocess --source folder` gives)."""
+    import datasets
+
+    from dermt2im_hub.data.report import Report
+    from dermt2im_hub.data.sources import read_image_folder
+
+    report = Report()
+    records = read_image_folder(folder, report)
+    if report.skipped:
+        logger.warning("%s: skipped %s", folder, dict(report.skipped))
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=list(CLASS_NAMES)),
+                                  "image_id": datasets.Value("string"), "source": datasets.Value("string")})
+    return datasets.Dataset.from_dict({
+        "image": [str(r.path) for r in records], "label": [label_id(r.label) for r in records],
+        "image_id": [r.image_id for r in records], "source": [r.source for r in records]}, features=features)
+
+
 def load_table(source, split: str, name: str, config_name: str | None = None, revision: str | None = None,
-               source_filter: str | None = None) -> ImageTable:
-    dataset = open_split(source, split, config_name, revision)
+               source_filter: str | None = None, whole_class_folder: bool = False) -> ImageTable:
+    """One split of a dataset as an ImageTable. With `whole_class_folder`, a plain folder of class folders is
+    read whole as this split (a test set given as the public set's own test folder)."""
+    if is_class_folder(source):
+        if not whole_class_folder:
+            raise ConfigError(f"{source} is a folder of class folders: as training data it goes through the data "
+                              "stage first (dermt2im preprocess --source folder --images FOLDER --output PRE; "
+                              "dermt2im build-dataset PRE --config real --output DATASET); as a test set give it "
+                              "in test_sets")
+        dataset, split = class_folder_dataset(source), "all (class folders)"
+    else:
+        dataset = open_split(source, split, config_name, revision)
     if source_filter is not None:
         if "source" not in dataset.column_names:
             raise ConfigError(f"{name} filters on source={source_filter!r}, but the dataset has no `source` "

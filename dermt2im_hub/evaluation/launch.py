@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from dermt2im_hub.config import add_common_config_flags, add_config_arguments, config_from_args
+from dermt2im_hub.config import add_common_config_flags, add_config_arguments
 from dermt2im_hub.evaluation.config import EvaluationConfig
 from dermt2im_hub.utils.output_folder import add_overwrite_flag, claimed_output_folder
 
@@ -29,9 +29,39 @@ DESCRIPTION = (
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_common_config_flags(parser)
     add_config_arguments(parser, EvaluationConfig)
+    parser.add_argument("--profile", default=None, help="a named profile of the config file (its top-level "
+                        "`profiles:` block, applied over its `evaluation:` section), e.g. cpu or paper for "
+                        "configs/isic-binary.yaml")
     parser.add_argument("--no-leaderboard", action="store_true", help="skip rendering the leaderboard at the end")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     add_overwrite_flag(parser)
+
+
+def profile_overrides(path, profile: str | None) -> dict:
+    """The chosen profile's `evaluation:` settings of a config file with a `profiles:` block (none: {})."""
+    from dermt2im_hub.config import ConfigError, read_yaml, select_section
+
+    profiles = (read_yaml(path) if path else {}).get("profiles") or {}
+    if not isinstance(profiles, dict):
+        raise ConfigError(f"{path}: `profiles` must map names to settings")
+    if profile is None:
+        if profiles:
+            raise ConfigError(f"{path} has profiles ({', '.join(profiles)}): choose one with --profile")
+        return {}
+    if profile not in profiles:
+        known = f"its profiles are {', '.join(profiles)}" if profiles else "it has no `profiles:` block"
+        raise ConfigError(f"--profile {profile}: {path or 'no --config file'}: {known}")
+    return select_section(profiles[profile] or {}, "evaluation")
+
+
+def evaluation_config_from_args(args: argparse.Namespace) -> EvaluationConfig:
+    """The config file's `evaluation:` section <- its chosen profile <- `--set` items <- explicit options."""
+    from dermt2im_hub.config import deep_merge, load_config, overrides_from_args, parse_overrides
+
+    overrides = deep_merge(profile_overrides(args.config, getattr(args, "profile", None)),
+                           parse_overrides(getattr(args, "set", None) or []))
+    overrides = deep_merge(overrides, parse_overrides(overrides_from_args(args)))
+    return load_config(EvaluationConfig, args.config, overrides, section="evaluation")
 
 
 def run_from_args(args: argparse.Namespace) -> int:
@@ -40,7 +70,7 @@ def run_from_args(args: argparse.Namespace) -> int:
     from dermt2im_hub.evaluation.leaderboard import render_leaderboard
     from dermt2im_hub.evaluation.train import get_accelerator
 
-    config = config_from_args(EvaluationConfig, args, section="evaluation")
+    config = evaluation_config_from_args(args)
     # never into a dataset or generation folder (a later push would upload classifiers/ with it)
     with claimed_output_folder(config.output_dir, "benchmark", {"real": config.real.path,
                                "synthetic": config.synthetic.path}, overwrite=args.overwrite):
