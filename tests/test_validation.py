@@ -344,3 +344,27 @@ def test_linear_probe_head_is_folded_into_the_timm_classifier_layer():
     with torch.no_grad():
         ours = torch.softmax(model(normalize(cached, data_config)), 1)[:, 1].numpy()
     assert np.allclose(ours, reference.predict_proba(features)[:, 1], atol=1e-4)
+
+
+def test_fine_tuning_every_layer_keeps_batch_norm_statistics_and_starts_the_head_at_zero():
+    """train_layers=all from pretrained weights: batch norm keeps its stored statistics (the TF MobileNetV2's are
+    folded weights), the new head starts at zero, and the saved model is plain timm again."""
+    import timm
+    import torch
+
+    from dermt2im_hub.validation.classifier import Classifier, _fit_all
+    from dermt2im_hub.validation.config import FidelityConfig
+
+    torch.manual_seed(0)
+    model = timm.create_model("test_efficientnet", pretrained=False, num_classes=2)
+    stats = {k: v.clone() for k, v in model.state_dict().items() if "running_" in k}
+    classifier = Classifier(model, {"input_size": (3, 32, 32), "mean": (0.5,) * 3, "std": (0.5,) * 3}, "t")
+    cached = torch.randint(0, 256, (16, 3, 32, 32), dtype=torch.uint8)
+    labels = np.array([0, 1] * 8)
+    config = FidelityConfig(train_layers="all", batch_size=8, epochs=1, pretrained=True)
+    history = _fit_all(classifier, cached, labels, np.arange(12), np.arange(12, 16), config,
+                       torch.Generator().manual_seed(0), progress=False)
+    assert history[0]["train_loss"] == pytest.approx(np.log(2), abs=0.05)  # zero head: p = 0.5 for every image
+    after = classifier.model.state_dict()
+    assert all(torch.equal(after[k], v) for k, v in stats.items())
+    assert not any("Frozen" in type(m).__name__ for m in classifier.model.modules())

@@ -146,9 +146,17 @@ def _holdout_metrics(classifier: Classifier, cached: torch.Tensor, labels: np.nd
 
 def _fit_all(classifier: Classifier, cached: torch.Tensor, labels: np.ndarray, train_idx: np.ndarray,
              held_idx: np.ndarray, config, generator: torch.Generator, progress: bool) -> list[dict]:
-    """Every layer trained (AdamW, cosine), flips and quarter turns; hold-out metrics after each epoch."""
+    """Every layer trained (AdamW, cosine), flips and quarter turns; hold-out metrics after each epoch. As in the
+    benchmark: a pretrained model's new head starts at zero and batch norm keeps its stored statistics (folded
+    weights such as the TF MobileNetV2's change meaning under batch statistics); the saved model is plain timm."""
+    from timm.layers import freeze_batch_norm_2d
     from tqdm.auto import tqdm
 
+    from dermt2im_hub.evaluation.benchmark import standard_layers, zero_new_head
+
+    if config.pretrained:
+        zero_new_head(classifier.model)
+        classifier.model = freeze_batch_norm_2d(classifier.model)
     model = classifier.model
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=0.01)
     steps_per_epoch = math.ceil(len(train_idx) / config.batch_size)
@@ -172,6 +180,7 @@ def _fit_all(classifier: Classifier, cached: torch.Tensor, labels: np.ndarray, t
         history.append({"epoch": epoch + 1, "train_loss": float(np.mean(losses)), **held})
         log.info("reference epoch %d: loss %.4f, hold-out accuracy %.4f", epoch + 1, history[-1]["train_loss"],
                  held["accuracy"])
+    classifier.model = standard_layers(model).eval()
     return history
 
 
