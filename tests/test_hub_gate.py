@@ -190,7 +190,7 @@ def test_the_pushed_card_names_the_target_repo(tmp_path, run_cli, monkeypatch):
     assert code == 0, err
     pushed = ModelCard(doubles[0].uploaded["README.md"].decode())
     assert "YOUR_" not in pushed.content
-    assert pushed.text.lstrip().startswith("# derm-vit:") and '"my-org/derm-vit"' in pushed.text
+    assert pushed.text.lstrip().startswith("# derm-vit:") and '"hf-hub:my-org/derm-vit"' in pushed.text
     assert pushed.data.model_name == "derm-vit"
     assert (folder / "README.md").read_text() == local, "the local folder is only read"
 
@@ -240,3 +240,19 @@ def test_card_on_facts_of_the_wrong_shape_fails_cleanly(tmp_path, run_cli):
     code, out, err = run_cli("card", folder)
     assert code == 0 and "Traceback" not in err, err  # facts of the wrong type read as not recorded
     assert "## Sample images\n\nnot recorded" in (folder / "README.md").read_text()
+
+
+def test_a_raw_folder_of_images_needs_allow_real_images(tmp_path, shared_data):
+    """Issue 20.10: a folder of real JPEGs that no stage wrote (no manifest) is refused like real images;
+    images inside a stage folder that records them are judged by that stage's rules instead."""
+    raw = tmp_path / "clinic-photos"
+    raw.mkdir()
+    for path in sorted((shared_data / "isic-sample" / "images").glob("*.jpg"))[:2]:
+        shutil.copy(path, raw / path.name)
+    with pytest.raises(PushError, match="no dermt2im stage wrote"):
+        review(raw, REPO)
+    assert len(review(raw, REPO, permissions=Permissions(allow_real_images=True)).files) == 2
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "README.md").write_text("no images here\n")
+    assert review(notes, REPO).files == ["README.md"]

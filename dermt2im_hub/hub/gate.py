@@ -311,6 +311,7 @@ def review(folder: str | os.PathLike, repo_id: str, repo_type: str | None = None
     for stage in stages:
         for rule in STAGE_RULES:
             rule(stage, permissions)
+    _unrecorded_images(folder, files, stages, permissions)
     for path in (p for p in files if is_table(p)):
         columns = _table_columns(folder / path, TABLE_COLUMNS)
         for table_rule in TABLE_RULES:
@@ -325,6 +326,25 @@ def review(folder: str | os.PathLike, repo_id: str, repo_type: str | None = None
     if CARD_NAME not in files:
         logger.warning("%s has no %s: the Hub repo will have no card", folder, CARD_NAME)
     return PushPlan(folder, repo_id, repo_type, files, links, card)
+
+
+# Image files any clinic or camera writes (a raw folder of them may hold patients' photos).
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp", ".gif", ".dcm", ".heic"})
+
+
+def _unrecorded_images(folder: Path, files: list[str], stages: list[StageFolder], permissions: Permissions) -> None:
+    """Images that no stage manifest accounts for (a raw folder, not a stage output) may be anyone's patient
+    photos: nothing says otherwise, so they need --allow-real-images like a folder of real images."""
+    if permissions.allow_real_images:
+        return
+    recorded = [stage.path for stage in stages]
+    loose = [p for p in files if Path(p).suffix.lower() in IMAGE_SUFFIXES
+             and not any((folder / p).is_relative_to(root) for root in recorded)]
+    if loose:
+        listed = ", ".join(loose[:5]) + (f" and {len(loose) - 5} more" if len(loose) > 5 else "")
+        raise PushError(f"refusing to push {folder}: it holds image files that no dermt2im stage wrote ({listed}), "
+                        "so nothing says they are not real patient-derived images. If they may be published "
+                        "(licences, consent), pass --allow-real-images.")
 
 
 def _check_files(folder: Path, files: list[str]) -> None:
