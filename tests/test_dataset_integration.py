@@ -11,29 +11,10 @@ import json
 import pytest
 from test_dataset import build, write_generated_folder
 
+from dermt2im_hub.testing.hub_server import PublishingApi
+
 pytestmark = pytest.mark.integration
 
-
-class PublishingApi:
-    """What push_folder asks of HfApi, answered by the local Hub: upload_folder publishes the folder it is given
-    (olah is read-only, so the commit is made by `local_hub.publish`)."""
-
-    def __init__(self, local_hub):
-        self.local_hub = local_hub
-
-    def create_repo(self, repo_id, **kwargs):
-        return f"{self.local_hub.endpoint}/{repo_id}"
-
-    def repo_info(self, repo_id, **kwargs):
-        from types import SimpleNamespace
-
-        return SimpleNamespace(id=repo_id, private=True)
-
-    def upload_folder(self, *, repo_id, folder_path, repo_type="model", **kwargs):
-        from types import SimpleNamespace
-
-        sha = self.local_hub.publish(folder_path, repo_id, repo_type=repo_type)
-        return SimpleNamespace(commit_url=f"{self.local_hub.endpoint}/{repo_id}/commit/{sha}")
 
 _CONSUME = r"""
 import json, sys

@@ -15,6 +15,7 @@ import pytest
 
 from dermt2im_hub.hub.cards import render_card
 from dermt2im_hub.manifest import write_manifest
+from dermt2im_hub.testing.hub_server import PublishingApi
 from dermt2im_hub.utils.files import sha256_file
 
 pytestmark = pytest.mark.integration
@@ -174,28 +175,6 @@ def test_card_snippet_names_the_published_repo(tmp_path):
     assert io.StringIO(text).readline().strip() == "---"
 
 
-class _PublishingApi:
-    """What push_folder asks of HfApi, answered by the local Hub: upload_folder publishes the folder it is given
-    (olah is read-only, so the commit is made by `local_hub.publish`)."""
-
-    def __init__(self, local_hub):
-        self.local_hub = local_hub
-
-    def create_repo(self, repo_id, **kwargs):
-        return f"{self.local_hub.endpoint}/{repo_id}"
-
-    def repo_info(self, repo_id, **kwargs):
-        from types import SimpleNamespace
-
-        return SimpleNamespace(id=repo_id, private=True)
-
-    def upload_folder(self, *, repo_id, folder_path, repo_type="model", **kwargs):
-        from types import SimpleNamespace
-
-        sha = self.local_hub.publish(folder_path, repo_id, repo_type=repo_type)
-        return SimpleNamespace(commit_url=f"{self.local_hub.endpoint}/{repo_id}/commit/{sha}")
-
-
 _DOWNLOAD_ALL = r"""
 import sys
 from huggingface_hub import snapshot_download
@@ -219,7 +198,7 @@ def test_pushed_files_hold_no_local_path(local_hub, tmp_path):
     (folder / WEIGHT_NAME).write_bytes(b"\x00weights")
     render_card(folder)
     before = {p.name: p.read_bytes() for p in folder.iterdir()}
-    push_folder(folder, "test-org/redacted", api=_PublishingApi(local_hub))
+    push_folder(folder, "test-org/redacted", api=PublishingApi(local_hub))
 
     result = local_hub.run_python(_DOWNLOAD_ALL, "test-org/redacted", timeout=300)
     assert result.returncode == 0, result.stderr[-4000:]
@@ -252,7 +231,7 @@ def test_a_pushed_card_names_its_repo_on_the_hub(local_hub, tmp_path):
     write_manifest(folder, "train_classifier", extra={"card": facts})
     (folder / "model.safetensors").write_bytes(b"\x00weights")
     assert "YOUR_ORG/YOUR_REPO" in render_card(folder).read_text()
-    push_folder(folder, "test-org/derm-vit", api=_PublishingApi(local_hub))
+    push_folder(folder, "test-org/derm-vit", api=PublishingApi(local_hub))
 
     result = local_hub.run_python(_READ_CARD, "test-org/derm-vit", timeout=300)
     assert result.returncode == 0, result.stderr[-4000:]

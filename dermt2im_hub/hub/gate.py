@@ -20,7 +20,6 @@ STAGE_RULES or TABLE_RULES holds for each of them. The rules:
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Callable
@@ -28,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dermt2im_hub.hub.cards import CARD_NAME, CardError, build_card
+from dermt2im_hub.hub.cards import CARD_NAME, CardError, build_card, load_manifest
 from dermt2im_hub.hub.resolve import HubInputError, require_hub_id
 from dermt2im_hub.manifest import MANIFEST_NAME
 from dermt2im_hub.records import METADATA_NAME, TRAINING_REFERENCE_KEYS
@@ -153,20 +152,14 @@ def files_to_upload(folder: str | os.PathLike, ignore_patterns: list[str] | None
 
 
 def read_stage_manifest(folder: Path) -> dict[str, Any] | None:
-    """A folder's manifest.json; None without one. One that cannot be read is refused: the rules that depend
-    on it cannot be checked."""
-    path = folder / MANIFEST_NAME
-    if not path.is_file():
+    """A folder's manifest.json; None without one. One that cannot be read is refused (the card's own reader
+    says why): the rules that depend on it cannot be checked."""
+    if not (folder / MANIFEST_NAME).is_file():
         return None
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise PushError(f"refusing to push {folder}: {MANIFEST_NAME} cannot be read ({type(error).__name__}); "
-                        "re-run the stage that wrote it, or remove it from the folder") from None
-    if not isinstance(manifest, dict):
-        raise PushError(f"refusing to push {folder}: {MANIFEST_NAME} holds a JSON {type(manifest).__name__}, "
-                        "not a stage manifest")
-    return manifest
+        return dict(load_manifest(folder))
+    except CardError as error:
+        raise PushError(f"refusing to push {folder}: {error}; or remove it from the folder") from None
 
 
 # ---------------------------------------------------------------------------------------------- stage rules
