@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 
+import numpy as np
 import pytest
 
 from dermt2im_hub.config import ConfigError, load_config
@@ -84,6 +85,44 @@ def test_sampler_registry_matches_a1111():
     plms.set_timesteps(20)
     assert int(plms.timesteps[-1]) == 1 and int(plms.timesteps[0]) == 951  # CompVis uniform: range(0,1000,50)+1
     assert type(make_scheduler("euler A", SD15_SCHEDULER_CONFIG)).__name__ == "EulerAncestralDiscreteScheduler"
+
+
+def _a1111_schedule(sampler: str, steps: int) -> tuple[str, np.ndarray]:
+    """What A1111 evaluates, written out independently of the registry: ("timesteps" | "sigmas", values)."""
+    from dermt2im_hub.testing.tiny_base import SD15_SCHEDULER_CONFIG as sd
+
+    betas = np.linspace(sd["beta_start"] ** 0.5, sd["beta_end"] ** 0.5, sd["num_train_timesteps"]) ** 2
+    alphas_cumprod = np.cumprod(1 - betas)
+    sigmas = np.sqrt((1 - alphas_cumprod) / alphas_cumprod)
+    if "Karras" in sampler:  # k-diffusion get_sigmas_karras(n, sigma_min, sigma_max, rho=7), without the final 0
+        ramp = np.linspace(0, 1, steps)
+        low, high = sigmas[0] ** (1 / 7), sigmas[-1] ** (1 / 7)
+        return "sigmas", (high + ramp * (low - high)) ** 7
+    if sampler in ("DDIM", "PLMS"):  # CompVis make_ddim_timesteps("uniform"): range(0, 1000, 1000 // n) + 1;
+        # documented difference: when n does not divide 1000 CompVis runs one more (the largest) step, diffusers n
+        return "timesteps", (np.arange(0, 1000, 1000 // steps)[::-1] + 1.0)[-steps:]
+    if sampler in ("DPM++ 2M", "UniPC"):  # documented: t = 999 ... 999/steps, then sigma 0 (module docstring)
+        return "timesteps", np.linspace(0, 999, steps + 1).round()[::-1][:-1]
+    return "timesteps", np.linspace(999, 0, steps)  # k-diffusion: evenly spaced from t=999 to t=0
+
+
+@pytest.mark.parametrize("steps", [20, 13])
+@pytest.mark.parametrize("sampler", known_samplers())
+def test_every_sampler_evaluates_a1111s_schedule(sampler, steps):
+    """Each sampler's evaluated timesteps (or Karras sigmas) equal A1111's: a changed timestep spacing, offset or
+    sigma schedule in the registry fails here (the tiny world's image checks cannot see spacing reliably)."""
+    from dermt2im_hub.testing.tiny_base import SD15_SCHEDULER_CONFIG
+
+    scheduler = make_scheduler(sampler, SD15_SCHEDULER_CONFIG)
+    scheduler.set_timesteps(steps)
+    kind, expected = _a1111_schedule(sampler, steps)
+    if kind == "sigmas":
+        got = np.asarray(scheduler.sigmas, np.float64)[:steps]
+        np.testing.assert_allclose(got, expected, rtol=1e-4)
+    else:  # Heun and PLMS evaluate some timesteps twice: compare the distinct ones, in order
+        got = np.asarray(scheduler.timesteps, np.float64)
+        distinct = got[np.r_[True, np.abs(np.diff(got)) > 1e-6]]
+        np.testing.assert_allclose(distinct, expected, atol=1e-3)
 
 
 @pytest.mark.parametrize("overrides, message", [
