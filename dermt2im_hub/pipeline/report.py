@@ -452,6 +452,46 @@ def _leaderboard_section(layout, root: Path) -> list[Block]:
     return blocks + ([plot] if plot else [])
 
 
+def _percent_with_ci(summary: Any) -> str:
+    summary = _dict(summary)
+    accuracy, low, high = (summary.get(k) for k in ("accuracy", "ci_low", "ci_high"))
+    if not isinstance(accuracy, (int, float)):
+        return NOT_RECORDED
+    interval = f" (95 % CI {low:.1%}-{high:.1%})" if isinstance(low, (int, float)) and isinstance(high, (int, float)) else ""
+    return f"{accuracy:.1%} of {_value(summary.get('n'))}{interval}"
+
+
+def _validation_section(layout, root: Path) -> list[Block]:
+    """Label fidelity (and the other validate checks' headlines) when the run has a validate stage."""
+    if not _manifest(layout.validation):
+        return []
+    report = _load_json(layout.validation / "report.json")
+    blocks: list[Block] = [Heading(2, "Validation of the synthetic images")]
+    fidelity = _dict(report.get("fidelity"))
+    if fidelity:
+        spec = fidelity.get("classifier")
+        recorded = _inside(Path(spec) / "manifest.json", root) if isinstance(spec, str) and spec else None
+        classifier = _manifest(recorded.parent if recorded else None)
+        judged_by = _value(_dict(classifier.get("extra")).get("what") or fidelity.get("classifier"))
+        blocks += [Heading(3, "Label fidelity"),
+                   Para(f"Share of kept synthetic images that a classifier trained on real images only labels with "
+                        f"their prompt's class (the paper: 72 %). Classifier: {judged_by}."),
+                   Table(["images", "label fidelity"],
+                         [["all", _percent_with_ci(fidelity.get("overall"))]]
+                         + [[f"class {name}", _percent_with_ci(value)]
+                            for name, value in _dict(fidelity.get("per_class")).items()]
+                         + [[f"sampler {name}", _percent_with_ci(value)]
+                            for name, value in _dict(fidelity.get("per_sampler")).items()])]
+        sheet = _figure(layout.validation / "least_faithful.png", root,
+                        "The least faithful images: intended -> predicted label, P(intended)")
+        if sheet:
+            blocks.append(sheet)
+    summary = layout.validation / "summary.md"
+    blocks.append(Para(["All numbers: ", Link("summary.md", link_target(summary, root))
+                        if _inside(summary, root) else "summary.md (missing)", "."]))
+    return blocks
+
+
 def _folders_section(layout, run, root: Path) -> list[Block]:
     from dermt2im_hub.pipeline.stages import stage_folders
 
@@ -478,6 +518,7 @@ def report_blocks(layout, run, summary) -> list[Block]:
     blocks += _lora_section(layout, root)
     blocks += _qa_section(layout, root)
     blocks += _leaderboard_section(layout, root)
+    blocks += _validation_section(layout, root)
     blocks += _folders_section(layout, run, root)
     return blocks + [Para("Research use only: not a medical device; no diagnosis or patient-facing use.", "note")]
 

@@ -19,6 +19,8 @@ from dermt2im_hub.config import ConfigError, config_to_dict, load_config, save_c
 from dermt2im_hub.pipeline.config import RealSource, RunConfig
 
 EMBEDDED_TINY_BASE = "embedded:tiny-sd15"  # run.base_model value: the tiny base pretrained on phantoms (shipped)
+# validation.fidelity.classifier value: the tiny world's judge, trained from scratch on phantoms the run never uses
+EMBEDDED_PHANTOM_JUDGE = "embedded:phantom-judge"
 PIPELINE_DIR = ".pipeline"  # resolved stage configs and the push record
 
 
@@ -45,6 +47,10 @@ class RunLayout:
     @property
     def tiny_base(self) -> Path:
         return self.inputs / "tiny-base"
+
+    @property
+    def phantom_judge(self) -> Path:
+        return self.inputs / "phantom-judge"
 
     def data(self, name: str) -> Path:
         return self.root / "data" / name
@@ -356,11 +362,24 @@ def validate_specs(recipe: Path, run: RunConfig, layout: RunLayout) -> list[Stag
         return []
     section, real = section or {}, str(layout.data(run.lora_source.name))
     overrides: dict[str, Any] = {"detection.real": (section.get("detection") or {}).get("real") or real}
-    if not (section.get("fidelity") or {}).get("classifier"):
+    classifier = (section.get("fidelity") or {}).get("classifier")
+    specs = []
+    if classifier == EMBEDDED_PHANTOM_JUDGE:
+        specs.append(StageSpec("inputs:phantom-judge", layout.phantom_judge, [], {"judge": "phantoms, seed 2000"},
+                               _make_phantom_judge))
+        overrides["fidelity.classifier"] = str(layout.phantom_judge)
+    elif not classifier:
         overrides["fidelity.real"] = (section.get("fidelity") or {}).get("real") or real
     config = load_config(ValidationConfig, recipe, overrides, section=SECTION)
-    return [StageSpec("validate", layout.validation, [layout.generated, layout.qa, layout.data(run.lora_source.name)],
-                      config, _validate, notes={"generated": layout.generated})]
+    inputs = [layout.generated, layout.qa, layout.data(run.lora_source.name)] + [s.folder for s in specs]
+    return specs + [StageSpec("validate", layout.validation, inputs, config, _validate,
+                              notes={"generated": layout.generated})]
+
+
+def _make_phantom_judge(spec: StageSpec) -> None:
+    from dermt2im_hub.testing.phantom_classifier import write_phantom_judge
+
+    write_phantom_judge(spec.folder)
 
 
 def _validate(spec: StageSpec) -> None:

@@ -95,3 +95,37 @@ def train_phantom_classifier(num_images: int = 512, seed: int = CLASSIFIER_PHANT
     finally:
         torch.set_num_threads(previous_threads)
     return PhantomClassifier(model, size, train_accuracy)
+
+
+JUDGE_STAGE = "phantom_judge"
+JUDGE_TEST_SEED = 7  # unseen phantoms on which the written judge's accuracy is recorded
+
+
+def write_phantom_judge(output_dir, num_images: int = 512, test_images: int = 128):
+    """Train the judge and save it as a timm model folder (config.json with its data config + model.safetensors)
+    with a manifest recording its accuracy on unseen phantoms, so `dermt2im validate --classifier DIR` (and the
+    demo's validate stage) score generated images with it. Returns the folder."""
+    from pathlib import Path
+
+    from timm.models import save_for_hf
+
+    from dermt2im_hub.manifest import StageRun
+    from dermt2im_hub.testing.pretrain import PretrainConfig, render_training_set
+
+    output_dir = Path(output_dir)
+    facts = {"num_images": num_images, "phantom_seed": CLASSIFIER_PHANTOM_SEED, "model": "test_resnet", "size": 64}
+    with StageRun(output_dir, JUDGE_STAGE, facts) as run:
+        judge = train_phantom_classifier(num_images=num_images)
+        pixels, _, labels = render_training_set(PretrainConfig(num_images=test_images, phantom_seed=JUDGE_TEST_SEED))
+        accuracy = judge.fidelity(list(pixels), labels)
+        # the judge reads pixels in [-1, 1] at 64 px: timm's transform with mean = std = 0.5 and no crop does the same
+        data_config = {"input_size": (3, judge.size, judge.size), "interpolation": "bilinear", "crop_pct": 1.0,
+                       "crop_mode": "center", "mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)}
+        save_for_hf(judge.model, str(output_dir), model_config={"label_names": list(CLASS_NAMES)},
+                    safe_serialization=True, data_config=data_config)
+        run.outputs.update(weights="model.safetensors", timm_config="config.json")
+        run.extra.update(unseen_phantom_accuracy=accuracy, unseen_phantoms=test_images, unseen_phantom_seed=JUDGE_TEST_SEED,
+                         train_accuracy=judge.train_accuracy,
+                         what="benign/malignant judge of the tiny world: a timm test_resnet trained from scratch on "
+                              "real phantoms (never on generated images)")
+    return output_dir
