@@ -25,6 +25,7 @@ from typing import Any
 import jinja2
 import yaml
 
+from dermt2im_hub.hub.configs import as_info_list, config_rows, merge_configs, merge_dataset_info
 from dermt2im_hub.hub.eval_results import hub_dataset_id, hub_metric_id
 from dermt2im_hub.hub.nature import run_nature
 from dermt2im_hub.hub.redact import cut_local_paths
@@ -376,12 +377,26 @@ def _public_name(value: Any) -> str | None:
 
 def _dataset_context(ctx: dict[str, Any]) -> dict[str, Any]:
     f = ctx["f"]
-    configs = [c for c in (f.get("configs") or []) if isinstance(c, Mapping)]
+    configs = _clean_configs([c for c in (f.get("configs") or []) if isinstance(c, Mapping)])
+    info = as_info_list(_plain(f.get("dataset_info")))
+    own_names = [c["config_name"] for c in configs]
+    remote = ctx.get("repo_card_data")
+    if remote is not None and ctx["builder_config"]:  # a push into a repo that may hold other configs
+        configs = merge_configs(configs, _plain(remote.get("configs")), ctx["builder_config"])
+        info = merge_dataset_info(info, _plain(remote.get("dataset_info")), configs)
     models = [dict(m, hash_of=m.get("hash_of") or NOT_RECORDED) for m in (f.get("base_models") or [])
               if isinstance(m, Mapping)]
+    # the config this card's sections describe: the builder config when the block names it
+    this_config = ctx["builder_config"] if ctx["builder_config"] in own_names else next(iter(own_names), None)
     ctx.update(
         configs=configs,
-        config_names=[c.get("config_name") for c in configs if c.get("config_name")],
+        dataset_info=info,
+        config_rows=config_rows(configs, info, f.get("config_rows")),
+        this_config=this_config,
+        first_split=next((d["split"] for c in configs if c["config_name"] == this_config for d in c["data_files"]),
+                         "train"),
+        subset_example=next((n for n in own_names if this_config and n.startswith(f"{this_config}-")), None),
+        other_configs=[c["config_name"] for c in configs if c["config_name"] not in own_names],
         num_rows=_dataset_rows(f),
         base_models=models,
         has_adapters=is_recorded(f.get("adapters")),
@@ -501,9 +516,10 @@ def _dataset_card_data(ctx: dict[str, Any]):
         annotations_creators=["expert-generated"] if ctx["builder_config"] == "real" else ["machine-generated"],
         tags=_dataset_tags(ctx),
         source_datasets=_hub_ids(f.get("source_datasets")) or None,
-        configs=_clean_configs(ctx["configs"]) or None,
-        # `datasets` keys its cache of a local folder on this block; keep it when a card is re-rendered
-        dataset_info=json.loads(json.dumps(f.get("dataset_info"))) if f.get("dataset_info") else None,
+        configs=ctx["configs"] or None,
+        # `datasets` keys its cache of a local folder on this block (and checks each config's row counts with
+        # it); keep it when a card is re-rendered
+        dataset_info=json.loads(json.dumps(ctx["dataset_info"])) if ctx["dataset_info"] else None,
     )
 
 
@@ -600,17 +616,21 @@ def _render_partials(ctx: dict[str, Any]) -> dict[str, str]:
             for name in PARTIALS}
 
 
-def build_card(manifest: Mapping[str, Any], kind: str | None = None, repo_id: str | None = None):
+def build_card(manifest: Mapping[str, Any], kind: str | None = None, repo_id: str | None = None,
+               repo_card_data: Mapping[str, Any] | None = None):
     """The ModelCard/DatasetCard for a manifest (no file is read or written).
 
     Every absolute local path in the manifest (config values, facts, inputs, free text) is cut to its last
-    part first, so a public card does not reveal a machine's directory layout."""
+    part first, so a public card does not reveal a machine's directory layout. `repo_card_data`: the front
+    matter of the card already in the target dataset repo, whose configs the card keeps (hub.configs)."""
     from huggingface_hub import DatasetCard, ModelCard
 
     banner = run_banner(manifest, card_kind(manifest, kind))  # follows the recorded local folders: before cutting
     manifest = cut_local_paths(manifest)
     kind = card_kind(manifest, kind)
-    ctx = _CONTEXT_BUILDERS[kind](_common_context(manifest, kind, repo_id))
+    ctx = _common_context(manifest, kind, repo_id)
+    ctx["repo_card_data"] = repo_card_data
+    ctx = _CONTEXT_BUILDERS[kind](ctx)
     ctx.update(_render_partials(ctx))
     card_data = _CARD_DATA_BUILDERS[kind](ctx)
     card_class = DatasetCard if kind == "dataset" else ModelCard
