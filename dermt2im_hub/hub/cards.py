@@ -25,7 +25,13 @@ from typing import Any
 import jinja2
 import yaml
 
-from dermt2im_hub.hub.configs import as_info_list, config_rows, merge_configs, merge_dataset_info
+from dermt2im_hub.hub.configs import (
+    as_info_list,
+    config_rows,
+    merge_configs,
+    merge_dataset_info,
+    merge_front_matter,
+)
 from dermt2im_hub.hub.eval_results import hub_dataset_id, hub_metric_id
 from dermt2im_hub.hub.nature import run_nature
 from dermt2im_hub.hub.redact import cut_local_paths
@@ -508,7 +514,7 @@ def _dataset_card_data(ctx: dict[str, Any]):
 
     f = ctx["f"]
     size = size_category(ctx["num_rows"])
-    return DatasetCardData(
+    data = DatasetCardData(
         license=ctx["license"],
         task_categories=list(DATASET_TASKS),
         size_categories=[size] if size else None,
@@ -521,6 +527,11 @@ def _dataset_card_data(ctx: dict[str, Any]):
         # it); keep it when a card is re-rendered
         dataset_info=json.loads(json.dumps(ctx["dataset_info"])) if ctx["dataset_info"] else None,
     )
+    remote = ctx.get("repo_card_data")
+    if remote is None or not ctx["builder_config"]:
+        return data
+    # the repo holds the remote card's configs too: its tags, licences ... stay (hub.configs)
+    return DatasetCardData(**merge_front_matter(data.to_dict(), _plain(remote)))
 
 
 DEFAULT_DATASET_TITLE = "Derm-T2IM skin lesions"

@@ -10,6 +10,8 @@ under `data/<config>/` (dermt2im_hub.dataset.layout). Pushed to a dataset repo (
 - the card's `configs:` and `dataset_info` blocks are merged with the remote README's: remote configs are
   kept, except those of the same name and those reading only files under `data/<config>/` (the push replaces
   those files); the remote default stays the default, else the pushed config's is; exactly one is default.
+  The front matter's lists (tags, licences, annotation creators, task and size categories, source datasets)
+  become the union of both cards' (the repo holds both configs) and the repo keeps its pretty_name.
 """
 
 from __future__ import annotations
@@ -109,3 +111,25 @@ def config_rows(configs: list[dict[str, Any]], info: list[dict[str, Any]],
         rows.append({"config_name": name, "default": bool(config.get("default")), "rows": counts,
                      "paths": _data_paths(config)})
     return rows
+
+
+# front-matter keys that describe the repo's data as a whole: a push adds its values to the remote card's
+UNION_KEYS = ("license", "tags", "annotations_creators", "task_categories", "size_categories", "source_datasets")
+
+
+def merge_front_matter(ours: dict[str, Any], theirs: Mapping[str, Any]) -> dict[str, Any]:
+    """Our card's front matter with the remote card's values of UNION_KEYS added (remote first, no duplicates;
+    a single value stays a string when both cards agree), the remote pretty_name and the remote keys ours lacks
+    (a language someone added by hand ...) kept. configs and dataset_info are merged beforehand."""
+    merged = {**{k: v for k, v in theirs.items() if k not in ("configs", "dataset_info")}, **ours}
+    for key in UNION_KEYS:
+        values: list[Any] = []
+        for value in (theirs.get(key), ours.get(key)):
+            for item in value if isinstance(value, list) else [value]:
+                if isinstance(item, str) and item and item not in values:
+                    values.append(item)
+        if values:
+            merged[key] = values[0] if key == "license" and len(values) == 1 else values
+    if isinstance(theirs.get("pretty_name"), str) and theirs["pretty_name"]:
+        merged["pretty_name"] = theirs["pretty_name"]
+    return merged
