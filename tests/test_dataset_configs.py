@@ -184,6 +184,40 @@ def _real_folder(root: Path) -> Path:
     return folder
 
 
+@pytest.fixture(scope="module")
+def built(tmp_path_factory) -> dict[str, Path]:
+    """A synthetic build (6 rows, samplers Euler, Euler a, PLMS), a smaller one (Euler, Euler a) and a real one."""
+    root = tmp_path_factory.mktemp("configs")
+    folders = {"synthetic": root / "synthetic", "smaller": root / "synthetic-2", "real": root / "real"}
+    build(write_generated_folder(root / "generated", n=6), folders["synthetic"])
+    build(write_generated_folder(root / "generated-2", n=2), folders["smaller"])
+    build(_real_folder(root / "phantoms"), folders["real"], config_name="real", sample_grid_per_class=0)
+    return folders
+
+
+def test_dermt2im_push_adds_a_config_to_a_repo_through_the_gate(built, run_cli, monkeypatch):
+    """The CLI's push path (push_folder) does what push_dataset does: a second config joins the repo."""
+    import huggingface_hub
+    from huggingface_hub import DatasetCard
+    from test_hub_push import RecordingHubApiDouble
+
+    api = RecordingHubApiDouble()
+    monkeypatch.setattr(huggingface_hub, "HfApi", lambda *a, **k: api)
+    monkeypatch.setattr("dermt2im_hub.hub.online.hub_offline", lambda: False)
+    for name in ("real", "synthetic", "smaller"):
+        code, out, err = run_cli("push", built[name], "--repo-id", REPO)
+        assert code == 0, err
+    assert [kw.get("delete_patterns") for kw in api.call("upload_folder")] == [
+        ["data/real/*"], ["data/synthetic/*"], ["data/synthetic/*"]]
+    assert not [p for p in api.uploaded if p.startswith("data/synthetic/plms/")]
+    assert {"data/real/manifest.json", "data/synthetic/manifest.json"} <= set(api.uploaded)
+    card = DatasetCard(api.uploaded["README.md"].decode())
+    configs = card.data.to_dict()["configs"]
+    assert [c["config_name"] for c in configs] == ["real", "synthetic", "synthetic-euler", "synthetic-euler-a"]
+    assert [c["config_name"] for c in configs if c.get("default")] == ["real"], "the first push's default stays"
+    assert [i["config_name"] for i in card.data.to_dict()["dataset_info"]] == [c["config_name"] for c in configs]
+
+
 _CONSUME = r"""
 import json, sys
 from datasets import ClassLabel, Image, load_dataset
@@ -205,14 +239,11 @@ print(json.dumps({
 
 
 @pytest.mark.integration
-def test_two_configs_share_one_repo_and_a_repush_replaces_only_its_own(local_hub, tmp_path):
+def test_two_configs_share_one_repo_and_a_repush_replaces_only_its_own(local_hub, built):
     from dermt2im_hub.dataset.export import push_dataset
 
     api = RepoPublishingApi(local_hub)
-    synthetic, real, smaller = tmp_path / "synthetic", tmp_path / "real", tmp_path / "synthetic-2"
-    build(write_generated_folder(tmp_path / "generated", n=6), synthetic)
-    build(_real_folder(tmp_path / "phantoms"), real, config_name="real", sample_grid_per_class=0)
-    build(write_generated_folder(tmp_path / "generated-2", n=2), smaller)  # Euler and Euler a only
+    synthetic, real, smaller = built["synthetic"], built["real"], built["smaller"]  # smaller: no PLMS rows
     repo = local_hub.repo_path(REPO, "dataset")
 
     push_dataset(synthetic, REPO, api=api)
@@ -232,8 +263,8 @@ def test_two_configs_share_one_repo_and_a_repush_replaces_only_its_own(local_hub
     result = local_hub.run_python(_CONSUME, REPO, timeout=300)
     assert result.returncode == 0, result.stderr[-4000:]
     seen = json.loads(result.stdout.strip().splitlines()[-1])
-    small_rows = read_jsonl(tmp_path / "generated-2" / "metadata.jsonl")
-    real_rows = {r["split"]: r for r in read_jsonl(tmp_path / "phantoms" / "metadata.jsonl")}
+    small_rows = read_jsonl(smaller.parent / "generated-2" / "metadata.jsonl")
+    real_rows = {r["split"]: r for r in read_jsonl(real.parent / "phantoms" / "metadata.jsonl")}
     assert sorted(seen["rows"]["synthetic"]["train"]) == sorted(r["sha256"] for r in small_rows)
     assert seen["rows"]["synthetic-euler"]["train"] == [r["sha256"] for r in small_rows if r["sampler"] == "Euler"]
     assert seen["samplers"] == ["Euler"] and len(seen["rows"]["synthetic-euler-a"]["train"]) == 1

@@ -302,7 +302,10 @@ def _common_context(manifest: Mapping[str, Any], kind: str, repo_id: str | None)
     config = manifest.get("config")
     config_yaml = yaml.safe_dump(config, sort_keys=False).strip() if is_recorded(config) else None
     license_recorded = is_recorded(facts.get("license"))
-    builder_config = facts.get("builder_config") if facts.get("builder_config") in BUILDER_CONFIGS else None
+    # the card's fact, else the resolved dataset config's name (the publishing gate reads the same two)
+    built_with = config.get("config_name") if isinstance(config, Mapping) else None
+    recorded_config = facts.get("builder_config") or (built_with if manifest.get("stage") == "build_dataset" else None)
+    builder_config = recorded_config if recorded_config in BUILDER_CONFIGS else None
     if license_recorded:
         license_id = facts.get("license")
     elif kind == "dataset":
