@@ -15,6 +15,7 @@ import pytest
 
 from dermt2im_hub.config import ConfigError
 from dermt2im_hub.dataset.config import DatasetConfig
+from dermt2im_hub.dataset.layout import sampler_slug
 from dermt2im_hub.generation.infotext import format_infotext, pnginfo_for
 from dermt2im_hub.labels import CLASS_NAMES
 from dermt2im_hub.testing.phantoms import PhantomConfig, make_phantoms, render_phantom
@@ -75,6 +76,11 @@ def build(inputs, out: Path, **config) -> Any:
                          progress=False)
 
 
+def shard_names(folder: Path) -> list[str]:
+    """The parquet shards under folder/data, as paths relative to it, in path order."""
+    return sorted(p.relative_to(folder / "data").as_posix() for p in (folder / "data").rglob("*.parquet"))
+
+
 def load(folder: Path, **kwargs):
     import datasets
 
@@ -95,6 +101,14 @@ class HubApiDouble:
         self.calls.append(("repo_info", {"repo_id": repo_id, **kwargs}))
         private = next(kw["private"] for name, kw in self.calls if name == "create_repo" and kw["repo_id"] == repo_id)
         return SimpleNamespace(private=private)
+
+    def hf_hub_download(self, *, repo_id, filename, **kwargs):  # a new repo: no card to merge with yet
+        import httpx
+        from huggingface_hub.errors import RemoteEntryNotFoundError
+
+        self.calls.append(("hf_hub_download", {"repo_id": repo_id, "filename": filename, **kwargs}))
+        request = httpx.Request("GET", f"https://hub.invalid/datasets/{repo_id}/resolve/main/{filename}")
+        raise RemoteEntryNotFoundError("404 entry not found", response=httpx.Response(404, request=request))
 
     def upload_folder(self, **kwargs):
         self.calls.append(("upload_folder", kwargs))
@@ -168,12 +182,16 @@ def test_generated_folder_builds_and_loads_as_dermt2im(built_dir, generated_dir,
     from datasets import ClassLabel, Image
 
     rows = read_jsonl(generated_dir / "metadata.jsonl")
-    assert sorted(p.name for p in (built_dir / "data").iterdir()) == ["train-00000-of-00001.parquet"]
+    assert shard_names(built_dir) == ["synthetic/euler-a/train-00000-of-00001.parquet",  # one folder per sampler
+                                      "synthetic/euler/train-00000-of-00001.parquet",
+                                      "synthetic/plms/train-00000-of-00001.parquet"]
     monkeypatch.chdir(built_dir.parent)
     dataset = load(Path("dermt2im"), split="train")  # load_dataset("dermt2im") from the folder's parent
     assert len(dataset) == len(rows)
     assert isinstance(dataset.features["label"], ClassLabel) and isinstance(dataset.features["image"], Image)
-    for row, meta in zip(dataset, rows):
+    # rows come grouped by sampler folder (path order), in input order within one (dataset.layout)
+    rows = sorted(rows, key=lambda r: (sampler_slug(r["sampler"]) + "/", r["index"]))
+    for row, meta in zip(dataset, rows, strict=True):
         assert row["image"].size == (64, 64)
         row["image"].load()
         assert CLASS_NAMES[row["label"]] == meta["label"]
@@ -196,11 +214,19 @@ def test_built_folder_has_card_manifest_and_grid(built_dir):
     assert card["transformation_counts"] == {"size:tiny": 4, "skin:fitzpatrick-5": 4, "site:neck": 2}
     assert card["adapters"][0]["id"] == ADAPTER["id"] and card["base_models"][0]["id"] == "tiny-sd15"
     # the builder config is the Hub config, and the default one (load_dataset(DIR) and (DIR, "synthetic"))
-    assert card["configs"] == [{"config_name": "synthetic", "default": True,
-                                "data_files": [{"split": "train", "path": "data/train-*"}]}]
+    # and one config per sampler, whose glob reads that sampler's folder alone
+    assert card["configs"] == [
+        {"config_name": "synthetic", "default": True,
+         "data_files": [{"split": "train", "path": "data/synthetic/*/train-*.parquet"}]},
+        *({"config_name": f"synthetic-{slug}", "data_files": [
+            {"split": "train", "path": f"data/synthetic/{slug}/train-*.parquet"}]} for slug in ("euler", "euler-a", "plms"))]
+    assert card["config_rows"] == {"synthetic": {"train": 6}, "synthetic-euler": {"train": 2},
+                                   "synthetic-euler-a": {"train": 2}, "synthetic-plms": {"train": 2}}
     readme = (built_dir / "README.md").read_text()
-    assert "configs:" in readme and "path: data/train-*" in readme and "creativeml-openrail-m" in readme
-    assert (built_dir / "sample_grid.png").stat().st_size > 0 and card["sample_grid"] == "sample_grid.png"
+    assert "configs:" in readme and "path: data/synthetic/*/train-*.parquet" in readme
+    assert "creativeml-openrail-m" in readme and "| `synthetic-euler-a` | train: 2 |" in readme
+    grid = built_dir / "data" / "synthetic" / "sample_grid.png"
+    assert grid.stat().st_size > 0 and card["sample_grid"] == "data/synthetic/sample_grid.png"
     assert not (built_dir / ".build-staging").exists()
 
 
@@ -211,7 +237,7 @@ def test_streaming_from_folder_and_from_builder(built_dir, generated_dir, tmp_pa
     assert len(streamed) == 6 and streamed[0]["image"].size == (64, 64) and streamed[0]["label"] in (0, 1)
     builder = DermT2IM(config_name="synthetic", data_dir=str(generated_dir), cache_dir=str(tmp_path))
     rows = list(builder.as_streaming_dataset(split="train"))
-    assert [r["sha256"] for r in rows] == [r["sha256"] for r in streamed]
+    assert sorted(r["sha256"] for r in rows) == sorted(r["sha256"] for r in streamed)
 
 
 def test_same_input_gives_identical_parquet_bytes(generated_dir, tmp_path):
@@ -220,8 +246,8 @@ def test_same_input_gives_identical_parquet_bytes(generated_dir, tmp_path):
     first, second = tmp_path / "first", tmp_path / "second"
     build(generated_dir, first)
     build(copy, second, split_by="none")
-    names = sorted(p.name for p in (first / "data").iterdir())
-    assert names == sorted(p.name for p in (second / "data").iterdir())
+    names = shard_names(first)
+    assert names == shard_names(second) and len(names) == 3
     for name in names:
         assert (first / "data" / name).read_bytes() == (second / "data" / name).read_bytes()
 
@@ -229,12 +255,14 @@ def test_same_input_gives_identical_parquet_bytes(generated_dir, tmp_path):
 def test_rebuild_replaces_old_shards_and_small_shard_limit_splits(generated_dir, tmp_path):
     out = tmp_path / "out"
     build(generated_dir, out, max_shard_size="1MB", split_by="seed", split_fractions=[0.5, 0.25, 0.25])
-    before = sorted(p.name for p in (out / "data").iterdir())
-    assert all(re.match(r"^(train|validation|test)-\d{5}-of-\d{5}\.parquet$", n) for n in before)
+    before = shard_names(out)
+    assert all(re.match(r"^synthetic/[a-z-]+/(train|validation|test)-\d{5}-of-\d{5}\.parquet$", n) for n in before)
     first_load = load(out)
     assert sum(len(split) for split in first_load.values()) == 6
+    build(generated_dir, out, config_name="a1111")  # another config in the same folder: no stale shard stays
+    assert {n.split("/")[0] for n in shard_names(out)} == {"a1111"}
     build(generated_dir, out)
-    assert sorted(p.name for p in (out / "data").iterdir()) == ["train-00000-of-00001.parquet"]
+    assert [n.split("/", 2)[2] for n in shard_names(out)] == ["train-00000-of-00001.parquet"] * 3
     reloaded = load(out)  # same folder, new content: must not come from the first build's cache
     assert list(reloaded) == ["train"] and len(reloaded["train"]) == 6
 
@@ -268,7 +296,7 @@ def test_rejected_and_failed_qa_rows_are_left_out_unless_asked(tmp_path):
     dataset = load(tmp_path / "out", split="train")
     assert dataset.features["qa_sharpness"].dtype == "float64"
     assert dataset.features["mem_nearest_distance"].dtype == "float64"
-    first = dataset[0]
+    first = next(row for row in dataset if row["qa_sharpness"] == 12.5)
     assert first["qa_passed"] is True and first["qa_sharpness"] == 12.5 and first["ita_category"] == "intermediate"
     card = json.loads((tmp_path / "out" / "manifest.json").read_text())["extra"]["card"]
     assert card["qa"]["excluded_rejected"] == 1 and card["qa"]["excluded_failed_qa"] == 1
@@ -299,7 +327,8 @@ def test_memorized_rows_stop_build_and_push_unless_allowed(tmp_path, run_cli, mo
         push_dataset(out, "org/dermt2im", api=api)
     assert api.calls == [], "nothing may reach the Hub API before the refusal"
     push_dataset(out, "org/dermt2im", allow_memorized=True, api=api)
-    (create, created), (info, asked), (upload, uploaded) = api.calls
+    (create, created), (info, asked), (_, read), (upload, uploaded) = api.calls
+    assert read["filename"] == "README.md", "the repo's card is read, to keep its other configs"
     assert info == "repo_info" and asked["repo_type"] == "dataset"  # a private push checks the repo is private
     assert create == "create_repo" and created["private"] is True and created["repo_type"] == "dataset"
     assert upload == "upload_folder" and uploaded["repo_type"] == "dataset"
@@ -430,7 +459,7 @@ def stored_images(folder: Path) -> list[dict[str, Any]]:
     import pyarrow.parquet as pq
 
     rows = []
-    for path in sorted((folder / "data").glob("*.parquet")):
+    for path in sorted((folder / "data").rglob("*.parquet")):
         rows.extend(pq.read_table(path, columns=["image", "sha256", "file_name"]).to_pylist())
     return rows
 
@@ -511,9 +540,9 @@ def test_real_build_stores_images_without_metadata_deterministically(tmp_path):
 
     again = build(folder, tmp_path / "again", config_name="real")
     assert again.num_rows == 4
-    for first, second in zip(sorted((tmp_path / "out" / "data").iterdir()),
-                             sorted((tmp_path / "again" / "data").iterdir())):
-        assert first.read_bytes() == second.read_bytes()
+    assert shard_names(tmp_path / "out") == shard_names(tmp_path / "again") == ["real/train-00000-of-00001.parquet"]
+    for name in shard_names(tmp_path / "out"):
+        assert (tmp_path / "out" / "data" / name).read_bytes() == (tmp_path / "again" / "data" / name).read_bytes()
 
 
 def test_a1111_build_keeps_parameters_and_drops_other_metadata(tmp_path):
@@ -570,18 +599,18 @@ def test_mem_nearest_id_is_left_out_unless_asked(tmp_path, run_cli):
     })
     build(folder, tmp_path / "out")
     dataset = load(tmp_path / "out", split="train")
-    assert "mem_nearest_id" not in dataset.features and dataset[0]["mem_cosine"] == 0.41
+    assert "mem_nearest_id" not in dataset.features and sorted(dataset["mem_cosine"]) == [0.3, 0.41]
     assert all(training_name not in (row["extra"] or "") for row in dataset)
     assert training_name not in (tmp_path / "out" / "manifest.json").read_text()
     assert training_name not in (tmp_path / "out" / "README.md").read_text()
 
     build(folder, tmp_path / "with", include_mem_nearest_id=True)
     kept = load(tmp_path / "with", split="train")
-    assert kept["mem_nearest_id"] == [training_name, "ISIC_0000007"]
+    assert sorted(kept["mem_nearest_id"]) == sorted([training_name, "ISIC_0000007"])
 
     code, _, err = run_cli("build-dataset", folder, "-o", tmp_path / "cli", "--include-mem-nearest-id", "--quiet")
     assert code == 0, err
-    assert load(tmp_path / "cli", split="train")["mem_nearest_id"][0] == training_name
+    assert training_name in load(tmp_path / "cli", split="train")["mem_nearest_id"]
 
 
 # ------------------------------------------------------------------------------------------ units, config, CLI

@@ -10,8 +10,9 @@ import json
 
 import pytest
 from test_dataset import build, write_generated_folder
+from test_dataset_configs import RepoPublishingApi
 
-from dermt2im_hub.testing.hub_server import PublishingApi
+from dermt2im_hub.dataset.layout import sampler_slug
 
 pytestmark = pytest.mark.integration
 
@@ -53,12 +54,13 @@ def test_built_folder_loads_from_the_hub_as_org_dermt2im(local_hub, tmp_path):
     generated = write_generated_folder(tmp_path / "generated", n=6)
     folder = tmp_path / "dermt2im"
     build(generated, folder)
-    push_dataset(folder, "org/dermt2im", api=PublishingApi(local_hub))  # through the publishing gate
+    push_dataset(folder, "org/dermt2im", api=RepoPublishingApi(local_hub))  # through the publishing gate
 
     result = local_hub.run_python(_CONSUME, "org/dermt2im", timeout=300)
     assert result.returncode == 0, result.stderr[-4000:]
     seen = json.loads(result.stdout.strip().splitlines()[-1])
-    rows = read_jsonl(generated / "metadata.jsonl")
+    # the whole config reads one folder per sampler: rows grouped by sampler, input order within one
+    rows = sorted(read_jsonl(generated / "metadata.jsonl"), key=lambda r: (sampler_slug(r["sampler"]) + "/", r["index"]))
     assert seen["splits"] == {"train": 6}
     assert seen["label_is_classlabel"] and seen["image_is_image"] and seen["labels"] == ["benign", "malignant"]
     assert seen["sizes"] == [[64, 64]] and seen["streamed_decoded"]

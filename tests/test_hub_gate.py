@@ -25,9 +25,9 @@ def _built_dataset(folder: Path, *, config_name: str = "synthetic", status: str 
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    (folder / "data").mkdir(parents=True)
+    (folder / "data" / config_name).mkdir(parents=True)
     table = {"label": [0, 1], "mem_flagged": [False, False], **(columns or {})}
-    pq.write_table(pa.table(table), folder / "data" / "train-00000-of-00001.parquet")
+    pq.write_table(pa.table(table), folder / "data" / config_name / "train-00000-of-00001.parquet")
     write_manifest(folder, "build_dataset", config={"config_name": config_name}, status=status,
                    extra={"card": {"builder_config": config_name, "num_rows": 2}})
     (folder / "README.md").write_text("# card for YOUR_ORG/YOUR_REPO\n")
@@ -116,7 +116,8 @@ def test_every_push_path_makes_the_same_decision(case, tmp_path, run_cli, monkey
             decisions[name] = refusal
     assert len(set(map(str, decisions.values()))) == 1, decisions
     if refusal is None:
-        assert decisions["push_dataset"] == ["README.md", "data/train-00000-of-00001.parquet", "manifest.json"]
+        assert decisions["push_dataset"] == ["README.md", "data/synthetic/manifest.json",
+                                             "data/synthetic/train-00000-of-00001.parquet"]
 
 
 def test_permissions_lift_exactly_their_rule(tmp_path):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import tempfile
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -32,9 +33,11 @@ FAKE_TOKEN = "hf_DoubleTestTokenThatMustNeverAppear0123"
 
 
 class RecordingHubApiDouble:
-    """Test double of huggingface_hub.HfApi: records create_repo/repo_info/create_branch/upload_folder calls;
-    `existing` maps repo ids that already exist to their visibility (True: private), which create_repo keeps,
-    as the real one does with exist_ok=True; the first `failures` upload attempts raise the given errors."""
+    """Test double of huggingface_hub.HfApi: records create_repo/repo_info/create_branch/hf_hub_download/
+    upload_folder calls; `existing` maps repo ids that already exist to their visibility (True: private), which
+    create_repo keeps, as the real one does with exist_ok=True; the first `failures` upload attempts raise the
+    given errors. `uploaded` is the repo's files: upload_folder adds to them and removes the remote files its
+    delete_patterns select (but those it uploads), as the real one does; hf_hub_download reads them."""
 
     def __init__(self, *args, failures: list[Exception] | None = None, existing: dict[str, bool | None] | None = None,
                  **kwargs):
@@ -42,6 +45,18 @@ class RecordingHubApiDouble:
         self.uploaded: dict[str, bytes] = {}
         self.failures = list(failures or [])
         self.private: dict[str, bool | None] = dict(existing or {})
+        self.downloads = Path(tempfile.mkdtemp(prefix="hub-double-"))
+
+    def hf_hub_download(self, *, repo_id, filename, **kwargs):
+        from huggingface_hub.errors import RemoteEntryNotFoundError
+
+        self.calls.append(("hf_hub_download", {"repo_id": repo_id, "filename": filename, **kwargs}))
+        if filename not in self.uploaded:
+            request = httpx.Request("GET", f"https://hub.invalid/{repo_id}/resolve/main/{filename}")
+            raise RemoteEntryNotFoundError("404 entry not found", response=httpx.Response(404, request=request))
+        path = self.downloads / filename
+        path.write_bytes(self.uploaded[filename])
+        return str(path)
 
     def create_repo(self, repo_id, **kwargs):
         self.calls.append(("create_repo", {"repo_id": repo_id, **kwargs}))
@@ -62,7 +77,12 @@ class RecordingHubApiDouble:
             raise self.failures.pop(0)
         root = Path(folder_path)
         paths = [p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()]
-        for path in filter_repo_objects(paths, ignore_patterns=ignore_patterns + [".git/*", ".cache/huggingface/*"]):
+        added = list(filter_repo_objects(paths, ignore_patterns=ignore_patterns + [".git/*", ".cache/huggingface/*"]))
+        if kwargs.get("delete_patterns"):
+            for path in filter_repo_objects(list(self.uploaded), allow_patterns=kwargs["delete_patterns"]):
+                if path not in added:
+                    del self.uploaded[path]
+        for path in added:
             self.uploaded[path] = (root / path).read_bytes()
         return SimpleNamespace(commit_url=f"https://hub.invalid/{kwargs['repo_id']}/commit/abc123")
 
@@ -269,10 +289,10 @@ def test_push_cli_keeps_the_dataset_memorization_rule(tmp_path, run_cli, monkeyp
     import pyarrow.parquet as pq
 
     folder = tmp_path / "built"
-    (folder / "data").mkdir(parents=True)
+    (folder / "data" / "synthetic" / "euler").mkdir(parents=True)
     pq.write_table(pa.table({"label": [0, 1], "mem_flagged": [False, True]}),
-                   folder / "data" / "train-00000-of-00001.parquet")
-    write_manifest(folder, "build_dataset")
+                   folder / "data" / "synthetic" / "euler" / "train-00000-of-00001.parquet")
+    write_manifest(folder, "build_dataset", config={"config_name": "synthetic"})
     (folder / "README.md").write_text("# card\n")
     doubles = []
     monkeypatch.setattr(huggingface_hub, "HfApi", lambda *a, **k: doubles.append(RecordingHubApiDouble()) or doubles[-1])
@@ -486,9 +506,12 @@ def test_push_cli_wants_a_flag_for_real_images(tmp_path, run_cli, monkeypatch, s
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        (folder / "data").mkdir()
-        pq.write_table(pa.table({"label": [0], "mem_flagged": [False]}), folder / "data" / "train-00000-of-00001.parquet")
-        expected.insert(2, "data/train-00000-of-00001.parquet")
+        (folder / "data" / "real").mkdir(parents=True)
+        pq.write_table(pa.table({"label": [0], "mem_flagged": [False]}),
+                       folder / "data" / "real" / "train-00000-of-00001.parquet")
+        # one config of a repo that may hold several: everything of it under data/real/ (hub.configs)
+        expected = ["README.md", "data/real/benign/ISIC_1.png", "data/real/manifest.json",
+                    "data/real/train-00000-of-00001.parquet"]
     doubles = []
     monkeypatch.setattr(huggingface_hub, "HfApi", lambda *a, **k: doubles.append(RecordingHubApiDouble()) or doubles[-1])
     monkeypatch.setattr("dermt2im_hub.hub.online.hub_offline", lambda: False)
@@ -534,8 +557,8 @@ def test_phantom_folders_are_not_real_images_and_data_stages_default_to_dataset_
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    (tmp_path / "real-set" / "data").mkdir()
-    pq.write_table(pa.table({"label": [0]}), tmp_path / "real-set" / "data" / "train-00000-of-00001.parquet")
+    (tmp_path / "real-set" / "data" / "real").mkdir(parents=True)
+    pq.write_table(pa.table({"label": [0]}), tmp_path / "real-set" / "data" / "real" / "train-00000-of-00001.parquet")
     for folder in ("pre-phantoms", "real-set"):
         code, out, err = run_cli("push", tmp_path / folder, "--repo-id", "my-org/demo", "--dry-run")
         assert code == 0 and "to dataset repo my-org/demo" in out, err

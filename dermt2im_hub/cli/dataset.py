@@ -14,11 +14,13 @@ def register(subparsers) -> None:
 
     p = subparsers.add_parser(
         "build-dataset", help="build the `datasets` dataset (parquet + card) from image folders",
-        description="Read INPUT folders with the DermT2IM builder and write DIR/data/{split}-NNNNN-of-NNNNN.parquet "
-                    "(image bytes without metadata: pixels untouched, only the A1111 `parameters` text kept), "
-                    "DIR/README.md (dataset card with a configs block), "
-                    "DIR/sample_grid.png and DIR/manifest.json, so that load_dataset(DIR) - or "
-                    "load_dataset('ORG/NAME') after --push-to-hub - gives ClassLabel and Image features. "
+        description="Read INPUT folders with the DermT2IM builder and write DIR/data/CONFIG/[SAMPLER/]{split}-"
+                    "NNNNN-of-NNNNN.parquet (image bytes without metadata: pixels untouched, only the A1111 "
+                    "`parameters` text kept; synthetic and a1111 shards split by sampler), DIR/README.md (dataset "
+                    "card with a configs block: the config, and CONFIG-SAMPLER per sampler), "
+                    "DIR/data/CONFIG/sample_grid.png and DIR/manifest.json, so that load_dataset(DIR) - or "
+                    "load_dataset('ORG/NAME') after --push-to-hub - gives ClassLabel and Image features. Builds of "
+                    "other configs pushed to the same repo are kept (their files under data/OTHER/, card merged). "
                     "Duplicates (same bytes) are kept once, corrupt files skipped, both reported. Rows flagged "
                     "by the memorization audit stop the build and the push unless --allow-memorized.")
     p.add_argument("inputs", nargs="+", type=Path, metavar="INPUT", help="input folder(s), read in this order")

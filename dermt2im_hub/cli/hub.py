@@ -100,7 +100,10 @@ def _push(args: argparse.Namespace) -> int:
             rewritten = published_bytes(plan)
             print(f"would upload {len(plan.files)} files to {plan.repo_type} repo {args.repo_id} "
                   f"({'public' if args.public else 'private'}):")
-            print("\n".join(f"  {p}" + _rewrite_note(p, plan, rewritten) for p in plan.files))
+            print("\n".join(f"  {plan.repo_path(p)}" + _rewrite_note(p, plan, rewritten) for p in plan.files))
+            if plan.dataset_config:
+                print(f"as the {plan.dataset_config!r} config: remote files matching {', '.join(plan.replaces)} are "
+                      "replaced, other configs' files kept, and the card merged with the repo's")
             return 0
         require_online("pushing", later=False)
         info = push_folder(args.folder, args.repo_id, repo_type=plan.repo_type, private=not args.public,
@@ -116,7 +119,8 @@ def _push(args: argparse.Namespace) -> int:
 def _rewrite_note(path: str, plan, rewritten: dict[str, bytes]) -> str:
     if path == "README.md" and plan.card is not None:
         return f"  (card rendered for {plan.repo_id})"
-    return "  (local paths redacted)" if path in rewritten else ""
+    moved = f"  (from {path})" if plan.repo_path(path) != path else ""
+    return moved + ("  (local paths redacted)" if path in rewritten else "")
 
 
 def _say_skipped_links(links: list[str]) -> None:

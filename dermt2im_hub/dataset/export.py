@@ -1,13 +1,15 @@
 """`build_dataset`: run the DermT2IM builder and write a Hub-ready folder that `load_dataset` reads natively.
 
-    DIR/data/{split}-NNNNN-of-NNNNN.parquet   image bytes as on disk minus their metadata (no pixel re-encode)
-    DIR/README.md                             dataset card with a `configs:` block (rendered from the manifest)
-    DIR/manifest.json                         stage build_dataset; extra.card = the card's facts
-    DIR/sample_grid.png
+    DIR/data/<config>/[<sampler>/]<split>-NNNNN-of-NNNNN.parquet   image bytes as on disk minus their metadata
+    DIR/data/<config>/sample_grid.png                            (no pixel re-encode); layout: dataset.layout
+    DIR/README.md        dataset card with a `configs:` block (the config, and one per sampler), from the manifest
+    DIR/manifest.json    stage build_dataset; extra.card = the card's facts
 
-The builder writes the parquet files itself (`download_and_prepare(file_format="parquet")`), so the builder
-is the one source of truth for features and rows. Writing happens in a staging folder and the shards replace
-the old ones only when the build succeeded. The same inputs give byte-identical parquet files.
+The builder writes the rows itself (`download_and_prepare(file_format="arrow")` into a staging folder), so it
+is the one source of truth for features and rows; the staged rows are then written as parquet shards split by
+sampler (dataset.layout), which replace the old ones only when the build succeeded. The same inputs give
+byte-identical parquet files. A push (`push_dataset`) puts everything of the config under `data/<config>/` of the
+repo and merges the repo's card, so one dataset repo holds several configs.
 """
 
 from __future__ import annotations
@@ -23,13 +25,13 @@ from typing import Any
 
 from dermt2im_hub.config import save_config
 from dermt2im_hub.dataset.config import A1111, REAL, SYNTHETIC, DatasetConfig, parse_size
-from dermt2im_hub.dataset.stats import DATA_DIR, SHARD_RE, card_facts, shard_files
+from dermt2im_hub.dataset.layout import Layout, sample_grid_path, subset_config_name, write_config_shards
+from dermt2im_hub.dataset.stats import card_facts
 from dermt2im_hub.hub.gate import BUILD_STAGING_DIR
 from dermt2im_hub.manifest import MANIFEST_NAME, fingerprint, try_read_manifest, write_manifest
 
 STAGE = "build_dataset"
 STAGING_DIR = BUILD_STAGING_DIR  # the publishing gate refuses a folder that still holds it
-SAMPLE_GRID = "sample_grid.png"
 CONFIG_NAME = "config.yaml"
 DEFAULT_PRETTY_NAMES = {
     SYNTHETIC: "Derm-T2IM synthetic skin lesions",
@@ -104,23 +106,28 @@ def _build(inputs, output_dir: Path, staging: Path, config: DatasetConfig, progr
 def _build_rows(inputs, output_dir: Path, staging: Path, config: DatasetConfig, progress: bool,
                 outputs: dict, extra: dict, fingerprints: dict) -> BuildResult:
     builder = make_builder(config, inputs, cache_dir=staging / "cache")
+    max_shard_size = parse_size(config.max_shard_size)
     with _progress_bars(progress):
-        builder.download_and_prepare(output_dir=str(staging / "parquet"), file_format="parquet",
-                                     max_shard_size=parse_size(config.max_shard_size))
+        builder.download_and_prepare(output_dir=str(staging / "rows"), file_format="arrow",
+                                     max_shard_size=max_shard_size)
     scan = builder.scan
     fingerprints.update(_input_fingerprints(inputs, scan))
-    shards = _install_shards(staging / "parquet", builder.dataset_name, output_dir / DATA_DIR)
+    layout = write_config_shards(_staged_shards(staging / "rows", builder.dataset_name), output_dir,
+                                 config.config_name, builder.info.features, max_shard_size,
+                                 builder._writer_batch_size)
+    shards = layout.files
     grid = None
     if config.sample_grid_per_class:
         from dermt2im_hub.dataset.grid import render_sample_grid
 
-        grid = render_sample_grid(scan.entries, output_dir / SAMPLE_GRID, config.sample_grid_per_class)
+        grid = render_sample_grid(scan.entries, output_dir / sample_grid_path(config.config_name),
+                                  config.sample_grid_per_class)
     card = card_facts(output_dir, scan.report.summary(), config_name=config.config_name,
                       pretty_name=config.pretty_name or DEFAULT_PRETTY_NAMES[config.config_name],
                       license=config.license, source_datasets=list(config.source_datasets),
-                      sample_grid=SAMPLE_GRID if grid else None, allow_memorized=config.allow_memorized,
-                      inputs=input_records(inputs))
-    card["dataset_info"] = dataset_info_yaml(builder, output_dir)
+                      sample_grid=sample_grid_path(config.config_name) if grid else None,
+                      allow_memorized=config.allow_memorized, inputs=input_records(inputs))
+    card["dataset_info"] = dataset_info_yaml(builder.info.features, layout, output_dir)
     save_config(config, output_dir / CONFIG_NAME)
     outputs.update(num_rows=card["num_rows"], splits=card["splits"], per_class=card["per_class"], data_files=shards,
                    card="README.md", sample_grid=card["sample_grid"], config=CONFIG_NAME)
@@ -210,29 +217,20 @@ def _progress_bars(enabled: bool):
             datasets.enable_progress_bars()
 
 
-def _install_shards(staging: Path, dataset_name: str, data_dir: Path) -> list[str]:
-    """Move the builder's `NAME-SPLIT[-SSSSS-of-NNNNN].parquet` files to `data/SPLIT-SSSSS-of-NNNNN.parquet`,
-    after removing the shards of an earlier build (a smaller rebuild must not leave stale shards behind)."""
-    data_dir.mkdir(parents=True, exist_ok=True)
-    for old in data_dir.glob("*.parquet"):
-        if SHARD_RE.match(old.name):
-            old.unlink()
-    installed = []
+def _staged_shards(staging: Path, dataset_name: str) -> dict[str, list[Path]]:
+    """The builder's `NAME-SPLIT[-SSSSS-of-NNNNN].arrow` files per split, in shard order."""
     prefix = f"{dataset_name}-"
     by_split: dict[str, list[Path]] = {}
-    for path in sorted(staging.glob(f"{prefix}*.parquet")):
-        split = path.name[len(prefix):].split("-")[0].removesuffix(".parquet")
+    for path in sorted(staging.glob(f"{prefix}*.arrow")):
+        split = path.name[len(prefix):].split("-")[0].removesuffix(".arrow")
         by_split.setdefault(split, []).append(path)
-    for split, paths in by_split.items():
-        for index, path in enumerate(paths):
-            name = f"{split}-{index:05d}-of-{len(paths):05d}.parquet"
-            shutil.move(str(path), data_dir / name)
-            installed.append(f"{DATA_DIR}/{name}")
-    return installed
+    return by_split
 
 
-def dataset_info_yaml(builder, folder: Path) -> dict[str, Any]:
-    """The card's `dataset_info` block (features, rows and bytes per split) as `Dataset.push_to_hub` writes it.
+def dataset_info_yaml(features, layout: Layout, folder: Path) -> list[dict[str, Any]]:
+    """The card's `dataset_info` block (features, rows and bytes per split) as `Dataset.push_to_hub` writes it,
+    one entry per Hub config (the whole config and each sampler subset; `datasets` checks the row counts when
+    it loads a config, so a glob that reads too many or too few rows fails loudly).
 
     Besides documenting the schema, it matters for local folders: `datasets` caches `load_dataset(DIR)` under
     the folder name and the README's YAML, so a rebuilt folder whose YAML did not change would be served from
@@ -241,15 +239,29 @@ def dataset_info_yaml(builder, folder: Path) -> dict[str, Any]:
     from datasets.info import DatasetInfosDict
     from huggingface_hub import DatasetCardData
 
-    splits = SplitDict()
-    for name, split in builder.info.splits.items():
-        splits.add(SplitInfo(name=name, num_bytes=split.num_bytes, num_examples=split.num_examples))
-    download_size = sum(p.stat().st_size for paths in shard_files(folder).values() for p in paths)
-    info = DatasetInfo(features=builder.info.features, splits=splits, download_size=download_size,
-                       dataset_size=sum(split.num_bytes for split in splits.values()))
+    def info(counts) -> DatasetInfo:
+        splits = SplitDict()
+        for name, count in counts.items():
+            splits.add(SplitInfo(name=name, num_bytes=count.num_bytes, num_examples=count.num_examples))
+        return DatasetInfo(features=features, splits=splits,
+                           download_size=sum((folder / p).stat().st_size for c in counts.values() for p in c.files),
+                           dataset_size=sum(c.num_bytes for c in counts.values()))
+
+    config_name = layout.config_name
+    whole: dict[str, Any] = {}
+    for subset_counts in layout.subsets.values():
+        for split, count in subset_counts.items():
+            total = whole.setdefault(split, type(count)())
+            total.num_examples += count.num_examples
+            total.num_bytes += count.num_bytes
+            total.files.extend(count.files)
+    infos = {config_name: info(whole)}
+    for slug in sorted(s for s in layout.subsets if s is not None):
+        infos[subset_config_name(config_name, slug)] = info(layout.subsets[slug])
     card_data = DatasetCardData()
-    DatasetInfosDict({"default": info}).to_dataset_card_data(card_data)
-    return card_data.to_dict()["dataset_info"]
+    DatasetInfosDict(infos).to_dataset_card_data(card_data)
+    block = card_data.to_dict()["dataset_info"]
+    return block if isinstance(block, list) else [block]
 
 
 def write_card(folder: str | Path, repo_id: str | None = None) -> Path:

@@ -8,28 +8,25 @@ QA / memorization / skin-tone summaries when the QA stage ran, and the `configs`
 from __future__ import annotations
 
 import json
-import re
 from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from dermt2im_hub.dataset.layout import (
+    DATA_DIR,
+    SHARD_RE,
+    SUBSET_CONFIGS,
+    hub_configs,
+    sampler_slug,
+    shard_files,
+    subset_config_name,
+)
 from dermt2im_hub.labels import CLASS_NAMES
 
-DATA_DIR = "data"
-SHARD_RE = re.compile(r"^(?P<split>[a-z]+)-(?P<index>\d{5})-of-(?P<total>\d{5})\.parquet$")
+__all__ = ["DATA_DIR", "SHARD_RE", "card_facts", "read_rows", "shard_files"]
+
 NOT_RECORDED = "not recorded"
-
-
-def shard_files(folder: str | Path) -> dict[str, list[Path]]:
-    """Parquet shards of a built folder per split (split order: train, validation, test, others sorted)."""
-    found: dict[str, list[Path]] = {}
-    data_dir = Path(folder) / DATA_DIR
-    for path in sorted(data_dir.glob("*.parquet")) if data_dir.is_dir() else []:
-        if match := SHARD_RE.match(path.name):
-            found.setdefault(match["split"], []).append(path)
-    order = {"train": 0, "validation": 1, "test": 2}
-    return dict(sorted(found.items(), key=lambda item: (order.get(item[0], 3), item[0])))
 
 
 def read_rows(folder: str | Path) -> list[dict[str, Any]]:
@@ -170,10 +167,13 @@ def card_facts(folder: str | Path, report: dict[str, Any], *, config_name: str, 
         "source_datasets": source_datasets,
         "sample_grid": sample_grid,
         "build_report": report,
-        # the builder config is the Hub config (load_dataset(REPO, "synthetic")); default: load_dataset(REPO) too
-        "configs": [{"config_name": config_name, "default": True,
-                     "data_files": [{"split": split, "path": f"{DATA_DIR}/{split}-*"} for split in splits]}],
+        # the builder config is the Hub config (load_dataset(REPO, "synthetic")) and the default one; synthetic
+        # and a1111 add one config per sampler (dataset.layout)
+        "configs": hub_configs(config_name, splits, _subset_splits(rows) if config_name in SUBSET_CONFIGS else {}),
+        "config_rows": _config_rows(rows, config_name),
     }
+    if config_name in SUBSET_CONFIGS:
+        facts["subset_samplers"] = _subset_samplers(rows, config_name)
     if config_name == "real":
         grouped = any(r.get("lesion_id") or r.get("patient_id") for r in rows)
         facts["split_by"] = "patient and lesion" if grouped else "image (no lesion or patient ids)"
@@ -200,3 +200,29 @@ def _class_sampler_steps(rows: list[dict]) -> list[dict[str, Any]]:
     counts = Counter((r["label"], r.get("sampler") or NOT_RECORDED, r.get("steps")) for r in rows)
     return [{"label": label, "sampler": sampler, "steps": steps, "count": n}
             for (label, sampler, steps), n in sorted(counts.items(), key=lambda i: (i[0][0], i[0][1], i[0][2] or 0))]
+
+
+def _subset_splits(rows: list[dict]) -> dict[str, set[str]]:
+    subsets: dict[str, set[str]] = {}
+    for row in rows:
+        subsets.setdefault(sampler_slug(row.get("sampler")), set()).add(row["split"])
+    return subsets
+
+
+def _config_rows(rows: list[dict], config_name: str) -> dict[str, dict[str, int]]:
+    """{Hub config: {split: rows}} for the whole config and each sampler subset (the card lists them)."""
+    counts: dict[str, Counter] = {config_name: Counter(r["split"] for r in rows)}
+    if config_name in SUBSET_CONFIGS:
+        for row in rows:
+            counts.setdefault(subset_config_name(config_name, sampler_slug(row.get("sampler"))), Counter())[
+                row["split"]] += 1
+    return {name: dict(counts[name]) for name in [config_name, *sorted(n for n in counts if n != config_name)]}
+
+
+def _subset_samplers(rows: list[dict], config_name: str) -> dict[str, list[str]]:
+    """{sampler subset config: the sampler names it holds} (names that give one slug share a subset)."""
+    names: dict[str, set[str]] = {}
+    for row in rows:
+        names.setdefault(subset_config_name(config_name, sampler_slug(row.get("sampler"))), set()).add(
+            row.get("sampler") or NOT_RECORDED)
+    return {config: sorted(found) for config, found in sorted(names.items())}

@@ -25,6 +25,13 @@ from typing import Any
 import jinja2
 import yaml
 
+from dermt2im_hub.hub.configs import (
+    as_info_list,
+    config_rows,
+    merge_configs,
+    merge_dataset_info,
+    merge_front_matter,
+)
 from dermt2im_hub.hub.eval_results import hub_dataset_id, hub_metric_id
 from dermt2im_hub.hub.nature import run_nature
 from dermt2im_hub.hub.redact import cut_local_paths
@@ -295,7 +302,10 @@ def _common_context(manifest: Mapping[str, Any], kind: str, repo_id: str | None)
     config = manifest.get("config")
     config_yaml = yaml.safe_dump(config, sort_keys=False).strip() if is_recorded(config) else None
     license_recorded = is_recorded(facts.get("license"))
-    builder_config = facts.get("builder_config") if facts.get("builder_config") in BUILDER_CONFIGS else None
+    # the card's fact, else the resolved dataset config's name (the publishing gate reads the same two)
+    built_with = config.get("config_name") if isinstance(config, Mapping) else None
+    recorded_config = facts.get("builder_config") or (built_with if manifest.get("stage") == "build_dataset" else None)
+    builder_config = recorded_config if recorded_config in BUILDER_CONFIGS else None
     if license_recorded:
         license_id = facts.get("license")
     elif kind == "dataset":
@@ -376,12 +386,26 @@ def _public_name(value: Any) -> str | None:
 
 def _dataset_context(ctx: dict[str, Any]) -> dict[str, Any]:
     f = ctx["f"]
-    configs = [c for c in (f.get("configs") or []) if isinstance(c, Mapping)]
+    configs = _clean_configs([c for c in (f.get("configs") or []) if isinstance(c, Mapping)])
+    info = as_info_list(_plain(f.get("dataset_info")))
+    own_names = [c["config_name"] for c in configs]
+    remote = ctx.get("repo_card_data")
+    if remote is not None and ctx["builder_config"]:  # a push into a repo that may hold other configs
+        configs = merge_configs(configs, _plain(remote.get("configs")), ctx["builder_config"])
+        info = merge_dataset_info(info, _plain(remote.get("dataset_info")), configs)
     models = [dict(m, hash_of=m.get("hash_of") or NOT_RECORDED) for m in (f.get("base_models") or [])
               if isinstance(m, Mapping)]
+    # the config this card's sections describe: the builder config when the block names it
+    this_config = ctx["builder_config"] if ctx["builder_config"] in own_names else next(iter(own_names), None)
     ctx.update(
         configs=configs,
-        config_names=[c.get("config_name") for c in configs if c.get("config_name")],
+        dataset_info=info,
+        config_rows=config_rows(configs, info, f.get("config_rows")),
+        this_config=this_config,
+        first_split=next((d["split"] for c in configs if c["config_name"] == this_config for d in c["data_files"]),
+                         "train"),
+        subset_example=next((n for n in own_names if this_config and n.startswith(f"{this_config}-")), None),
+        other_configs=[c["config_name"] for c in configs if c["config_name"] not in own_names],
         num_rows=_dataset_rows(f),
         base_models=models,
         has_adapters=is_recorded(f.get("adapters")),
@@ -493,7 +517,7 @@ def _dataset_card_data(ctx: dict[str, Any]):
 
     f = ctx["f"]
     size = size_category(ctx["num_rows"])
-    return DatasetCardData(
+    data = DatasetCardData(
         license=ctx["license"],
         task_categories=list(DATASET_TASKS),
         size_categories=[size] if size else None,
@@ -501,10 +525,16 @@ def _dataset_card_data(ctx: dict[str, Any]):
         annotations_creators=["expert-generated"] if ctx["builder_config"] == "real" else ["machine-generated"],
         tags=_dataset_tags(ctx),
         source_datasets=_hub_ids(f.get("source_datasets")) or None,
-        configs=_clean_configs(ctx["configs"]) or None,
-        # `datasets` keys its cache of a local folder on this block; keep it when a card is re-rendered
-        dataset_info=json.loads(json.dumps(f.get("dataset_info"))) if f.get("dataset_info") else None,
+        configs=ctx["configs"] or None,
+        # `datasets` keys its cache of a local folder on this block (and checks each config's row counts with
+        # it); keep it when a card is re-rendered
+        dataset_info=json.loads(json.dumps(ctx["dataset_info"])) if ctx["dataset_info"] else None,
     )
+    remote = ctx.get("repo_card_data")
+    if remote is None or not ctx["builder_config"]:
+        return data
+    # the repo holds the remote card's configs too: its tags, licences ... stay (hub.configs)
+    return DatasetCardData(**merge_front_matter(data.to_dict(), _plain(remote)))
 
 
 DEFAULT_DATASET_TITLE = "Derm-T2IM skin lesions"
@@ -600,17 +630,21 @@ def _render_partials(ctx: dict[str, Any]) -> dict[str, str]:
             for name in PARTIALS}
 
 
-def build_card(manifest: Mapping[str, Any], kind: str | None = None, repo_id: str | None = None):
+def build_card(manifest: Mapping[str, Any], kind: str | None = None, repo_id: str | None = None,
+               repo_card_data: Mapping[str, Any] | None = None):
     """The ModelCard/DatasetCard for a manifest (no file is read or written).
 
     Every absolute local path in the manifest (config values, facts, inputs, free text) is cut to its last
-    part first, so a public card does not reveal a machine's directory layout."""
+    part first, so a public card does not reveal a machine's directory layout. `repo_card_data`: the front
+    matter of the card already in the target dataset repo, whose configs the card keeps (hub.configs)."""
     from huggingface_hub import DatasetCard, ModelCard
 
     banner = run_banner(manifest, card_kind(manifest, kind))  # follows the recorded local folders: before cutting
     manifest = cut_local_paths(manifest)
     kind = card_kind(manifest, kind)
-    ctx = _CONTEXT_BUILDERS[kind](_common_context(manifest, kind, repo_id))
+    ctx = _common_context(manifest, kind, repo_id)
+    ctx["repo_card_data"] = repo_card_data
+    ctx = _CONTEXT_BUILDERS[kind](ctx)
     ctx.update(_render_partials(ctx))
     card_data = _CARD_DATA_BUILDERS[kind](ctx)
     card_class = DatasetCard if kind == "dataset" else ModelCard

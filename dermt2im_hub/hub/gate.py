@@ -15,7 +15,10 @@ STAGE_RULES or TABLE_RULES holds for each of them. The rules:
   built dataset must hold its parquet shards and no leftovers of an interrupted build;
 - every table that goes up (metadata.jsonl, *.parquet): rows flagged by the memorization audit need
   `allow_memorized`, and columns naming real training images need `allow_real_images`;
-- the card that goes up is rendered from the manifest for the target repo id (never a placeholder id).
+- the card that goes up is rendered from the manifest for the target repo id (never a placeholder id);
+- a built dataset goes up as one config of a repo that may hold several (hub.configs): its files under
+  `data/<config>/`, replacing only that config's remote files, its card merged with the remote card
+  (`card_for_repo`, called by push_folder once it has read the remote card).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from dermt2im_hub.hub.cards import CARD_NAME, CardError, build_card, load_manifest
+from dermt2im_hub.hub.configs import CONFIG_NAMES, replaced_patterns, repo_path
 from dermt2im_hub.hub.resolve import HubInputError, require_hub_id
 from dermt2im_hub.manifest import MANIFEST_NAME
 from dermt2im_hub.records import METADATA_NAME, TRAINING_REFERENCE_KEYS
@@ -88,7 +92,10 @@ class Permissions:
 @dataclass
 class PushPlan:
     """What a push of `folder` sends: repo-relative `files`, the outward links left out, and the card text
-    rendered for `repo_id` (None when the folder has no manifest: its own README.md, if any, goes up)."""
+    rendered for `repo_id` (None when the folder has no manifest: its own README.md, if any, goes up).
+    A built dataset (`dataset_config` set) goes up as one config of a repo that may hold several: `renamed`
+    maps a file to its path in the repo when it differs, `replaces` lists the remote files it replaces
+    (upload_folder's delete_patterns), and its card is merged with the repo's (card_for_repo)."""
 
     folder: Path
     repo_id: str
@@ -96,6 +103,13 @@ class PushPlan:
     files: list[str]
     skipped_links: list[str] = field(default_factory=list)
     card: str | None = None
+    dataset_config: str | None = None
+    renamed: dict[str, str] = field(default_factory=dict)
+    replaces: list[str] = field(default_factory=list)
+    manifest: dict[str, Any] | None = None
+
+    def repo_path(self, path: str) -> str:
+        return self.renamed.get(path, path)
 
 
 @dataclass
@@ -229,8 +243,21 @@ def _built_dataset(stage: StageFolder, permissions: Permissions) -> None:
     if (stage.path / BUILD_STAGING_DIR).exists():
         raise PushError(f"refusing to push {stage.root}{stage.where()}: it holds {BUILD_STAGING_DIR}/ from an "
                         "interrupted build; run build-dataset again")
-    if not any((stage.path / "data").glob("*.parquet")):
+    if not any((stage.path / "data").rglob("*.parquet")):
         raise PushError(f"refusing to push {stage.root}{stage.where()}: data/ holds no parquet shards")
+    if builder_config(stage.manifest) is None:
+        raise PushError(f"refusing to push {stage.root}{stage.where()}: its manifest names no builder config "
+                        f"({', '.join(CONFIG_NAMES)}), which decides where its files go in the repo; run "
+                        "build-dataset again")
+
+
+def builder_config(manifest: dict[str, Any] | None) -> str | None:
+    """The builder config a build-dataset manifest records (the card's, else the resolved config's), when it is
+    one of the known names (it becomes a path in the repo)."""
+    manifest = _mapping(manifest)
+    card = _mapping(_mapping(manifest.get("extra")).get("card"))
+    name = card.get("builder_config") or _mapping(manifest.get("config")).get("config_name")
+    return name if name in CONFIG_NAMES else None
 
 
 StageRule = Callable[[StageFolder, Permissions], None]
@@ -318,7 +345,36 @@ def review(folder: str | os.PathLike, repo_id: str, repo_type: str | None = None
         files = sorted([*files, CARD_NAME])
     if CARD_NAME not in files:
         logger.warning("%s has no %s: the Hub repo will have no card", folder, CARD_NAME)
-    return PushPlan(folder, repo_id, repo_type, files, links, card)
+    plan = PushPlan(folder, repo_id, repo_type, files, links, card, manifest=own)
+    config = builder_config(own) if (own or {}).get("stage") == "build_dataset" and repo_type == "dataset" else None
+    if config is not None:
+        plan.dataset_config = config
+        plan.renamed = {p: repo_path(p, config) for p in files if repo_path(p, config) != p}
+        plan.replaces = replaced_patterns(config)
+    return plan
+
+
+def card_for_repo(plan: PushPlan, remote_card: str | None) -> str | None:
+    """The card a built dataset's push uploads, given the README already in the repo (None: there is none):
+    rendered for the repo with the remote card's other configs merged in (hub.configs). A remote README that
+    cannot be read is refused rather than overwritten, since its configs would be lost."""
+    if plan.dataset_config is None or plan.manifest is None:
+        return plan.card
+    remote_data: dict[str, Any] = {}
+    if remote_card is not None:
+        from huggingface_hub import DatasetCard
+
+        try:
+            remote_data = DatasetCard(remote_card).data.to_dict()
+        except (ValueError, TypeError, AttributeError) as error:
+            raise PushError(f"refusing to push to {plan.repo_id}: its README.md front matter cannot be read "
+                            f"({type(error).__name__}: {error}), so its configs cannot be kept; fix it first") from None
+    import jinja2
+
+    try:
+        return str(build_card(plan.manifest, repo_id=plan.repo_id, repo_card_data=remote_data))
+    except (CardError, TypeError, AttributeError, KeyError, ValueError, jinja2.TemplateError) as error:
+        raise PushError(f"refusing to push: the card cannot be merged with {plan.repo_id}'s ({error})") from None
 
 
 # Image files any clinic or camera writes (a raw folder of them may hold patients' photos).

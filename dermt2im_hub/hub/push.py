@@ -3,7 +3,8 @@
     info = push_folder("outputs/lora", "my-org/dermt2im-lora")   # -> huggingface_hub CommitInfo
     print(info.commit_url)
 
-This wraps `HfApi.create_repo` + `HfApi.repo_info` + `HfApi.upload_folder`. What may go up is decided by the
+This wraps `HfApi.create_repo` + `HfApi.repo_info` + `HfApi.upload_folder` (+ `HfApi.hf_hub_download` of the
+repo's card when a built dataset goes up as one config of a repo that may hold several: hub.configs). What may go up is decided by the
 publishing gate (dermt2im_hub.hub.gate: stage rules, memorized rows, real images, outward symlinks, pickle
 weights, the card rendered for the target repo); this module adds the mechanics:
 - the repo is created private unless `private=False` (an existing repo keeps its visibility), and a private
@@ -38,6 +39,7 @@ from dermt2im_hub.hub.gate import (
     PushError,
     PushPlan,
     UnsafeWeightsError,
+    card_for_repo,
     files_to_upload,
     real_image_content,
     review,
@@ -123,13 +125,34 @@ def staged_folder(plan: PushPlan) -> Iterator[tuple[Path, list[str]]]:
     with tempfile.TemporaryDirectory(prefix="dermt2im-push-") as tmp:
         staging = Path(tmp) / "upload"
         for path in plan.files:
-            target = staging / path
+            target = staging / plan.repo_path(path)
             target.parent.mkdir(parents=True, exist_ok=True)
             if path in rewritten:
                 target.write_bytes(rewritten[path])
             else:  # the file itself (a link inside the folder: the file it was checked to reach)
                 _link_or_copy(Path(os.path.realpath(folder / path)), target)
         yield staging, sorted(rewritten)
+
+
+def remote_card(api, repo_id: str, repo_type: str, revision: str | None) -> str | None:
+    """The README.md a repo holds now, or None when it has none (or the repo or branch is new)."""
+    from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
+
+    try:
+        path = api.hf_hub_download(repo_id=repo_id, filename=CARD_NAME, repo_type=repo_type, revision=revision)
+    except (EntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError):
+        return None
+    return Path(path).read_text(encoding="utf-8")
+
+
+def merge_repo_card(api, plan: PushPlan, staging: Path, revision: str | None, **retry) -> None:
+    """A built dataset's card as it goes up: merged with the repo's current card (gate.card_for_repo) and
+    written, redacted like every published card, into the staged upload."""
+    existing = with_retries(lambda: remote_card(api, plan.repo_id, plan.repo_type, revision),
+                            "hf_hub_download README.md", **retry)
+    plan.card = card_for_repo(plan, existing)
+    card = plan.card.encode("utf-8")
+    (staging / CARD_NAME).write_bytes(redact_file(CARD_NAME, card) or card)
 
 
 def _link_or_copy(source: Path, target: Path) -> None:
@@ -186,9 +209,13 @@ def push_folder(folder: str | os.PathLike, repo_id: str, repo_type: str | None =
         if revision and revision != "main":
             with_retries(lambda: api.create_branch(repo_id, branch=revision, repo_type=repo_type, exist_ok=True),
                          "create_branch", **retry)
+        if plan.dataset_config is not None:
+            merge_repo_card(api, plan, staging, revision, **retry)
         logger.info("uploading %d files from %s to %s (%s); rewritten for publishing: %d", len(plan.files),
                     plan.folder, repo_url, repo_type, len(rewritten))
         return with_retries(lambda: api.upload_folder(
             repo_id=repo_id, folder_path=str(staging), repo_type=repo_type, revision=revision,
             commit_message=message, ignore_patterns=list(IGNORE_PATTERNS),  # fresh list: upload_folder extends it
+            # a built dataset replaces its own config's remote files only (hub.configs)
+            **({"delete_patterns": list(plan.replaces)} if plan.replaces else {}),
         ), "upload_folder", **retry)
