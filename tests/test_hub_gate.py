@@ -257,3 +257,29 @@ def test_a_raw_folder_of_images_needs_allow_real_images(tmp_path, shared_data):
     notes.mkdir()
     (notes / "README.md").write_text("no images here\n")
     assert review(notes, REPO).files == ["README.md"]
+
+
+def test_run_pushes_the_synthetic_and_real_datasets_as_two_configs_of_one_repo(tmp_path, monkeypatch):
+    """run.push.dataset and run.push.real_dataset may name one repo: both pushes happen, both are listed, and the
+    repo's card holds both configs (the second push merges with the first's card)."""
+    import huggingface_hub
+    import yaml
+
+    from dermt2im_hub.pipeline.config import PushTargets, RunConfig
+    from dermt2im_hub.pipeline.stages import RunLayout, push_all
+
+    from dermt2im_hub.dataset.layout import hub_configs
+
+    root = tmp_path / "run"
+    for name in ("synthetic", "real"):
+        folder = _built_dataset(root / "datasets" / name, config_name=name)
+        card = {"builder_config": name, "num_rows": 2, "configs": hub_configs(name, {"train": 1}, {})}
+        write_manifest(folder, "build_dataset", config={"config_name": name}, extra={"card": card})
+    api = RecordingHubApiDouble()
+    monkeypatch.setattr(huggingface_hub, "HfApi", lambda *a, **k: api)
+    pushed = push_all(RunConfig(output=str(root), push=PushTargets(dataset=REPO, real_dataset=REPO)), RunLayout(root))
+    assert sorted(pushed) == [f"{REPO} (datasets/real)", f"{REPO} (datasets/synthetic)"]
+    front = yaml.safe_load(api.uploaded["README.md"].decode().split("---")[1])
+    assert sorted(c["config_name"] for c in front["configs"]) == ["real", "synthetic"]
+    assert any(name.startswith("data/real/") for name in api.uploaded)
+    assert any(name.startswith("data/synthetic/") for name in api.uploaded)

@@ -416,12 +416,13 @@ def push_targets(run: RunConfig, layout: RunLayout) -> list[tuple[Path, str, str
 
 def push_all(run: RunConfig, layout: RunLayout) -> dict[str, str]:
     """Upload each configured folder (private unless run.push.public) through the publishing gate; naming
-    run.push.real_dataset is the explicit ask to publish real images. Returns repo id -> commit URL."""
+    run.push.real_dataset is the explicit ask to publish real images. Returns "REPO (FOLDER)" -> commit URL
+    (the synthetic and real datasets may be two configs of one repo: both pushes are listed)."""
     from dermt2im_hub.hub import push_folder
 
     urls = {}
     for folder, repo_id, repo_type in push_targets(run, layout):
-        urls[repo_id] = push_folder(folder, repo_id, repo_type=repo_type, private=not run.push.public,
+        urls[f"{repo_id} ({folder.relative_to(layout.root)})"] = push_folder(folder, repo_id, repo_type=repo_type, private=not run.push.public,
                                     commit_message=f"dermt2im run: {folder.name}",
                                     allow_memorized=run.allow_memorized,
                                     allow_real_images=folder == layout.real_dataset)
