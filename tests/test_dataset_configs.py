@@ -9,8 +9,6 @@ The Hub tests push through the publishing gate into the local Hub server and loa
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -136,39 +134,6 @@ def test_merged_front_matter_describes_both_configs():
 # ---------------------------------------------------------------------------------------------- the Hub
 
 
-class RepoPublishingApi(PublishingApi):
-    """PublishingApi plus the rest of what a dataset push asks of HfApi: `hf_hub_download` of the repo's card
-    (read from the served git repo), and upload_folder's real semantics, which add to the repo: the new tree is
-    the repo's files, less those `delete_patterns` select that are not uploaded again, plus the upload."""
-
-    def hf_hub_download(self, *, repo_id, filename, repo_type="model", **kwargs):
-        import httpx
-        from huggingface_hub.errors import RemoteEntryNotFoundError
-
-        path = self.local_hub.repo_path(repo_id, repo_type) / filename
-        if not path.is_file():
-            request = httpx.Request("GET", f"{self.local_hub.endpoint}/{repo_id}/resolve/main/{filename}")
-            raise RemoteEntryNotFoundError("404 entry not found", response=httpx.Response(404, request=request))
-        return str(path)
-
-    def upload_folder(self, *, repo_id, folder_path, repo_type="model", ignore_patterns=None, delete_patterns=None,
-                      **kwargs):
-        from huggingface_hub.utils import filter_repo_objects
-        from huggingface_hub.utils._paths import DEFAULT_IGNORE_PATTERNS
-
-        source, repo = Path(folder_path), self.local_hub.repo_path(repo_id, repo_type)
-        added = set(filter_repo_objects(_files(source), ignore_patterns=list(ignore_patterns or [])
-                                        + DEFAULT_IGNORE_PATTERNS))
-        current = _files(repo) if repo.is_dir() else []
-        deleted = set(filter_repo_objects(current, allow_patterns=delete_patterns)) if delete_patterns else set()
-        with tempfile.TemporaryDirectory() as tmp:
-            tree = Path(tmp)
-            for path, root in [*((p, repo) for p in current if p not in deleted | added), *((p, source) for p in added)]:
-                (tree / path).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(root / path, tree / path)
-            return super().upload_folder(repo_id=repo_id, folder_path=str(tree), repo_type=repo_type, **kwargs)
-
-
 def _files(root: Path) -> list[str]:
     return sorted(p.relative_to(root).as_posix() for p in root.rglob("*")
                   if p.is_file() and ".git" not in p.relative_to(root).parts)
@@ -242,7 +207,7 @@ print(json.dumps({
 def test_two_configs_share_one_repo_and_a_repush_replaces_only_its_own(local_hub, built):
     from dermt2im_hub.dataset.export import push_dataset
 
-    api = RepoPublishingApi(local_hub)
+    api = PublishingApi(local_hub)
     synthetic, real, smaller = built["synthetic"], built["real"], built["smaller"]  # smaller: no PLMS rows
     repo = local_hub.repo_path(REPO, "dataset")
 

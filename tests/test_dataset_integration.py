@@ -10,9 +10,9 @@ import json
 
 import pytest
 from test_dataset import build, write_generated_folder
-from test_dataset_configs import RepoPublishingApi
 
 from dermt2im_hub.dataset.layout import sampler_slug
+from dermt2im_hub.testing.hub_server import PublishingApi
 
 pytestmark = pytest.mark.integration
 
@@ -54,7 +54,7 @@ def test_built_folder_loads_from_the_hub_as_org_dermt2im(local_hub, tmp_path):
     generated = write_generated_folder(tmp_path / "generated", n=6)
     folder = tmp_path / "dermt2im"
     build(generated, folder)
-    push_dataset(folder, "org/dermt2im", api=RepoPublishingApi(local_hub))  # through the publishing gate
+    push_dataset(folder, "org/dermt2im", api=PublishingApi(local_hub))  # through the publishing gate
 
     result = local_hub.run_python(_CONSUME, "org/dermt2im", timeout=300)
     assert result.returncode == 0, result.stderr[-4000:]

@@ -186,6 +186,41 @@ def test_every_sampler_draws_in_distribution_images(tiny_world):
     assert pooled >= MIN_FIDELITY - 0.05
 
 
+# What each A1111 sampler is, written here independently of the registry: two are stochastic (fresh noise every
+# step); of the deterministic ODE solvers, these are of second order or more and converge faster than Euler.
+STOCHASTIC_SAMPLERS = {"Euler a", "DPM++ 2M SDE Karras"}
+HIGHER_ORDER_SAMPLERS = {"Heun", "DPM++ 2M", "DPM++ 2M Karras", "UniPC"}
+
+
+def _mean_abs_difference(a: list[Image.Image], b: list[Image.Image]) -> float:
+    return float(np.mean([np.abs(np.asarray(x, np.float32) - np.asarray(y, np.float32)).mean() for x, y in zip(a, b)]))
+
+
+@pytest.mark.slow  # the shared fixture trains the demo's LoRA: about 1.5 min idle, 4 on a busy 2-core VM
+def test_deterministic_samplers_converge_to_one_image(tiny_world):
+    """Same seeds and prompts: every deterministic sampler solves the same ODE, so at 20 steps it lands near a
+    50-step Heun reference (mean absolute pixel difference, 0-255), higher-order solvers nearer than Euler, and
+    the stochastic ones far from it. A sampler mapped to the wrong scheduler class, prediction type, solver order
+    or ancestral step fails here; spacing is checked exactly in test_generation_plan."""
+    assert STOCHASTIC_SAMPLERS | HIGHER_ORDER_SAMPLERS <= set(known_samplers())
+    lora = [str(tiny_world.lora_file)]
+    reference, _ = tiny_world.generate("ref-heun", lora, samplers=["Heun"], num_images=8, steps="50")
+    second, _ = tiny_world.generate("ref-dpm", lora, samplers=["DPM++ 2M"], num_images=8, steps="50")
+    distance = {"DPM++ 2M at 50 steps": _mean_abs_difference(reference, second)}
+    for sampler in known_samplers():
+        images, _ = tiny_world.generate(f"ode-{sampler}", lora, samplers=[sampler], num_images=8, steps="20")
+        distance[sampler] = _mean_abs_difference(reference, images)
+    print("mean abs difference to 50-step Heun:", {k: round(v, 2) for k, v in distance.items()})
+    assert distance["DPM++ 2M at 50 steps"] <= 1.5, "two solvers at 50 steps disagree: the reference is wrong"
+    deterministic = [s for s in known_samplers() if s not in STOCHASTIC_SAMPLERS]
+    for sampler in deterministic:
+        assert distance[sampler] <= 8.0, (sampler, distance[sampler])
+    for sampler in HIGHER_ORDER_SAMPLERS:
+        assert distance[sampler] <= distance["Euler"] / 2, (sampler, distance[sampler], distance["Euler"])
+    for sampler in STOCHASTIC_SAMPLERS:
+        assert distance[sampler] >= 2 * max(distance[s] for s in deterministic), (sampler, distance[sampler])
+
+
 @pytest.mark.slow  # the shared fixture trains the demo's LoRA: about 1.5 min idle, 4 on a busy 2-core VM
 def test_single_file_checkpoint_generates_what_the_folder_does(tiny_world, tmp_path):
     from test_generation_models import save_as_a1111_checkpoint

@@ -248,8 +248,10 @@ class LocalHubServer:
 
 
 class PublishingApi:
-    """What push_folder asks of HfApi, answered by the local Hub: upload_folder publishes the folder it is given
-    (olah is read-only, so the commit is made by `local_hub.publish`)."""
+    """What push_folder asks of HfApi, answered by the local Hub (olah is read-only, so commits are made by
+    `local_hub.publish`): `hf_hub_download` reads the served repo, and upload_folder has the real one's semantics,
+    which add to the repo: the new tree is the repo's files, less those `delete_patterns` select that are not
+    uploaded again, plus the upload."""
 
     def __init__(self, local_hub):
         self.local_hub = local_hub
@@ -262,11 +264,42 @@ class PublishingApi:
 
         return SimpleNamespace(id=repo_id, private=True)
 
-    def upload_folder(self, *, repo_id, folder_path, repo_type="model", **kwargs):
+    def hf_hub_download(self, *, repo_id, filename, repo_type="model", **kwargs):
+        import httpx
+        from huggingface_hub.errors import RemoteEntryNotFoundError
+
+        path = self.local_hub.repo_path(repo_id, repo_type) / filename
+        if not path.is_file():
+            request = httpx.Request("GET", f"{self.local_hub.endpoint}/{repo_id}/resolve/main/{filename}")
+            raise RemoteEntryNotFoundError("404 entry not found", response=httpx.Response(404, request=request))
+        return str(path)
+
+    def upload_folder(self, *, repo_id, folder_path, repo_type="model", ignore_patterns=None, delete_patterns=None,
+                      **kwargs):
+        import shutil
+        import tempfile
         from types import SimpleNamespace
 
-        sha = self.local_hub.publish(folder_path, repo_id, repo_type=repo_type)
+        from huggingface_hub.utils import filter_repo_objects
+        from huggingface_hub.utils._paths import DEFAULT_IGNORE_PATTERNS
+
+        source, repo = Path(folder_path), self.local_hub.repo_path(repo_id, repo_type)
+        added = set(filter_repo_objects(_files(source), ignore_patterns=list(ignore_patterns or [])
+                                        + DEFAULT_IGNORE_PATTERNS))
+        current = _files(repo) if repo.is_dir() else []
+        deleted = set(filter_repo_objects(current, allow_patterns=delete_patterns)) if delete_patterns else set()
+        with tempfile.TemporaryDirectory() as tmp:
+            tree = Path(tmp)
+            for path, root in [*((p, repo) for p in current if p not in deleted | added), *((p, source) for p in added)]:
+                (tree / path).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(root / path, tree / path)
+            sha = self.local_hub.publish(str(tree), repo_id, repo_type=repo_type)
         return SimpleNamespace(commit_url=f"{self.local_hub.endpoint}/{repo_id}/commit/{sha}")
+
+
+def _files(root: Path) -> list[str]:
+    return sorted(p.relative_to(root).as_posix() for p in root.rglob("*")
+                  if p.is_file() and ".git" not in p.relative_to(root).parts)
 
 
 def _no_proxy(existing: str | None) -> str:
