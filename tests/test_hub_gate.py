@@ -265,10 +265,9 @@ def test_run_pushes_the_synthetic_and_real_datasets_as_two_configs_of_one_repo(t
     import huggingface_hub
     import yaml
 
+    from dermt2im_hub.dataset.layout import hub_configs
     from dermt2im_hub.pipeline.config import PushTargets, RunConfig
     from dermt2im_hub.pipeline.stages import RunLayout, push_all
-
-    from dermt2im_hub.dataset.layout import hub_configs
 
     root = tmp_path / "run"
     for name in ("synthetic", "real"):

@@ -45,10 +45,11 @@ def demo_run(tmp_path_factory):
 def test_run_writes_every_stage_and_a_report(demo_run):
     out, summary = demo_run
     expected = {"inputs:phantoms", "inputs:tiny-base", "preprocess:phantoms", "train_lora", "generate", "qa",
-                "dataset:synthetic", "dataset:real", "benchmark", "leaderboard", "cards"}
+                "dataset:synthetic", "dataset:real", "benchmark", "leaderboard", "inputs:phantom-judge", "validate",
+                "cards"}
     assert expected <= set(summary.ran)
     for folder in ("data/phantoms", "lora", "generated", "qa", "datasets/synthetic", "datasets/real",
-                   "benchmark/results", "leaderboard"):
+                   "benchmark/results", "leaderboard", "validation"):
         manifest = json.loads((out / folder / "manifest.json").read_text())
         assert manifest["status"] == "complete", folder
         assert (out / folder / "README.md").is_file(), folder
@@ -65,6 +66,11 @@ def test_run_writes_every_stage_and_a_report(demo_run):
     images = [link for link in parser.links if link.endswith(".png")]
     assert any("contact_sheet" in i for i in images) and any("loss_curve" in i for i in images)
     assert any("synthetic_fraction" in i for i in images)
+    # label fidelity of the kept images, judged by the phantom judge (a timm folder the validate stage loads)
+    validation = json.loads((out / "validation" / "report.json").read_text())
+    assert validation["fidelity"]["overall"]["n"] > 0
+    assert validation["fidelity"]["classifier"] == str(out / "inputs" / "phantom-judge")
+    assert "Label fidelity" in html and "judge of the tiny world" in html
     for link in parser.links:
         assert (out / link).exists(), link
 

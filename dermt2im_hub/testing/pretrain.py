@@ -5,7 +5,8 @@ trains the same kind of pipeline (diffusers' AutoencoderKL + UNet2DConditionMode
 real CLIP tokenizer, a small random text encoder that stays frozen) on phantom images, the way SD1.5 was trained
 on captioned photos:
 
-1. a small VAE (8x downsampling, 4 latent channels: 64 px -> 8x8 latents) learns to reconstruct phantoms;
+1. a small VAE (4 latent channels like SD1.5's, but 4x downsampling: 64 px -> 16x16 latents; at SD1.5's 8x the
+   8x8 latents lost the malignant cues) learns to reconstruct whole phantoms (MSE + L1, a tiny KL);
 2. a small UNet learns epsilon-prediction denoising of the cached, scaled latents under SD1.5's noise schedule,
    conditioned on *class-neutral* captions ("a dermoscopic image of a small skin lesion, on brown skin ...") whose
    skin-tone, size and hair words come from each phantom's own parameters; 10% of captions are empty so
@@ -50,13 +51,21 @@ class PretrainConfig:
     num_images: int = field(default=1024, metadata={"help": "phantoms to train on (half per class)"})
     phantom_seed: int = field(default=1000, metadata={"help": "phantom seed (the demo uses 0: the base never sees it)"})
     render_size: int = field(default=128, metadata={"help": "phantoms are rendered at this side, then downsampled"})
-    size: int = field(default=64, metadata={"help": "image side the base works at (8x8 latents at 64 px)"})
-    vae_steps: int = field(default=1000, metadata={"help": "VAE optimisation steps"})
+    size: int = field(default=64, metadata={"help": "image side the base works at"})
+    latent_downsampling: int = field(default=4, metadata={
+        "help": "VAE downsampling factor (8 as SD1.5: 8x8 latents at 64 px; 4: 16x16 latents keep the phantoms' "
+                "fine colour patches and borders)"})
+    vae_steps: int = field(default=2000, metadata={"help": "VAE optimisation steps"})
     vae_batch_size: int = 16
-    vae_crop: int = field(default=32, metadata={"help": "the VAE trains on random crops (it is convolutional): 4x cheaper"})
+    vae_crop: int = field(default=64, metadata={
+        "help": "side of the random crops the VAE trains on (64: whole images; 32 px crops were 4x cheaper but lost "
+                "the malignant cues: bench/RESULTS.md)"})
     vae_lr: float = 2e-3
     vae_kl_weight: float = field(default=1e-6, metadata={"help": "KL weight (SD's VAE uses 1e-6)"})
+    vae_l1_weight: float = field(default=1.0, metadata={"help": "weight of an L1 term beside MSE (sharper colours)"})
     unet_steps: int = field(default=2000, metadata={"help": "UNet optimisation steps on cached latents"})
+    unet_channels: list[int] = field(default_factory=lambda: [32, 64], metadata={
+        "help": "UNet block widths: the first level has cross-attention, the last does not"})
     unet_batch_size: int = 64
     unet_lr: float = 2e-3
     ema_decay: float = field(default=0.995, metadata={"help": "the saved UNet is the EMA of its weights"})
@@ -128,17 +137,22 @@ def _cosine_lr(step: int, total: int, base: float, warmup: int = 100) -> float:
 # ------------------------------------------------------------------------------------------------ models
 
 
-def pretrained_architecture() -> dict[str, dict]:
-    """The shipped base's widths: a little wider VAE stem than the random tiny base, same UNet shape."""
+def pretrained_architecture(config: PretrainConfig | None = None) -> dict[str, dict]:
+    """The base's VAE and UNet arguments (diffusers' SD1.5 classes, small widths) for `config`."""
+    config = config or PretrainConfig()
+    levels = {4: 3, 8: 4}.get(config.latent_downsampling)
+    if levels is None:
+        raise ValueError(f"latent_downsampling must be 4 or 8, not {config.latent_downsampling}")
+    unet_levels = len(config.unet_channels)
     return {
-        "vae": dict(in_channels=3, out_channels=3, latent_channels=4, sample_size=64,
-                    block_out_channels=(16, 32, 64, 64), layers_per_block=1,
-                    down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+        "vae": dict(in_channels=3, out_channels=3, latent_channels=4, sample_size=config.size,
+                    block_out_channels=(16, 32, 64, 64)[:levels], layers_per_block=1,
+                    down_block_types=("DownEncoderBlock2D",) * levels, up_block_types=("UpDecoderBlock2D",) * levels,
                     norm_num_groups=16),
-        "unet": dict(sample_size=8, in_channels=4, out_channels=4, layers_per_block=1,
-                     block_out_channels=(32, 64),
-                     down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-                     up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        "unet": dict(sample_size=config.size // config.latent_downsampling, in_channels=4, out_channels=4,
+                     layers_per_block=1, block_out_channels=tuple(config.unet_channels),
+                     down_block_types=("CrossAttnDownBlock2D",) * (unet_levels - 1) + ("DownBlock2D",),
+                     up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * (unet_levels - 1),
                      cross_attention_dim=32, attention_head_dim=4, norm_num_groups=32),
     }
 
@@ -148,7 +162,7 @@ def train_vae(images: torch.Tensor, config: PretrainConfig, log=print):
     from diffusers import AutoencoderKL
 
     torch.manual_seed(config.seed)
-    vae = AutoencoderKL(**pretrained_architecture()["vae"])
+    vae = AutoencoderKL(**pretrained_architecture(config)["vae"])
     optimizer = torch.optim.AdamW(vae.parameters(), lr=config.vae_lr, weight_decay=0.0)
     generator = torch.Generator().manual_seed(config.seed)
     losses = []
@@ -162,7 +176,8 @@ def train_vae(images: torch.Tensor, config: PretrainConfig, log=print):
         posterior = vae.encode(batch).latent_dist
         latents = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=generator)
         reconstruction = vae.decode(latents).sample
-        loss = torch.nn.functional.mse_loss(reconstruction, batch) + config.vae_kl_weight * posterior.kl().mean()
+        loss = (torch.nn.functional.mse_loss(reconstruction, batch) + config.vae_kl_weight * posterior.kl().mean()
+                + config.vae_l1_weight * torch.nn.functional.l1_loss(reconstruction, batch))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -199,7 +214,7 @@ def train_unet(latents: torch.Tensor, infos: list[dict], tokenizer, text_encoder
     from dermt2im_hub.testing.tiny_base import SD15_SCHEDULER_CONFIG
 
     torch.manual_seed(config.seed + 1)
-    unet = UNet2DConditionModel(**pretrained_architecture()["unet"])
+    unet = UNet2DConditionModel(**pretrained_architecture(config)["unet"])
     ema = EMAModel(unet.parameters(), decay=config.ema_decay)
     scheduler = DDPMScheduler.from_config({k: v for k, v in SD15_SCHEDULER_CONFIG.items() if not k.startswith("_")})
     optimizer = torch.optim.AdamW(unet.parameters(), lr=config.unet_lr, weight_decay=1e-2)

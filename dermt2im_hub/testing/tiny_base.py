@@ -9,7 +9,8 @@ The folder loads with `StableDiffusionPipeline.from_pretrained(DIR)` / `Diffusio
 
 `pretrained=True` writes instead the tiny base that ships inside the package (`tiny_sd15/`, float16 safetensors
 with their sha256 in `dermt2im_tiny_base.json`): the same kind of pipeline, pretrained on phantom images with
-class-neutral captions by `dermt2im_hub.testing.pretrain`, so it draws lesion-like images. It is the demo's
+class-neutral captions by `dermt2im_hub.testing.pretrain`, so it draws lesion-like images (its VAE downsamples 4x:
+64 px -> 16x16 latents). It is the demo's
 `embedded:tiny-sd15` base; `pretrained_tiny_base_path()` gives a loadable float32 copy (cached).
 """
 
@@ -28,7 +29,7 @@ from dermt2im_hub.testing.tokenizer import VOCAB_SIZE, write_clip_tokenizer_file
 SHIPPED_PRETRAINED_DIR = Path(__file__).resolve().parent / "tiny_sd15"
 BASE_INFO_FILE = "dermt2im_tiny_base.json"
 PRETRAIN_COMMAND = "dermt2im make-tiny-base --pretrained --from-scratch DIR"
-WORLD = ("phantoms + a tiny base trained on them: a small SD1.5-shaped pipeline (64 px, 8x8 latents) pretrained "
+WORLD = ("phantoms + a tiny base trained on them: a small SD1.5-shaped pipeline (64 px, 16x16 latents) pretrained "
          "by this project on procedural phantom dermoscopy images with class-neutral captions; not a model of "
          "real skin lesions")
 
