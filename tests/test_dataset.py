@@ -719,7 +719,8 @@ def test_local_model_paths_stay_out_of_the_parquet(tmp_path):
     write_jsonl(folder / "metadata.jsonl", rows)
     out = tmp_path / "built"
     build(folder, out)
-    assert all(b"/home/alice" not in p.read_bytes() for p in (out / "data").glob("*.parquet"))
+    shards = list((out / "data").rglob("*.parquet"))
+    assert shards and all(b"/home/alice" not in p.read_bytes() for p in shards)
     dataset = load(out)["train"]
     assert set(dataset["model"]) == {"sd15"} and set(dataset["adapter"]) == {"lora"}
     assert "/home/alice" not in json.dumps(list(dataset["extra"]))

@@ -448,7 +448,7 @@ def test_an_oversized_infotext_is_flagged_and_not_published(world, tmp_path, cap
     code, stdout, err = run("build-dataset", tmp_path / "a1111", "--config", "a1111", "--output", tmp_path / "ds",
                             "--quiet", capsys=capsys)
     assert code == 0 and "oversized" in stdout, stdout + err
-    rows = pq.read_table(next((tmp_path / "ds" / "data").glob("*.parquet"))).to_pylist()
+    rows = pq.read_table(next((tmp_path / "ds" / "data").rglob("*.parquet"))).to_pylist()  # data/<config>/<sampler>/
     assert b"AAAAAAAA" not in rows[0]["image"]["bytes"]  # the 200 kB text was kept in the image bytes before
 
 
