@@ -337,7 +337,7 @@ def test_ctrl_c_lets_a_stage_child_finish_its_checkpoint(tmp_path):
              "time.sleep(30)\n")
 
     def ctrl_c():  # what a terminal does: SIGINT to the child and to this process
-        for _ in range(200):
+        for _ in range(1200):  # up to 60 s: a child's start takes seconds on a loaded 2-core machine
             if pid_file.is_file() and pid_file.read_text():
                 break
             threading.Event().wait(0.05)
