@@ -342,11 +342,18 @@ def test_ctrl_c_lets_a_stage_child_finish_its_checkpoint(tmp_path):
                 break
             threading.Event().wait(0.05)
         os.kill(int(pid_file.read_text()), signal.SIGINT)
-        os.kill(os.getpid(), signal.SIGINT)
+        # to the main thread, which waits on the child (a process-wide kill may land on this helper thread)
+        signal.pthread_kill(main_thread, signal.SIGINT)
 
-    threading.Thread(target=ctrl_c, daemon=True).start()
-    with pytest.raises(KeyboardInterrupt):
-        call_child([sys.executable, "-c", child])
+    main_thread = threading.main_thread().ident
+    # Python's own Ctrl-C handler, as a fresh `dermt2im run` has it (not whatever an earlier test left installed)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        threading.Thread(target=ctrl_c, daemon=True).start()
+        with pytest.raises(KeyboardInterrupt):
+            call_child([sys.executable, "-c", child])
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert saved.read_text() == "saved"
 
 
