@@ -452,17 +452,9 @@ def _leaderboard_section(layout, root: Path) -> list[Block]:
     return blocks + ([plot] if plot else [])
 
 
-def _percent_with_ci(summary: Any) -> str:
-    summary = _dict(summary)
-    accuracy, low, high = (summary.get(k) for k in ("accuracy", "ci_low", "ci_high"))
-    if not isinstance(accuracy, (int, float)):
-        return NOT_RECORDED
-    interval = f" (95 % CI {low:.1%}-{high:.1%})" if isinstance(low, (int, float)) and isinstance(high, (int, float)) else ""
-    return f"{accuracy:.1%} of {_value(summary.get('n'))}{interval}"
-
-
 def _validation_section(layout, root: Path) -> list[Block]:
     """Label fidelity (and the other validate checks' headlines) when the run has a validate stage."""
+    from dermt2im_hub.validation.summary import percent
     if not _manifest(layout.validation):
         return []
     report = _load_json(layout.validation / "report.json")
@@ -477,10 +469,10 @@ def _validation_section(layout, root: Path) -> list[Block]:
                    Para(f"Share of kept synthetic images that a classifier trained on real images only labels with "
                         f"their prompt's class (the paper: 72 %). Classifier: {judged_by}."),
                    Table(["images", "label fidelity"],
-                         [["all", _percent_with_ci(fidelity.get("overall"))]]
-                         + [[f"class {name}", _percent_with_ci(value)]
+                         [["all", percent(fidelity.get("overall"))]]
+                         + [[f"class {name}", percent(value)]
                             for name, value in _dict(fidelity.get("per_class")).items()]
-                         + [[f"sampler {name}", _percent_with_ci(value)]
+                         + [[f"sampler {name}", percent(value)]
                             for name, value in _dict(fidelity.get("per_sampler")).items()])]
         sheet = _figure(layout.validation / "least_faithful.png", root,
                         "The least faithful images: intended -> predicted label, P(intended)")

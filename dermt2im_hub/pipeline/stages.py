@@ -422,10 +422,10 @@ def push_all(run: RunConfig, layout: RunLayout) -> dict[str, str]:
 
     urls = {}
     for folder, repo_id, repo_type in push_targets(run, layout):
-        urls[f"{repo_id} ({folder.relative_to(layout.root)})"] = push_folder(folder, repo_id, repo_type=repo_type, private=not run.push.public,
-                                    commit_message=f"dermt2im run: {folder.name}",
-                                    allow_memorized=run.allow_memorized,
-                                    allow_real_images=folder == layout.real_dataset)
+        pushed = push_folder(folder, repo_id, repo_type=repo_type, private=not run.push.public,
+                             commit_message=f"dermt2im run: {folder.name}", allow_memorized=run.allow_memorized,
+                             allow_real_images=folder == layout.real_dataset)
+        urls[f"{repo_id} ({folder.relative_to(layout.root)})"] = pushed
     return urls
 
 

@@ -128,6 +128,11 @@ def _dihedral(batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return batch.flip(3) if torch.rand(1, generator=generator).item() < 0.5 else batch
 
 
+def _set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
 def _cosine_lr(step: int, total: int, base: float, warmup: int = 100) -> float:
     if step < warmup:
         return base * (step + 1) / warmup
@@ -168,8 +173,7 @@ def train_vae(images: torch.Tensor, config: PretrainConfig, log=print):
     losses = []
     vae.train()
     for step in range(config.vae_steps):
-        for group in optimizer.param_groups:
-            group["lr"] = _cosine_lr(step, config.vae_steps, config.vae_lr)
+        _set_lr(optimizer, _cosine_lr(step, config.vae_steps, config.vae_lr))
         index = torch.randint(0, len(images), (config.vae_batch_size,), generator=generator)
         top, left = (int(v) for v in torch.randint(0, images.shape[-1] - config.vae_crop + 1, (2,), generator=generator))
         batch = _dihedral(images[index, :, top:top + config.vae_crop, left:left + config.vae_crop], generator)
@@ -225,8 +229,7 @@ def train_unet(latents: torch.Tensor, infos: list[dict], tokenizer, text_encoder
     losses = []
     unet.train()
     for step in range(config.unet_steps):
-        for group in optimizer.param_groups:
-            group["lr"] = _cosine_lr(step, config.unet_steps, config.unet_lr)
+        _set_lr(optimizer, _cosine_lr(step, config.unet_steps, config.unet_lr))
         index = torch.randint(0, len(latents), (config.unet_batch_size,), generator=generator)
         captions = ["" if rng.random() < config.caption_dropout
                     else neutral_caption(infos[int(i) % num_images], rng, config.attribute_dropout) for i in index]

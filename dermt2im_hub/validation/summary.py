@@ -8,10 +8,13 @@ PAPER_FIDELITY = ("72 % (YOLOv8 trained on real ISIC images, 200 synthetic image
                   "arXiv 2401.05159)")
 
 
-def _percent(summary: dict[str, Any] | None) -> str:
-    if not summary or summary.get("accuracy") is None:
+def percent(summary: Any) -> str:
+    """An accuracy summary (stats.accuracy_summary) as "93.8 % (90/96; 95 % Wilson CI 87.0-97.1)"; "n/a" when it is
+    missing or malformed (the run report reads report.json back from disk)."""
+    if not isinstance(summary, dict) or not all(isinstance(summary.get(k), (int, float))
+                                                for k in ("accuracy", "ci_low", "ci_high")):
         return "n/a"
-    return (f"{100 * summary['accuracy']:.1f} % ({summary['correct']}/{summary['n']}; 95 % Wilson CI "
+    return (f"{100 * summary['accuracy']:.1f} % ({summary.get('correct')}/{summary.get('n')}; 95 % Wilson CI "
             f"{100 * summary['ci_low']:.1f}-{100 * summary['ci_high']:.1f})")
 
 
@@ -23,7 +26,7 @@ def _fidelity_lines(f: dict[str, Any]) -> list[str]:
     lines = ["## Label fidelity (real-only classifier vs the prompt's label)", "",
              f"- classifier: `{f['classifier']}` (input {f['data_config'].get('input_size')}, "
              f"mean {f['data_config'].get('mean')}, std {f['data_config'].get('std')})",
-             f"- accuracy: **{_percent(f['overall'])}**; the paper: {PAPER_FIDELITY}"]
+             f"- accuracy: **{percent(f['overall'])}**; the paper: {PAPER_FIDELITY}"]
     holdout = f.get("reference_holdout")
     if holdout:
         lines.append(f"- the classifier on held-out real images: accuracy {holdout['accuracy']:.3f}, balanced "
@@ -31,8 +34,8 @@ def _fidelity_lines(f: dict[str, Any]) -> list[str]:
     if f.get("unlabelled"):
         lines.append(f"- {f['unlabelled']} image(s) had no label in their prompt or folder and are not counted")
     lines += ["", "| group | accuracy |", "|---|---|"]
-    lines += [f"| class {name} | {_percent(s)} |" for name, s in f["per_class"].items()]
-    lines += [f"| sampler {name} | {_percent(s)} |" for name, s in f["per_sampler"].items()]
+    lines += [f"| class {name} | {percent(s)} |" for name, s in f["per_class"].items()]
+    lines += [f"| sampler {name} | {percent(s)} |" for name, s in f["per_sampler"].items()]
     matrix = f["confusion_matrix"]
     lines += ["", "Confusion matrix (rows: intended label, columns: predicted):", "",
               "| intended \\ predicted | " + " | ".join(matrix["classes"]) + " |",
@@ -64,9 +67,9 @@ def _detection_lines(d: dict[str, Any]) -> list[str]:
     return ["## Detection (transformers detector fine-tuned on real images)", "",
             f"- model: `{d['model']}`, fine-tuned on {d['train_images']} real images; score threshold "
             f"{d['score_threshold']}",
-            f"- detection rate: {_percent(d['detection_rate'])}",
-            f"- class accuracy of detected lesions: {_percent(d['class_accuracy_detected'])}",
-            f"- detected and correctly classified: {_percent(d['detected_and_correct'])}; the paper: "
+            f"- detection rate: {percent(d['detection_rate'])}",
+            f"- class accuracy of detected lesions: {percent(d['class_accuracy_detected'])}",
+            f"- detected and correctly classified: {percent(d['detected_and_correct'])}; the paper: "
             f"{PAPER_FIDELITY}"]
 
 
@@ -86,9 +89,9 @@ def card_facts(report: dict[str, Any]) -> dict[str, Any]:
     facts: dict[str, Any] = {"input_kind": report["input"]["kind"], "num_images": report["input"]["num_images"]}
     if "fidelity" in report:
         f = report["fidelity"]
-        facts.update(label_fidelity_classifier=f["classifier"], label_fidelity=_percent(f["overall"]),
+        facts.update(label_fidelity_classifier=f["classifier"], label_fidelity=percent(f["overall"]),
                      label_fidelity_paper=PAPER_FIDELITY)
-        facts.update({f"label_fidelity_{name}": _percent(s) for name, s in f["per_class"].items()})
+        facts.update({f"label_fidelity_{name}": percent(s) for name, s in f["per_class"].items()})
     if "segmentation" in report:
         s = report["segmentation"]
         facts["segmentation"] = f"{s['model']}: lesion found in {s['found']}/{s['n']}"
@@ -96,6 +99,6 @@ def card_facts(report: dict[str, Any]) -> dict[str, Any]:
             facts["segmentation_calibration_dice"] = s["calibration"]["sam"]["mean_dice"]
     if "detection" in report:
         d = report["detection"]
-        facts.update(detection_model=d["model"], detection_rate=_percent(d["detection_rate"]),
-                     detection_class_accuracy=_percent(d["class_accuracy_detected"]))
+        facts.update(detection_model=d["model"], detection_rate=percent(d["detection_rate"]),
+                     detection_class_accuracy=percent(d["class_accuracy_detected"]))
     return facts
